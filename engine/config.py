@@ -1,0 +1,75 @@
+"""Settings, read from environment variables with sensible defaults.
+
+| variable | default | meaning |
+|---|---|---|
+| ``HISTODASH_HOME`` | ``<repo>/.histodash`` | base folder for everything HistoDash writes |
+| ``HISTODASH_MODELS_DIR`` | ``<repo>/models`` | model registry (one folder per model) |
+| ``HISTODASH_CACHE_DIR`` | ``$HISTODASH_HOME/cache`` | diskcache folder for inference results |
+| ``HISTODASH_CACHE_SIZE_GB`` | ``2`` | cache size limit in GB |
+| ``HISTODASH_WORK_DIR`` | ``$HISTODASH_HOME/sessions`` | per-session upload workspaces |
+| ``HISTODASH_JOBS_DIR`` | ``$HISTODASH_HOME/jobs`` | background job records and logs |
+| ``HISTODASH_EXAMPLES_DIR`` | ``<repo>/examples`` | demo tiles shown on the Upload page |
+| ``HISTODASH_SLIDES_DIR`` | unset | read-only slide library |
+| ``HISTODASH_DEFAULT_MODEL`` | ``lc25000-lung-cnn`` | model selected when the user has not picked one |
+| ``HISTODASH_MAX_PIXELS`` | ``100000000`` | largest image (pixels) decoded as a tile |
+| ``HISTODASH_MAX_UPLOAD_MB`` | ``200`` | largest single tile file / uncompressed zip member |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else default
+
+
+def _num(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError as exc:  # a bad setting is the admin's error: say which one
+        raise ValueError(f"{name}={value!r} is not a number") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings. Build with :func:`get_settings` so the environment is read each time."""
+
+    home: Path
+    models_dir: Path
+    cache_dir: Path
+    cache_size_bytes: int
+    work_dir: Path
+    jobs_dir: Path
+    examples_dir: Path
+    slides_dir: Path | None
+    default_model: str
+    max_pixels: int
+    max_upload_bytes: int
+    extra: dict = field(default_factory=dict)
+
+
+def get_settings() -> Settings:
+    home = _path("HISTODASH_HOME", REPO_ROOT / ".histodash")
+    slides = os.environ.get("HISTODASH_SLIDES_DIR")
+    return Settings(
+        home=home,
+        models_dir=_path("HISTODASH_MODELS_DIR", REPO_ROOT / "models"),
+        cache_dir=_path("HISTODASH_CACHE_DIR", home / "cache"),
+        cache_size_bytes=int(_num("HISTODASH_CACHE_SIZE_GB", 2.0) * 1e9),
+        work_dir=_path("HISTODASH_WORK_DIR", home / "sessions"),
+        jobs_dir=_path("HISTODASH_JOBS_DIR", home / "jobs"),
+        examples_dir=_path("HISTODASH_EXAMPLES_DIR", REPO_ROOT / "examples"),
+        slides_dir=Path(slides).expanduser() if slides else None,
+        default_model=os.environ.get("HISTODASH_DEFAULT_MODEL", "lc25000-lung-cnn"),
+        max_pixels=int(_num("HISTODASH_MAX_PIXELS", 100_000_000)),
+        max_upload_bytes=int(_num("HISTODASH_MAX_UPLOAD_MB", 200) * 1024 * 1024),
+    )
