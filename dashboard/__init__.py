@@ -1,0 +1,1 @@
+"""HistoDash Streamlit dashboard (UI only: every computation is in :mod:`engine`)."""

@@ -1,0 +1,68 @@
+"""Helpers shared by every page: error display, disclaimer, session workspace.
+
+Pages never let an exception reach the browser: user errors (``HistoDashError``) are shown with
+their message and hint; anything else is logged with its traceback and shown as a short generic
+message. What the user already had in ``st.session_state`` is left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from pathlib import Path
+
+import streamlit as st
+from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
+
+from engine.config import get_settings
+from engine.errors import HistoDashError
+
+log = logging.getLogger("histodash.dashboard")
+
+DISCLAIMER = (
+    "**Research use only.** HistoDash is not a medical device: its outputs are not validated for "
+    "diagnosis and must not guide patient care."
+)
+
+
+def disclaimer() -> None:
+    """Show the research-use-only disclaimer (small, at the foot of a page)."""
+    st.caption(DISCLAIMER)
+
+
+def show_error(err: BaseException, *, context: str = "") -> None:
+    """Render an error as a message on the page, never as a traceback."""
+    prefix = f"{context}: " if context else ""
+    if isinstance(err, HistoDashError):
+        st.error(f"{prefix}{err.message}")
+        if err.hint:
+            st.caption(err.hint)
+    else:
+        log.exception("unexpected error %s", context, exc_info=err)
+        st.error(f"{prefix}Something went wrong ({type(err).__name__}). The details were written to the server log.")
+
+
+@contextlib.contextmanager
+def guarded(context: str = ""):
+    """``with guarded("Prediction"):`` shows any error as a message and stops the block, not the page."""
+    try:
+        yield
+    except (StopException, RerunException):  # Streamlit's own control flow, not errors
+        raise
+    except Exception as err:  # noqa: BLE001 - every error becomes a message
+        show_error(err, context=context)
+
+
+def session_id() -> str:
+    """A random id for this browser session, kept in session state (never derived from user input)."""
+    if "session_id" not in st.session_state:
+        st.session_state["session_id"] = uuid.uuid4().hex
+    return st.session_state["session_id"]
+
+
+def session_workspace() -> Path:
+    """This browser session's private upload folder (created on first use)."""
+    path = get_settings().work_dir / session_id()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
