@@ -11,7 +11,7 @@
 | ``HISTODASH_EXAMPLES_DIR`` | ``<repo>/examples`` | demo tiles shown on the Upload page |
 | ``HISTODASH_SLIDES_DIR`` | unset | read-only slide library |
 | ``HISTODASH_DEFAULT_MODEL`` | ``lc25000-lung-cnn`` | model selected when the user has not picked one |
-| ``HISTODASH_MAX_PIXELS`` | ``100000000`` | largest image (pixels) decoded as a tile |
+| ``HISTODASH_MAX_PIXELS`` | ``50000000`` | largest image (pixels) decoded as a tile |
 | ``HISTODASH_MAX_UPLOAD_MB`` | ``200`` | largest single tile file / uncompressed zip member |
 """
 
@@ -70,6 +70,6 @@ def get_settings() -> Settings:
         examples_dir=_path("HISTODASH_EXAMPLES_DIR", REPO_ROOT / "examples"),
         slides_dir=Path(slides).expanduser() if slides else None,
         default_model=os.environ.get("HISTODASH_DEFAULT_MODEL", "lc25000-lung-cnn"),
-        max_pixels=int(_num("HISTODASH_MAX_PIXELS", 100_000_000)),
+        max_pixels=int(_num("HISTODASH_MAX_PIXELS", 50_000_000)),
         max_upload_bytes=int(_num("HISTODASH_MAX_UPLOAD_MB", 200) * 1024 * 1024),
     )

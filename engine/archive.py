@@ -1,0 +1,91 @@
+"""Safe extraction of tile archives (``.zip``).
+
+Zip files from users are untrusted. :func:`iter_zip_tiles` yields ``(member_name, bytes)`` for
+tile files only and refuses, with :class:`~engine.errors.UnsafeArchiveError`:
+
+* *zip-slip*: members with absolute paths, drive letters or ``..`` components (nothing is ever
+  written to disk by this module, but such an archive is refused outright as hostile);
+* *zip bombs*: a total uncompressed size, a member size, a member count or a compression ratio
+  over the limits — checked from the central directory *and* enforced while reading, since the
+  directory can lie.
+
+Non-tile members (folders, ``__MACOSX`` resource forks, text files) are skipped and reported.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import CorruptFileError, UnsafeArchiveError
+from engine.imageio import is_tile_name
+
+
+@dataclass(frozen=True)
+class ZipLimits:
+    max_members: int = 10_000
+    max_member_bytes: int = 200 * 1024 * 1024
+    max_total_bytes: int = 2 * 1024 * 1024 * 1024
+    max_ratio: float = 200.0  # uncompressed / compressed, per member (JPEG tiles barely compress)
+
+
+@dataclass
+class ZipReport:
+    skipped: list[str] = field(default_factory=list)
+
+
+def _unsafe_name(name: str) -> bool:
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return True
+    parts = name.replace("\\", "/").split("/")
+    return any(part == ".." for part in parts)
+
+
+def iter_zip_tiles(data: bytes | str | Path, *, name: str = "archive.zip", limits: ZipLimits = ZipLimits(), report: ZipReport | None = None) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(member_name, raw_bytes)`` for each tile in a zip archive, safely (module docstring)."""
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    try:
+        zf = zipfile.ZipFile(source)
+    except zipfile.BadZipFile as exc:
+        raise CorruptFileError(f"'{name}' is not a valid zip archive ({exc}).", path=name) from exc
+    except OSError as exc:
+        raise CorruptFileError(f"'{name}' cannot be read ({exc}).", path=name) from exc
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > limits.max_members:
+            raise UnsafeArchiveError(f"'{name}' holds {len(infos):,} entries, more than the limit of {limits.max_members:,}.", path=name)
+        declared = 0
+        for info in infos:
+            if _unsafe_name(info.filename):
+                raise UnsafeArchiveError(f"'{name}' contains a path that points outside the archive ('{info.filename}').", path=name)
+            declared += info.file_size
+            if info.file_size > limits.max_member_bytes:
+                raise UnsafeArchiveError(f"'{name}': member '{info.filename}' expands to {info.file_size:,} bytes, over the limit.", path=name)
+            if info.compress_size and info.file_size / info.compress_size > limits.max_ratio and info.file_size > 1024 * 1024:
+                raise UnsafeArchiveError(f"'{name}': member '{info.filename}' is compressed {info.file_size / info.compress_size:.0f}:1 — a zip bomb?", path=name)
+        if declared > limits.max_total_bytes:
+            raise UnsafeArchiveError(f"'{name}' expands to {declared:,} bytes, over the limit of {limits.max_total_bytes:,}.", path=name)
+        total = 0
+        for info in infos:
+            base = posixpath.basename(info.filename.replace("\\", "/"))
+            if info.is_dir():
+                continue
+            if not is_tile_name(base) or base.startswith("._") or "__MACOSX" in info.filename:
+                if report is not None:
+                    report.skipped.append(info.filename)
+                continue
+            try:
+                with zf.open(info) as fh:
+                    raw = fh.read(limits.max_member_bytes + 1)
+            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+                raise CorruptFileError(f"'{name}': member '{info.filename}' cannot be extracted ({exc}).", path=name) from exc
+            except RuntimeError as exc:  # encrypted members
+                raise UnsafeArchiveError(f"'{name}': member '{info.filename}' is encrypted.", "Zip the tiles without a password.", path=name) from exc
+            total += len(raw)
+            if len(raw) > limits.max_member_bytes or total > limits.max_total_bytes:
+                raise UnsafeArchiveError(f"'{name}' expands beyond its declared size — refused as a zip bomb.", path=name)
+            yield info.filename, raw

@@ -1,0 +1,270 @@
+"""Model registry: one folder per model under the models directory, each with weights and a card.
+
+A model folder holds ``card.json`` (the card: id, classes, positive classes, input size, microns
+per pixel, normalisation, threshold, metrics, weights sha256, how to reproduce) and the weights file
+it names (``model.keras``). :class:`Registry` lists and loads them; loading checks the weights'
+sha256 against the card and the model's input/output shapes against the card, and always uses
+Keras safe mode (no ``Lambda`` layers, no arbitrary code). Loaded models are kept once per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.config import get_settings
+from engine.errors import IncompatibleModelError, InvalidInputError, ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+CARD_FILE = "card.json"
+REQUIRED_KEYS = ("id", "task", "architecture", "classes", "input_px", "threshold", "weights_file", "weights_sha256")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model's card (``card.json``). Unknown keys are kept in ``extra``."""
+
+    id: str
+    task: str
+    architecture: str
+    classes: tuple[str, ...]
+    input_px: int
+    threshold: float
+    weights_file: str
+    weights_sha256: str
+    positive_classes: tuple[str, ...] = ()
+    name: str = ""
+    version: str = "1"
+    score_name: str = "score"
+    mpp: float | None = None
+    normalization: str = "none"
+    threshold_method: str = ""
+    metrics: tuple = ()
+    training_data: str = ""
+    reproduce: str = ""
+    intended_use: str = ""
+    limitations: str = ""
+    class_descriptions: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict, compare=False)
+    folder: Path | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict, folder: Path | None = None) -> "ModelCard":
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if missing:
+            raise IncompatibleModelError(f"Model card in '{folder}' lacks {', '.join(missing)}.", path=str(folder))
+        known = {f for f in cls.__dataclass_fields__ if f not in ("extra", "folder")}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["classes"] = tuple(data["classes"])
+        kwargs["positive_classes"] = tuple(data.get("positive_classes") or ())
+        kwargs["metrics"] = tuple(data.get("metrics") or ())
+        kwargs["input_px"] = int(data["input_px"])
+        kwargs["threshold"] = float(data["threshold"])
+        card = cls(**kwargs, extra={k: v for k, v in data.items() if k not in known}, folder=folder)
+        card.validate()
+        return card
+
+    def validate(self) -> None:
+        if len(self.classes) < 2:
+            raise IncompatibleModelError(f"Model '{self.id}' card lists fewer than two classes.")
+        unknown = set(self.positive_classes) - set(self.classes)
+        if unknown:
+            raise IncompatibleModelError(f"Model '{self.id}' card: positive classes {sorted(unknown)} are not among its classes.")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise IncompatibleModelError(f"Model '{self.id}' card: threshold {self.threshold} is not in [0, 1].")
+        if self.input_px < 8:
+            raise IncompatibleModelError(f"Model '{self.id}' card: input_px {self.input_px} is too small.")
+
+    @property
+    def positive_indices(self) -> tuple[int, ...]:
+        """Indices of the classes whose probabilities add up to the score (default: the last class)."""
+        if self.positive_classes:
+            return tuple(self.classes.index(c) for c in self.positive_classes)
+        return (len(self.classes) - 1,)
+
+    @property
+    def weights_path(self) -> Path:
+        if self.folder is None:
+            raise ModelNotFoundError(f"Model '{self.id}' has no folder.")
+        return self.folder / self.weights_file
+
+    def to_dict(self) -> dict:
+        data = {k: v for k, v in asdict(self).items() if k not in ("extra", "folder")}
+        data["classes"], data["positive_classes"], data["metrics"] = list(self.classes), list(self.positive_classes), list(self.metrics)
+        data.update(self.extra)
+        return data
+
+    def headline_metrics(self) -> dict:
+        """The metrics measured on the test split (or the first listed), for summaries."""
+        for m in self.metrics:
+            if isinstance(m, dict) and m.get("split") == "test":
+                return m
+        return self.metrics[0] if self.metrics else {}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_card(folder: Path) -> ModelCard:
+    card_path = folder / CARD_FILE
+    try:
+        data = json.loads(card_path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelNotFoundError(f"No {CARD_FILE} in '{folder.name}'.", path=str(folder)) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IncompatibleModelError(f"The card of '{folder.name}' is not valid JSON ({exc}).", path=str(folder)) from exc
+    return ModelCard.from_dict(data, folder=folder)
+
+
+class Registry:
+    """The models in one folder. ``Registry()`` uses the configured models directory."""
+
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root) if root is not None else get_settings().models_dir
+
+    def cards(self) -> list[ModelCard]:
+        """All valid cards, sorted by id; broken folders are logged and skipped (see :meth:`problems`)."""
+        return [c for c in self._scan() if isinstance(c, ModelCard)]
+
+    def problems(self) -> dict[str, str]:
+        """Folders that look like models but whose card cannot be read: ``{folder: message}``."""
+        return {item[0]: item[1] for item in self._scan() if isinstance(item, tuple)}
+
+    def _scan(self) -> list:
+        out: list = []
+        if not self.root.is_dir():
+            return out
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and (p / CARD_FILE).exists()):
+            try:
+                out.append(read_card(folder))
+            except Exception as err:  # noqa: BLE001 - one broken card must not hide the others
+                log.warning("skipping model folder %s: %s", folder, err)
+                out.append((folder.name, str(err)))
+        return out
+
+    def ids(self) -> list[str]:
+        return [c.id for c in self.cards()]
+
+    def get(self, model_id: str | None = None) -> ModelCard:
+        """The card of ``model_id`` (default: the configured default model, else the first one)."""
+        cards = self.cards()
+        if not cards:
+            raise ModelNotFoundError(f"No models are registered in '{self.root}'.", "Train one on the Training page or copy a model folder there.")
+        if model_id is None:
+            wanted = get_settings().default_model
+            return next((c for c in cards if c.id == wanted), cards[0])
+        for card in cards:
+            if card.id == model_id:
+                return card
+        raise ModelNotFoundError(f"No model with id '{model_id}'. Registered: {', '.join(c.id for c in cards)}.")
+
+    def load(self, model_id: str | None = None):
+        """``(card, keras_model)``; the weights' sha256 and the shapes are checked against the card."""
+        card = self.get(model_id)
+        return card, load_model_for_card(card)
+
+
+_load_lock = threading.Lock()
+
+
+def load_model_for_card(card: ModelCard):
+    """Load (once per process) and check the Keras model a card describes."""
+    path = card.weights_path
+    if not path.exists():
+        raise ModelNotFoundError(f"Model '{card.id}': weights file '{card.weights_file}' is missing.", path=str(path))
+    stat = path.stat()
+    with _load_lock:
+        return _load_checked(str(path), stat.st_mtime_ns, stat.st_size, card.weights_sha256, card.input_px, len(card.classes))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_checked(path: str, _mtime: int, _size: int, sha256: str, input_px: int, n_classes: int):
+    actual = sha256_file(Path(path))
+    if actual != sha256:
+        raise IncompatibleModelError(
+            f"The weights of '{Path(path).parent.name}' do not match their card (sha256 {actual[:12]}… ≠ {sha256[:12]}…).",
+            "The file was changed or damaged: restore it, or re-register the model with its new hash.",
+            path=path,
+        )
+    model = load_keras_file(path)
+    check_shapes(model, input_px, n_classes, name=Path(path).parent.name)
+    return model
+
+
+def load_keras_file(path: str | Path):
+    """Load a ``.keras`` file in safe mode; unsafe or unreadable files raise :class:`IncompatibleModelError`."""
+    from engine.runtime import keras
+
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise IncompatibleModelError(f"'{path.name}' is not a .keras model file.", "Save models with model.save('name.keras').", path=str(path))
+    try:
+        return keras().models.load_model(path, safe_mode=True, compile=False)
+    except ValueError as exc:
+        text = str(exc)
+        if "Lambda" in text or "safe_mode" in text or "unsafe" in text.lower():
+            raise IncompatibleModelError(
+                f"'{path.name}' contains code (a Lambda layer or custom object) and was refused for safety.",
+                "Rebuild the model from built-in Keras layers only.",
+                path=str(path),
+            ) from exc
+        raise IncompatibleModelError(f"'{path.name}' cannot be loaded as a Keras model ({text[:300]}).", path=str(path)) from exc
+    except Exception as exc:  # noqa: BLE001 - zip/h5 errors, TypeError for unknown classes, …
+        raise IncompatibleModelError(f"'{path.name}' cannot be loaded as a Keras model ({type(exc).__name__}: {str(exc)[:300]}).", path=str(path)) from exc
+
+
+def check_shapes(model, input_px: int, n_classes: int, *, name: str = "model") -> None:
+    shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
+    if shape is None or len(shape) != 4 or shape[-1] != 3:
+        raise IncompatibleModelError(f"'{name}' takes input of shape {model.input_shape}; HistoDash needs (px, px, 3) RGB tiles.")
+    if shape[1] not in (None, input_px) or shape[2] not in (None, input_px):
+        raise IncompatibleModelError(f"'{name}' takes {shape[1]}×{shape[2]} tiles but its card says {input_px} px.")
+    out = model.output_shape
+    units = out[-1] if isinstance(out, tuple) else None
+    expected = {n_classes} | ({1} if n_classes == 2 else set())
+    if units not in expected:
+        raise IncompatibleModelError(f"'{name}' outputs {units} values but its card lists {n_classes} classes.")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    registry = Registry(args.models_dir)
+    cards = registry.cards()
+    if args.json:
+        print(json.dumps([c.to_dict() for c in cards], indent=2))
+    else:
+        if not cards:
+            print(f"no models in {registry.root}")
+        for c in cards:
+            m = c.headline_metrics()
+            metric = ", ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float))
+            print(f"{c.id}\t{c.architecture}\t{c.input_px}px\tclasses={','.join(c.classes)}\tthreshold={c.threshold:.3f}\t{metric}")
+    for folder, problem in registry.problems().items():
+        print(f"warning: {folder}: {problem}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the registered models")
+    p.add_argument("--models-dir", default=None, help="models folder (default: $HISTODASH_MODELS_DIR or ./models)")
+    p.add_argument("--json", action="store_true", help="print the full cards as JSON")
+    p.set_defaults(func=_cmd_models)
+
+
+def validate_model_id(model_id: str) -> str:
+    if not model_id or "/" in model_id or "\\" in model_id or model_id.startswith("."):
+        raise InvalidInputError(f"'{model_id}' is not a valid model id (letters, digits, '-', '_').")
+    return model_id
