@@ -1,0 +1,95 @@
+"""Shared fixtures: an isolated HistoDash home per test session, the shared data folder, a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SHARED_DATA = Path(os.environ.get("HISTODASH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data; the calling test is skipped with a reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared test data not available: {path} is absent (set HISTODASH_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test writes its cache, sessions and jobs under a temporary HistoDash home."""
+    home = tmp_path_factory.getbasetemp() / "histodash-home"
+    monkeypatch.setenv("HISTODASH_HOME", str(home))
+    monkeypatch.setenv("HISTODASH_CACHE_DIR", str(home / "cache"))
+    monkeypatch.setenv("HISTODASH_WORK_DIR", str(home / "sessions"))
+    monkeypatch.setenv("HISTODASH_JOBS_DIR", str(home / "jobs"))
+    yield
+
+
+def write_tiny_model(folder: Path, *, model_id: str = "tiny-test", input_px: int = 32, classes=("benign", "tumour"), seed: int = 0, sigmoid: bool = False) -> Path:
+    """A small real Keras CNN saved as a registry folder (random weights: for plumbing tests, not accuracy)."""
+    from engine.registry import sha256_file
+    from engine.runtime import keras
+
+    k = keras()
+    k.utils.set_random_seed(seed)
+    inputs = k.Input((input_px, input_px, 3))
+    x = k.layers.Rescaling(1 / 255.0)(inputs)
+    x = k.layers.Conv2D(4, 3, activation="relu")(x)
+    x = k.layers.GlobalAveragePooling2D()(x)
+    outputs = k.layers.Dense(1, activation="sigmoid")(x) if sigmoid else k.layers.Dense(len(classes), activation="softmax")(x)
+    model = k.Model(inputs, outputs)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    card = {
+        "id": model_id,
+        "name": "Tiny test model",
+        "task": "tile-classification",
+        "architecture": "tiny",
+        "classes": list(classes),
+        "positive_classes": [classes[-1]],
+        "score_name": f"p({classes[-1]})",
+        "input_px": input_px,
+        "mpp": None,
+        "normalization": "none",
+        "threshold": 0.5,
+        "threshold_method": "fixed for tests",
+        "metrics": [],
+        "weights_file": "model.keras",
+        "weights_sha256": sha256_file(folder / "model.keras"),
+        "labels": {"positive": "tumour", "negative": "benign"},
+    }
+    (folder / "card.json").write_text(json.dumps(card, indent=2))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    write_tiny_model(root / "tiny-test")
+    write_tiny_model(root / "tiny-sigmoid", model_id="tiny-sigmoid", sigmoid=True, seed=1)
+    return root
+
+
+@pytest.fixture
+def tiny_registry(tiny_models_dir, monkeypatch):
+    monkeypatch.setenv("HISTODASH_MODELS_DIR", str(tiny_models_dir))
+    monkeypatch.setenv("HISTODASH_DEFAULT_MODEL", "tiny-test")
+    from engine.registry import Registry
+
+    return Registry(tiny_models_dir)
+
+
+def rgb_tile(seed: int = 0, size: int = 48) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
