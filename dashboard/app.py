@@ -1,0 +1,44 @@
+"""HistoDash entry point: ``streamlit run dashboard/app.py``.
+
+A frame only: page setup, navigation and the shared sidebar. Each page is a short script in
+``dashboard/pages/`` that calls the engine.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts only dashboard/ on the path
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from dashboard import sidebar  # noqa: E402
+
+st.set_page_config(page_title="HistoDash", page_icon="🔬", layout="wide")
+
+PAGES = Path(__file__).resolve().parent / "pages"
+
+
+def _page(name: str, title: str, icon: str, **kw):
+    return st.Page(str(PAGES / f"{name}.py"), title=title, icon=icon, url_path=name, **kw)
+
+
+def available(*pages):
+    return [p for p in pages if p is not None]
+
+
+def optional(name: str, title: str, icon: str):
+    return _page(name, title, icon) if (PAGES / f"{name}.py").exists() else None
+
+
+sections = {
+    "HistoDash": [_page("home", "Home", "🏠", default=True)],
+    "Tiles": available(_page("upload", "Upload", "📤"), _page("predict", "Tile prediction", "🧮"), optional("gradcam", "Grad-CAM", "🔥")),
+    "Slides": available(optional("slides", "Slide heatmap", "🗺️")),
+    "Cohorts": available(optional("survival", "Cohort survival", "📈")),
+    "Models": available(optional("training", "Training", "🏋️")),
+}
+navigation = st.navigation({name: pages for name, pages in sections.items() if pages})
+sidebar.render()
+navigation.run()

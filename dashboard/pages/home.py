@@ -1,0 +1,37 @@
+"""Home: what HistoDash does, the disclaimer, links to every page."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard.common import DISCLAIMER
+
+PAGES = Path(__file__).resolve().parent
+
+st.title("🔬 HistoDash")
+st.markdown(
+    "Computational histopathology in the browser: predictions on H&E tiles, slide heatmaps, "
+    "Grad-CAM explanations, cohort survival analysis and model training — one engine behind every page, "
+    "running on this server, offline."
+)
+st.warning(DISCLAIMER, icon="⚠️")
+
+LINKS = [
+    ("upload", "📤 Upload", "Add H&E tiles (JPEG, PNG, TIFF) or a .zip of tiles. Your uploads are private to this browser session."),
+    ("predict", "🧮 Tile prediction", "Class probabilities from the selected Keras model, with optional Macenko stain normalisation; CSV download."),
+    ("gradcam", "🔥 Grad-CAM", "Where in a tile the model looked."),
+    ("slides", "🗺️ Slide heatmap", "Tissue detection, tiling and batched inference over a whole-slide image."),
+    ("survival", "📈 Cohort survival", "Kaplan–Meier curves, log-rank tests, Cox models and pathology risk scores."),
+    ("training", "🏋️ Training", "Launch, watch and cancel background training jobs; finished models appear in the model picker."),
+]
+for name, label, text in LINKS:
+    if (PAGES / f"{name}.py").exists():
+        cols = st.columns([1, 3])
+        cols[0].page_link(str(PAGES / f"{name}.py"), label=label)
+        cols[1].markdown(text)
+
+st.divider()
+st.caption(
+    "The model in the sidebar is used by every page; its card (training data, metrics and the split they "
+    "were measured on, threshold) is one click away. Results are cached on the server, so repeated runs are instant."
+)

@@ -1,0 +1,54 @@
+"""The sidebar shown on every page: model picker with its card summary, and cache statistics."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from engine.cache import shared_cache
+from engine.errors import HistoDashError
+from engine.registry import ModelCard, Registry
+
+MODEL_KEY = "model_id"
+
+
+def selected_card() -> ModelCard | None:
+    """The card of the model picked in the sidebar (None when no model is registered)."""
+    try:
+        return Registry().get(st.session_state.get(MODEL_KEY))
+    except HistoDashError:
+        return None
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def render() -> None:
+    registry = Registry()
+    cards = registry.cards()
+    with st.sidebar:
+        st.subheader("Model")
+        if not cards:
+            st.warning(f"No models registered in `{registry.root}`.")
+        else:
+            ids = [c.id for c in cards]
+            current = st.session_state.get(MODEL_KEY)
+            if current not in ids:
+                current = registry.get().id
+            st.session_state[MODEL_KEY] = current
+            st.selectbox("Model", ids, key=MODEL_KEY, label_visibility="collapsed", help="Used by every page. Models trained on the Training page appear here.")
+            card = next(c for c in cards if c.id == st.session_state[MODEL_KEY])
+            st.caption(f"**{card.name or card.id}** · {card.architecture} · {card.input_px} px · classes: {', '.join(card.classes)}")
+            m = card.headline_metrics()
+            if m:
+                st.caption(" · ".join(f"{k} {_fmt(v)}" for k, v in m.items() if isinstance(v, float))[:300] + f" ({m.get('split', '')})")
+            with st.expander("Full model card"):
+                st.json(card.to_dict(), expanded=False)
+        for folder, problem in registry.problems().items():
+            st.caption(f"⚠️ {folder}: {problem}")
+        st.subheader("Cache")
+        stats = shared_cache().stats()
+        if stats.enabled:
+            st.caption(f"{stats.entries:,} results · {stats.size_bytes / 1e6:.1f} MB of {stats.limit_bytes / 1e9:.1f} GB · this process: {stats.hits} hits / {stats.misses} misses")
+        else:
+            st.caption(f"⚠️ Cache off: {stats.warning}")

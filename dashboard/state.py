@@ -1,0 +1,85 @@
+"""Per-session state: the tiles a user uploaded (kept on disk in the session's workspace).
+
+Session state holds small records (name, path, size), never pixel arrays; the files live in the
+session's own workspace folder, so another browser session never sees them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import streamlit as st
+
+from dashboard.common import session_workspace
+from engine.archive import ZipReport, iter_zip_tiles
+from engine.errors import HistoDashError
+from engine.imageio import read_image_with_info
+
+TILES_KEY = "tiles"
+PROCESSED_KEY = "processed_upload_ids"
+
+
+@dataclass(frozen=True)
+class TileRecord:
+    name: str
+    path: str
+    format: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+
+
+def tiles() -> list[TileRecord]:
+    return list(st.session_state.get(TILES_KEY, []))
+
+
+def clear_tiles() -> None:
+    st.session_state[TILES_KEY] = []
+
+
+def _safe_name(name: str) -> str:
+    base = name.replace("\\", "/").split("/")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base)[:120] or "tile"
+
+
+def add_tile_bytes(name: str, raw: bytes) -> TileRecord:
+    """Validate one tile and store it in the workspace; raises a HistoDashError naming the file."""
+    _, info = read_image_with_info(raw, name=name)
+    digest = hashlib.sha256(raw).hexdigest()
+    existing = {t.sha256: t for t in tiles()}
+    if digest in existing:
+        return existing[digest]
+    folder = session_workspace() / "tiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{digest[:12]}_{_safe_name(name)}"
+    path.write_bytes(raw)
+    record = TileRecord(name, str(path), info.format, info.width, info.height, len(raw), digest)
+    st.session_state[TILES_KEY] = [*tiles(), record]
+    return record
+
+
+def ingest(name: str, raw: bytes) -> tuple[list[TileRecord], list[tuple[str, str]], list[str]]:
+    """One uploaded file (tile or zip of tiles) → (added records, [(file, error)], skipped members)."""
+    added, errors, skipped = [], [], []
+    if name.lower().endswith(".zip"):
+        report = ZipReport()
+        try:
+            for member, data in iter_zip_tiles(raw, name=name, report=report):
+                try:
+                    added.append(add_tile_bytes(f"{name}/{member}", data))
+                except HistoDashError as err:
+                    errors.append((f"{name}/{member}", str(err)))
+        except HistoDashError as err:
+            errors.append((name, str(err)))
+        skipped = report.skipped
+        if not added and not errors:
+            errors.append((name, f"'{name}' contains no tiles (JPEG, PNG or TIFF files)."))
+        return added, errors, skipped
+    try:
+        added.append(add_tile_bytes(name, raw))
+    except HistoDashError as err:
+        errors.append((name, str(err)))
+    return added, errors, skipped
