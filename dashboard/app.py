@@ -15,7 +15,7 @@ import streamlit as st  # noqa: E402
 
 from dashboard import sidebar  # noqa: E402
 
-st.set_page_config(page_title="HistoDash", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="HistoDash", page_icon=":material/biotech:", layout="wide")
 
 PAGES = Path(__file__).resolve().parent / "pages"
 
@@ -33,11 +33,11 @@ def optional(name: str, title: str, icon: str):
 
 
 sections = {
-    "HistoDash": [_page("home", "Home", "🏠", default=True)],
-    "Tiles": available(_page("upload", "Upload", "📤"), _page("predict", "Tile prediction", "🧮"), optional("gradcam", "Grad-CAM", "🔥")),
-    "Slides": available(optional("slides", "Slide heatmap", "🗺️")),
-    "Cohorts": available(optional("survival", "Cohort survival", "📈")),
-    "Models": available(optional("training", "Training", "🏋️")),
+    "HistoDash": [_page("home", "Home", ":material/home:", default=True)],
+    "Tiles": available(_page("upload", "Upload", ":material/upload:"), _page("predict", "Tile prediction", ":material/analytics:"), optional("gradcam", "Grad-CAM", ":material/local_fire_department:")),
+    "Slides": available(optional("slides", "Slide heatmap", ":material/map:")),
+    "Cohorts": available(optional("survival", "Cohort survival", ":material/monitoring:")),
+    "Models": available(optional("training", "Training", ":material/model_training:")),
 }
 navigation = st.navigation({name: pages for name, pages in sections.items() if pages})
 sidebar.render()

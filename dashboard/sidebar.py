@@ -45,10 +45,10 @@ def render() -> None:
             with st.expander("Full model card"):
                 st.json(card.to_dict(), expanded=False)
         for folder, problem in registry.problems().items():
-            st.caption(f"⚠️ {folder}: {problem}")
+            st.caption(f":material/warning: {folder}: {problem}")
         st.subheader("Cache")
         stats = shared_cache().stats()
         if stats.enabled:
             st.caption(f"{stats.entries:,} results · {stats.size_bytes / 1e6:.1f} MB of {stats.limit_bytes / 1e9:.1f} GB · this process: {stats.hits} hits / {stats.misses} misses")
         else:
-            st.caption(f"⚠️ Cache off: {stats.warning}")
+            st.caption(f":material/warning: Cache off: {stats.warning}")

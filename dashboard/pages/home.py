@@ -8,21 +8,21 @@ from dashboard.common import DISCLAIMER
 
 PAGES = Path(__file__).resolve().parent
 
-st.title("🔬 HistoDash")
+st.title(":material/biotech: HistoDash")
 st.markdown(
     "Computational histopathology in the browser: predictions on H&E tiles, slide heatmaps, "
     "Grad-CAM explanations, cohort survival analysis and model training — one engine behind every page, "
     "running on this server, offline."
 )
-st.warning(DISCLAIMER, icon="⚠️")
+st.warning(DISCLAIMER, icon=":material/warning:")
 
 LINKS = [
-    ("upload", "📤 Upload", "Add H&E tiles (JPEG, PNG, TIFF) or a .zip of tiles. Your uploads are private to this browser session."),
-    ("predict", "🧮 Tile prediction", "Class probabilities from the selected Keras model, with optional Macenko stain normalisation; CSV download."),
-    ("gradcam", "🔥 Grad-CAM", "Where in a tile the model looked."),
-    ("slides", "🗺️ Slide heatmap", "Tissue detection, tiling and batched inference over a whole-slide image."),
-    ("survival", "📈 Cohort survival", "Kaplan–Meier curves, log-rank tests, Cox models and pathology risk scores."),
-    ("training", "🏋️ Training", "Launch, watch and cancel background training jobs; finished models appear in the model picker."),
+    ("upload", ":material/upload: Upload", "Add H&E tiles (JPEG, PNG, TIFF) or a .zip of tiles. Your uploads are private to this browser session."),
+    ("predict", ":material/analytics: Tile prediction", "Class probabilities from the selected Keras model, with optional Macenko stain normalisation; CSV download."),
+    ("gradcam", ":material/local_fire_department: Grad-CAM", "Where in a tile the model looked."),
+    ("slides", ":material/map: Slide heatmap", "Tissue detection, tiling and batched inference over a whole-slide image."),
+    ("survival", ":material/monitoring: Cohort survival", "Kaplan–Meier curves, log-rank tests, Cox models and pathology risk scores."),
+    ("training", ":material/model_training: Training", "Launch, watch and cancel background training jobs; finished models appear in the model picker."),
 ]
 for name, label, text in LINKS:
     if (PAGES / f"{name}.py").exists():

@@ -7,7 +7,7 @@ from dashboard.common import disclaimer, guarded
 from engine.config import get_settings
 from engine.imageio import is_tile_name
 
-st.title("📤 Upload tiles")
+st.title("Upload tiles")
 settings = get_settings()
 st.caption(
     f"JPEG, PNG or TIFF tiles (8/16-bit, grey, RGBA and CMYK are converted), or a .zip of them. "
@@ -61,7 +61,7 @@ if state.tiles() and cols[1].button("Remove all tiles"):
 tiles = state.tiles()
 st.subheader(f"{len(tiles)} tile(s) in this session")
 if tiles:
-    st.page_link("pages/predict.py", label="Predict these tiles →", icon="🧮")
+    st.page_link("pages/predict.py", label="Predict these tiles →", icon=":material/analytics:")
     per_row = 6
     for start in range(0, min(len(tiles), 60), per_row):
         row = st.columns(per_row)
