@@ -19,8 +19,12 @@ from engine.errors import HistoDashError
 COMMAND_MODULES = [
     "engine.predict",
     "engine.registry",
-    "engine.training.default",
+    "engine.gradcam",
+    "engine.heatmap",
     "engine.survival",
+    "engine.training.run",
+    "engine.jobs",
+    "engine.training.default",
 ]
 
 
