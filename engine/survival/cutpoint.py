@@ -163,7 +163,7 @@ def split_points(x: Sequence[float], method: str, cuts: Sequence[float] | None =
     return sorted(set(float(p) for p in pts))
 
 
-def parse_cuts(text: str) -> list[float]:
+def parse_cuts(text: str, what: str = "Cut-off") -> list[float]:
     """Parse '50, 65.5; 70' into numbers, with a clear message on a typo."""
     out = []
     for tok in text.replace(";", ",").split(","):
@@ -171,9 +171,12 @@ def parse_cuts(text: str) -> list[float]:
         if not tok:
             continue
         try:
-            out.append(float(tok))
+            value = float(tok)
         except ValueError:
-            raise InvalidInputError(f"Cut-off {tok!r} is not a number.", "Enter numbers separated by commas, e.g. 50, 65.") from None
+            raise InvalidInputError(f"{what} {tok!r} is not a number.", "Enter numbers separated by commas, e.g. 50, 65.") from None
+        if not np.isfinite(value):
+            raise InvalidInputError(f"{what} {tok!r} is not a finite number.", "Enter numbers separated by commas, e.g. 50, 65.")
+        out.append(value)
     return out
 
 

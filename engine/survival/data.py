@@ -8,6 +8,7 @@ that had missing values dropped and counted. Every problem a user can fix raises
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from dataclasses import dataclass, field
@@ -221,6 +222,14 @@ class Cohort:
 
     def to_frame(self) -> pd.DataFrame:
         return self.data.copy()
+
+    def with_time_unit(self, unit: str) -> "Cohort":
+        """The same cohort with times converted to ``unit`` (days, weeks, months, years)."""
+        if unit == self.time_unit:
+            return self
+        data = self.data.copy()
+        data["time"] = convert_time(data["time"].to_numpy(float), self.time_unit, unit)
+        return dataclasses.replace(self, data=data, time_unit=unit)
 
 
 def _natural_order(labels: Iterable) -> list:

@@ -82,8 +82,9 @@ def km_figure(km: KMResult, test: LogRankResult | None = None, *, title: str = "
     if medians:
         fig.add_shape(type="line", x0=0, x1=max(medians), y0=0.5, y1=0.5, line=dict(color="grey", dash="dash", width=1), row=1, col=1)
     if test is not None:
-        fig.add_annotation(x=0.02, y=0.05, xref="x domain", yref="y domain", xanchor="left", yanchor="bottom", showarrow=False,
-                           text=f"{test.test_name} {format_p(test.p)}", font=dict(size=14), row=1, col=1)
+        fig.add_annotation(x=0.98, y=0.98, xref="x domain", yref="y domain", xanchor="right", yanchor="top", showarrow=False,
+                           text=f"{test.test_name} {format_p(test.p)}", font=dict(size=14), bgcolor="rgba(255,255,255,0.7)",
+                           row=1, col=1)
     unit = km.time_unit
     fig.update_yaxes(range=[0, 1.03], title_text="Survival probability", row=1, col=1)
     fig.update_yaxes(range=[-0.6, n_groups - 0.4], tickvals=list(range(n_groups)), ticktext=[c.name for c in reversed(km.curves)],
@@ -121,16 +122,19 @@ def cutpoint_figure(scan: CutpointResult, time_unit: str = "") -> go.Figure:
                                customdata=np.c_[c["statistic"], c["n_low"]],
                                hovertemplate="cut ≤ %{x:g}: p = %{y:.3g}<br>|Z| = %{customdata[0]:.3f}, n low = %{customdata[1]}<extra></extra>",
                                name="unadjusted p"))
-    fig.add_hline(y=0.05, line=dict(dash="dot", color="grey"), annotation_text="0.05", annotation_position="bottom right")
+    fig.add_hline(y=0.05, line=dict(dash="dot", color="grey"))
     fig.add_vline(x=scan.cutpoint, line=dict(dash="dash", color="#d62728"))
     corr = f"corrected p (Lausen–Schumacher 1992) = {scan.p_lausen92:.3g}"
     if scan.p_permutation is not None:
-        corr += f"; permutation p = {scan.p_permutation:.3g} ({scan.n_permutations} permutations)"
-    fig.add_annotation(x=scan.cutpoint, y=1, yref="paper", showarrow=False, xanchor="left", yanchor="top",
-                       text=f" optimal cut ≤ {scan.cutpoint:g}<br> {corr}", font=dict(color="#d62728"))
-    fig.update_yaxes(type="log", title_text="Unadjusted log-rank p-value (log scale)")
-    fig.update_xaxes(title_text=f"Cut-off of {scan.variable}")
-    fig.update_layout(template="plotly_white", height=420, showlegend=False, margin=dict(l=60, r=20, t=40, b=50))
+        corr += f"<br>permutation p = {scan.p_permutation:.3g} ({scan.n_permutations} permutations, seed {scan.seed})"
+    fig.add_annotation(x=0.0, y=1.01, xref="paper", yref="paper", showarrow=False, xanchor="left", yanchor="bottom", align="left",
+                       text=f"optimal cut ≤ {scan.cutpoint:g} (red line); dotted: p = 0.05<br>{corr}",
+                       font=dict(color="#d62728"))
+    span = float(c["cut"].max() - c["cut"].min()) or 1.0
+    fig.update_xaxes(range=[float(c["cut"].min()) - 0.03 * span, float(c["cut"].max()) + 0.03 * span])
+    fig.update_yaxes(type="log", title_text="Unadjusted p-value (log scale)")
+    fig.update_xaxes(title_text=f"Cut-off of {scan.variable} (low group: ≤ cut-off)")
+    fig.update_layout(template="plotly_white", height=460, showlegend=False, margin=dict(l=60, r=20, t=90, b=50))
     return fig
 
 
@@ -154,6 +158,9 @@ def schoenfeld_figure(cox: CoxResult, term: str, time_unit: str = "") -> go.Figu
     return fig
 
 
-def figure_html(fig: go.Figure) -> str:
-    """A self-contained HTML file of the figure (plotly.js inlined: works offline, PNG button in its toolbar)."""
-    return fig.to_html(include_plotlyjs=True, full_html=True, config={"toImageButtonOptions": {"format": "png", "scale": 3}})
+def figure_html(fig: go.Figure, image_format: str = "svg") -> str:
+    """A self-contained HTML file of the figure (plotly.js inlined, works offline); the camera button of its
+    toolbar saves the figure as ``image_format`` (``svg`` for journals, or ``png``) in the browser."""
+    return fig.to_html(include_plotlyjs=True, full_html=True,
+                       config={"toImageButtonOptions": {"format": image_format, "scale": 3, "filename": "histodash-figure"},
+                               "displaylogo": False})

@@ -1,0 +1,174 @@
+"""The Cohort survival page, headless with AppTest: demo, uploads, every validation message, tabs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the page imports dashboard.* and engine.*
+    sys.path.insert(0, str(ROOT))
+
+PAGE = str(ROOT / "dashboard" / "pages" / "survival.py")
+REF = ROOT / "tests" / "r_reference"
+TIMEOUT = 60
+
+
+def page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def widget(at, kind: str, label: str):
+    found = [w for w in getattr(at, kind) if w.label == label]
+    assert found, f"no {kind} labelled {label!r}"
+    return found[0]
+
+
+def press(at, label: str) -> AppTest:
+    widget(at, "button", label).click()
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def errors(at) -> str:
+    return " | ".join(e.value for e in at.error)
+
+
+def infos(at) -> str:
+    return " | ".join(e.value for e in at.info)
+
+
+def charts(at) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def upload(at, name: str, data: bytes) -> AppTest:
+    widget(at, "radio", "Cohort").set_value("Upload a table")
+    at.run()
+    widget(at, "file_uploader", "Cohort table (CSV, TSV or Excel; one row per patient)").set_value((name, data, "text/csv"))
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_demo_shows_km_tests_and_downloads():
+    at = page()
+    assert not at.error
+    assert "228 patients, 165 events (event coding: 0 → censored, 1 → event)" in infos(at)
+    assert charts(at) >= 2  # KM figure and the hazard-ratio forest plot
+    labels = [b.label for b in at.get("download_button")]
+    for expected in ("Medians (CSV)", "All curve steps (CSV)", "Test (CSV)", "Hazard ratios (CSV)"):
+        assert expected in labels
+    assert any(lab.startswith("Figure (HTML") for lab in labels)
+    assert any("Log-rank" in m.label for m in at.metric)
+    assert "biased" in " ".join(w.value for w in at.warning)  # the cut-point tab says so even before a scan
+
+
+def test_optimal_cutpoint_and_bad_input_keeps_result():
+    at = page()
+    widget(at, "selectbox", "Strata").set_value("optimal")
+    widget(at, "selectbox", "Continuous column to split").set_value("age")
+    widget(at, "number_input", "Permutations (0 = none)").set_value(100)
+    press(at, "Analyse")
+    assert not at.error, errors(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Optimal cut (low ≤ cut)"] == "70"
+    assert metrics["Corrected p (Lausen–Schumacher 1992)"] == "0.455"
+    n_charts = charts(at)
+    # now a bad event column: the message shows and the previous result stays
+    widget(at, "selectbox", "Event").set_value("age")
+    press(at, "Analyse")
+    assert "Event column 'age' has values that cannot be read as event/censored" in errors(at)
+    assert {m.label: m.value for m in at.metric}["Optimal cut (low ≤ cut)"] == "70"
+    assert charts(at) == n_charts
+
+
+def test_manual_cuts_typo_is_a_message():
+    at = page()
+    widget(at, "selectbox", "Strata").set_value("manual")
+    widget(at, "text_input", "Manual cut-offs").set_value("60, sixty")
+    press(at, "Analyse")
+    assert "Cut-off 'sixty' is not a number" in errors(at)
+
+
+def test_upload_r_coded_status_and_dropped_rows():
+    at = upload(page(), "lung.csv", (REF / "lung.csv").read_bytes())
+    assert "Map the columns above" in infos(at)
+    widget(at, "selectbox", "Group").set_value("ph.ecog")
+    press(at, "Analyse")
+    assert "1 → censored, 2 → event (R survival convention" in infos(at)
+    assert "1 of 228 rows dropped for missing values (ph.ecog: 1)" in infos(at)
+    assert charts(at) >= 2 and not at.exception
+
+
+@pytest.mark.parametrize("frame,set_group,message", [
+    (pd.DataFrame({"time": [5, -2, 7, 9], "status": [1, 0, 1, 1], "arm": list("aabb")}), "arm",
+     "negative value(s), e.g. -2 in row 2"),
+    (pd.DataFrame({"time": ["5", "x", "7", "9"], "status": [1, 0, 1, 1], "arm": list("aabb")}), "arm",
+     "non-numeric value(s), e.g. 'x' in row 2"),
+    (pd.DataFrame({"time": [5, 6, 7, 9, 3, 4], "status": [1, 0, 1, 0, 1, 1], "arm": ["a"] * 6}), "arm",
+     "Only one group ('a') in column 'arm'"),
+    (pd.DataFrame({"time": [5, 6, 7, 9, 3, 4], "status": [1, 0, 1, 0, 0, 0], "arm": list("aaabbb")}), "arm",
+     "Group 'b' of column 'arm' has no events"),
+    (pd.DataFrame({"time": [5, 6, 7], "status": ["dead", "maybe", "alive"], "arm": list("aab")}), "arm",
+     "cannot be read as event/censored: maybe"),
+])
+def test_validation_messages_on_the_page(frame, set_group, message):
+    at = upload(page(), "cohort.csv", frame.to_csv(index=False).encode())
+    widget(at, "selectbox", "Group").set_value(set_group)
+    press(at, "Analyse")
+    assert message in errors(at)
+
+
+def test_group_without_events_still_draws_the_curves():
+    frame = pd.DataFrame({"time": [5, 6, 7, 9, 3, 4], "status": [1, 0, 1, 0, 0, 0], "arm": list("aaabbb")})
+    at = upload(page(), "cohort.csv", frame.to_csv(index=False).encode())
+    widget(at, "selectbox", "Group").set_value("arm")
+    press(at, "Analyse")
+    assert "has no events" in errors(at) and charts(at) >= 1
+
+
+def test_broken_upload_is_a_message_and_the_table_stays():
+    at = upload(page(), "lung.csv", (REF / "lung.csv").read_bytes())
+    press(at, "Analyse")
+    assert not at.error
+    widget(at, "file_uploader", "Cohort table (CSV, TSV or Excel; one row per patient)").set_value(("empty.csv", b"", "text/csv"))
+    at.run()
+    assert "empty.csv is empty" in errors(at)
+    assert "Table **lung.csv**" in " ".join(c.value for c in at.caption)
+    assert charts(at) >= 1
+
+
+def test_cox_tab_fit_and_too_few_events():
+    at = page()
+    press(at, "Fit Cox model")
+    assert not at.error, errors(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Concordance (Harrell's C)"] == "0.637"  # R: concordance(coxph(Surv(time, status) ~ age + sex + ph.ecog, lung))
+    assert any(b.label == "PH test (CSV)" for b in at.get("download_button"))
+    frame = pd.DataFrame({"time": [5, 6, 7, 9, 3, 4], "status": [1, 0, 0, 0, 0, 0], "x": [1, 2, 3, 4, 5, 6.0], "arm": list("aaabbb")})
+    at = upload(at, "few.csv", frame.to_csv(index=False).encode())
+    press(at, "Analyse")
+    widget(at, "multiselect", "Covariates (numeric)").set_value(["x"])
+    press(at, "Fit Cox model")
+    assert "Too few events for a Cox model: 1 event(s) for 1 coefficient(s)" in errors(at)
+
+
+def test_risk_score_tab_demo_split():
+    at = page()
+    widget(at, "selectbox", "Demo cohort").set_value("gbsg2")
+    at.run()
+    press(at, "Build risk score")
+    assert not at.error, errors(at)
+    labels = [b.label for b in at.get("download_button")]
+    assert "Frozen model: coefficients + cut-off (JSON)" in labels and "Coefficients (CSV)" in labels
+    assert "Validation scores (CSV)" in labels
+    assert any(m.label.startswith("Frozen cut-off") for m in at.metric)
