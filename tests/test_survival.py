@@ -140,7 +140,7 @@ def test_medians_match_r_print_survfit(datasets, dataset, group):
     r = r[(r.dataset == dataset) & (r.group_col.fillna("") == group)]
     km = sv.kaplan_meier(cohort_for(datasets, dataset, group))
     names = [str(s).removesuffix(".0") for s in r.stratum] if group else ["all"]
-    for name, (_, row) in zip(names, r.iterrows()):
+    for name, (_, row) in zip(names, r.iterrows(), strict=True):
         c = km[name]
         assert (c.n, c.events) == (row.n, row.events)
         close("median", c.median, row["median"])
@@ -175,7 +175,7 @@ def test_logrank_matches_r_survdiff(datasets, row):
 def test_pairwise_holm_matches_r(veteran):
     r = read_ref("pairwise_veteran.csv")
     res = sv.pairwise_logrank(sv.prepare_cohort(veteran, "time", "status", "celltype")).to_frame()
-    assert list(zip(res.a, res.b)) == list(zip(r.a, r.b))
+    assert list(zip(res.a, res.b, strict=True)) == list(zip(r.a, r.b, strict=True))
     close("pairwise chi2", res.chi2, r.chisq)
     close("pairwise p", res.p, r.p)
     close("pairwise p (Holm)", res.p_holm, r.p_holm)
@@ -483,7 +483,7 @@ def test_cli_json_matches_r(capsys):
     med = read_ref("km_median.csv")
     med = med[med.dataset == "veteran"]
     assert [g["name"] for g in out["groups"]] == list(med.stratum)
-    for g, (_, r) in zip(out["groups"], med.iterrows()):
+    for g, (_, r) in zip(out["groups"], med.iterrows(), strict=True):
         assert set(g) == {"name", "n", "events", "median", "median_ci"}
         assert (g["n"], g["events"], g["median"], g["median_ci"]) == (r.n, r.events, r["median"], [r.lcl, r.ucl])
     lr = read_ref("logrank.csv").query("dataset == 'veteran' and rho == 0").iloc[0]

@@ -40,7 +40,7 @@ def compute(args: argparse.Namespace) -> tuple[dict, str]:
     hr = group_hazard_ratios(cohort)
     ref = cohort.group_order[0]
     hrs = []
-    for g, (_, row) in zip(cohort.group_order[1:], hr.summary.iterrows()):
+    for g, (_, row) in zip(cohort.group_order[1:], hr.summary.iterrows(), strict=True):
         hrs.append({"group": g, "reference": ref, "hr": _num(row["hr"]), "ci": [_num(row["hr_lower"]), _num(row["hr_upper"])],
                     "p": _num(row["p"])})
     out = {"groups": [c.to_dict() for c in km.curves], "logrank": test.to_dict(), "hazard_ratios": hrs}

@@ -16,8 +16,8 @@ The statistics come from :func:`lifelines.statistics.multivariate_logrank_test`.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -11,8 +11,8 @@ theta g(t)`` with ``g`` = the Kaplan–Meier transform of time), computed from t
 from __future__ import annotations
 
 import warnings as _warnings
-from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd

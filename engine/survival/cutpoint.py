@@ -13,8 +13,8 @@ for having looked at every cut: we give Lausen & Schumacher's 1992 approximation
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -140,7 +140,7 @@ def cut_labels(cuts: Sequence[float]) -> list[str]:
     if len(cuts) == 1:
         return [f"low (≤ {_fmt(cuts[0])})", f"high (> {_fmt(cuts[0])})"]
     labels = [f"≤ {_fmt(cuts[0])}"]
-    labels += [f"{_fmt(a)}–{_fmt(b)}" for a, b in zip(cuts[:-1], cuts[1:])]
+    labels += [f"{_fmt(a)}–{_fmt(b)}" for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
     labels.append(f"> {_fmt(cuts[-1])}")
     return labels
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -150,7 +151,7 @@ def coerce_events(values: pd.Series | Sequence, column: str = "event") -> tuple[
     words = present.astype(str).str.strip().str.lower()
     mapping: dict[Any, int] = {}
     bad: list[str] = []
-    for original, word in zip(present, words):
+    for original, word in zip(present, words, strict=True):
         if original in mapping:
             continue
         if word in EVENT_WORDS:
@@ -223,7 +224,7 @@ class Cohort:
     def to_frame(self) -> pd.DataFrame:
         return self.data.copy()
 
-    def with_time_unit(self, unit: str) -> "Cohort":
+    def with_time_unit(self, unit: str) -> Cohort:
         """The same cohort with times converted to ``unit`` (days, weeks, months, years)."""
         if unit == self.time_unit:
             return self

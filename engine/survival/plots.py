@@ -3,7 +3,7 @@ p-value-versus-cut-off curve, scaled Schoenfeld residuals. No Streamlit here: pa
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -101,13 +101,13 @@ def forest_figure(cox: CoxResult, title: str = "Hazard ratios (95 % CI)") -> go.
     """Hazard ratio per term with its confidence interval on a log axis; the line of no effect at 1."""
     s = cox.summary.iloc[::-1]
     labels = [f"{t}" for t in s["term"]]
-    text = [f"{h:.2f} ({lo:.2f}–{hi:.2f}), {format_p(p)}" for h, lo, hi, p in zip(s["hr"], s["hr_lower"], s["hr_upper"], s["p"])]
+    text = [f"{h:.2f} ({lo:.2f}–{hi:.2f}), {format_p(p)}" for h, lo, hi, p in zip(s["hr"], s["hr_lower"], s["hr_upper"], s["p"], strict=True)]
     fig = go.Figure(go.Scatter(
         x=s["hr"], y=labels, mode="markers", marker=dict(symbol="square", size=10, color="#333"),
         error_x=dict(type="data", symmetric=False, array=s["hr_upper"] - s["hr"], arrayminus=s["hr"] - s["hr_lower"], width=0),
         text=text, hovertemplate="%{y}: HR %{text}<extra></extra>", showlegend=False))
     fig.add_vline(x=1, line=dict(dash="dash", color="grey"))
-    for lab, t in zip(labels, text):
+    for lab, t in zip(labels, text, strict=True):
         fig.add_annotation(x=1.0, xref="paper", y=lab, xanchor="left", showarrow=False, text=t, font=dict(size=11))
     ref = f" (reference: {cox.reference_group})" if cox.reference_group else ""
     fig.update_xaxes(type="log", title_text="Hazard ratio (log scale)")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,7 @@ class RiskScoreModel:
         self.penalizer = penalizer
         self.l1_ratio = l1_ratio
 
-    def fit(self, cohort: Cohort) -> "RiskScoreModel":
+    def fit(self, cohort: Cohort) -> RiskScoreModel:
         if not self.features:
             raise InvalidInputError("No features chosen for the risk score.", "Pick at least one numeric column.")
         self.cox_: CoxResult = fit_cox(cohort, self.features, penalizer=self.penalizer, l1_ratio=self.l1_ratio,
@@ -96,7 +96,7 @@ class RiskScoreModel:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RiskScoreModel":
+    def from_dict(cls, d: dict) -> RiskScoreModel:
         """A frozen model from :meth:`to_dict` output (no refitting)."""
         try:
             m = cls(features=d["features"], penalizer=d.get("penalizer", 0.0), l1_ratio=d.get("l1_ratio", 0.0))
