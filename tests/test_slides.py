@@ -1,0 +1,234 @@
+"""Slides: OpenSlide and plain images through one factory, the mpp fallback chain, broken files, library safety."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from engine.errors import CorruptFileError, InvalidInputError, TooLargeError, UnsupportedFormatError
+from engine.slides import (
+    ImageSlide,
+    OpenSlideSlide,
+    SlideLibrary,
+    open_slide,
+    rect_painter,
+    resolve_mpp,
+    resolve_slide_id,
+    save_upload,
+    slide_id_for,
+    write_pyramid_tiff,
+)
+from tests.conftest import shared_path
+
+PATTERN = (1024, 512, 2048, 1536)  # level-0 rectangle of "tissue" in the synthetic slide
+COLOUR = (170, 60, 140)
+
+
+def make_pyramid(path: Path, width=4096, height=3072, levels=3, mpp=0.5, rects=None, noise=0) -> Path:
+    """A tifffile pyramid (the recipe OpenSlide reads as multi-level) with a known tissue rectangle."""
+    rects = [(PATTERN, COLOUR)] if rects is None else rects
+    return write_pyramid_tiff(path, width, height, rect_painter(rects, noise=noise), levels=levels, mpp=mpp)
+
+
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory) -> Path:
+    return make_pyramid(tmp_path_factory.mktemp("pyr") / "synthetic.tif")
+
+
+def test_pyramid_opens_as_multilevel_openslide(pyramid):
+    with open_slide(pyramid) as slide:
+        assert isinstance(slide, OpenSlideSlide)
+        assert slide.level_count == 3
+        assert slide.level_dimensions == ((4096, 3072), (2048, 1536), (1024, 768))
+        assert slide.level_downsamples == pytest.approx((1.0, 2.0, 4.0))
+        info = slide.info
+        assert info.mpp == pytest.approx((0.5, 0.5)) and info.mpp_source == "openslide"
+        assert info.vendor == "generic-tiff"
+        inside = slide.read_region((1500, 1000), 2, (8, 8))
+        outside = slide.read_region((100, 100), 1, (8, 8))
+        assert inside.shape == (8, 8, 3) and inside.dtype == np.uint8
+        assert np.abs(inside.astype(int) - COLOUR).max() < 20
+        assert outside.min() > 230
+        assert slide.content_hash().startswith(("quickhash1:", "sha256:"))
+
+
+def test_plain_image_is_a_one_level_slide(tmp_path):
+    rgb = np.zeros((50, 80, 3), np.uint8) + 120
+    path = tmp_path / "tile.png"
+    Image.fromarray(rgb).save(path)
+    with open_slide(path) as slide:
+        assert isinstance(slide, ImageSlide)
+        assert slide.dimensions == (80, 50) and slide.level_count == 1
+        region = slide.read_region((70, 40), 0, (20, 20))  # runs off the image: glass (white) there
+        assert (region[:10, :10] == 120).all() and (region[15:, 15:] == 255).all()
+        assert slide.info.mpp is None and slide.mpp is None
+        slide.set_user_mpp(0.25)
+        assert slide.info.mpp == (0.25, 0.25) and slide.info.mpp_source == "user"
+        thumb, ds = slide.get_thumbnail(40)
+        assert max(thumb.shape[:2]) == 40 and ds == pytest.approx(2.0)
+
+
+def test_mpp_fallback_chain(tmp_path):
+    assert resolve_mpp({"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.26"}) == ((0.25, 0.26), "openslide")
+    tags = {"tiff.XResolution": "40000", "tiff.YResolution": "40000", "tiff.ResolutionUnit": "centimeter"}
+    (mx, my), source = resolve_mpp(tags)
+    assert source == "tiff-resolution" and mx == pytest.approx(0.25)
+    assert resolve_mpp({"tiff.XResolution": "72", "tiff.YResolution": "72", "tiff.ResolutionUnit": "inch"}) == (None, None)  # screen dpi
+    assert resolve_mpp({}, user_mpp=0.5) == ((0.5, 0.5), "user")
+    assert resolve_mpp({"openslide.mpp-x": "nan"}) == (None, None)
+    # an untiled TIFF with resolution tags: an ImageSlide whose mpp comes from the tags
+    path = tmp_path / "stripped.tif"
+    tifffile.imwrite(path, np.full((64, 64, 3), 200, np.uint8), photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    with open_slide(path) as slide:
+        assert isinstance(slide, ImageSlide)
+        assert slide.info.mpp_source == "tiff-resolution" and slide.mpp == pytest.approx(0.5)
+    with pytest.raises(InvalidInputError, match="plausible"):
+        slide.set_user_mpp(1000)
+
+
+def test_real_cmu_slide_metadata_hides_label_and_macro():
+    path = shared_path("wsi", "CMU-1-Small-Region.svs")
+    with open_slide(path) as slide:
+        info = slide.info
+        assert info.dimensions == (2220, 2967) and info.vendor == "aperio"
+        assert info.mpp == pytest.approx((0.499, 0.499)) and info.objective_power == 20
+        assert info.quickhash and slide.content_hash() == f"quickhash1:{info.quickhash}"
+        assert slide.associated_names == ("thumbnail",)  # label and macro carry patient names
+        assert "label" not in str(info.to_dict()) and "macro" not in str(info.to_dict())
+
+
+def test_real_tcga_slide_without_mpp_falls_back_to_user_value():
+    path = shared_path("wsi", "TCGA-CR-7395-01A-01-TS1.svs")
+    with open_slide(path) as slide:
+        assert slide.level_count == 2 and slide.info.mpp is None and slide.info.mpp_source is None
+        assert slide.info.objective_power is None
+    with open_slide(path, user_mpp=0.5) as slide:
+        assert slide.info.mpp == (0.5, 0.5) and slide.info.mpp_source == "user"
+
+
+# ----------------------------------------------------------------------------- broken slides
+
+def test_zero_byte_slide(tmp_path):
+    path = tmp_path / "empty.svs"
+    path.write_bytes(b"")
+    with pytest.raises(CorruptFileError, match="empty.svs' is empty"):
+        open_slide(path)
+
+
+def test_text_renamed_svs(tmp_path):
+    path = tmp_path / "notes.svs"
+    path.write_text("patient list, not a slide\n" * 20)
+    with pytest.raises(CorruptFileError, match="notes.svs' has a slide file name but is not a slide"):
+        open_slide(path)
+    other = tmp_path / "notes.txt"
+    shutil.copy(path, other)
+    with pytest.raises(UnsupportedFormatError, match="notes.txt"):
+        open_slide(other)
+
+
+def test_truncated_synthetic_slide(tmp_path, pyramid):
+    data = pyramid.read_bytes()
+    path = tmp_path / "cut.tif"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match="cut.tif"):
+        with open_slide(path) as slide:  # opening or the first read must fail, with the name
+            slide.read_region((0, 0), slide.level_count - 1, (64, 64))
+
+
+def test_truncated_real_svs(tmp_path):
+    src = shared_path("wsi", "CMU-1-Small-Region.svs")
+    path = tmp_path / "CMU-cut.svs"
+    path.write_bytes(src.read_bytes()[:600_000])
+    with pytest.raises(CorruptFileError, match="CMU-cut.svs"):
+        with open_slide(path) as slide:
+            x, y = slide.dimensions
+            for yy in range(0, y - 512, 512):
+                slide.read_region((x // 2, yy), 0, (512, 512))
+
+
+def test_huge_dimension_tiff_header(tmp_path):
+    path = tmp_path / "huge.tif"
+    tifffile.imwrite(path, np.full((256, 256, 3), 200, np.uint8), photometric="rgb", tile=(256, 256))
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(4_000_000_000)
+        tif.pages[0].tags["ImageLength"].overwrite(4_000_000_000)
+    with pytest.raises((TooLargeError, CorruptFileError), match="huge.tif"):
+        open_slide(path)
+    stripped = tmp_path / "huge-stripped.tif"
+    tifffile.imwrite(stripped, np.full((16, 16, 3), 200, np.uint8), photometric="rgb")
+    with tifffile.TiffFile(stripped, mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(200_000)
+        tif.pages[0].tags["ImageLength"].overwrite(200_000)
+    with pytest.raises(TooLargeError, match="huge-stripped.tif.*not tiled"):
+        open_slide(stripped)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CorruptFileError, match="nope.svs"):
+        open_slide(tmp_path / "nope.svs")
+
+
+# ----------------------------------------------------------------------------- library and uploads
+
+@pytest.fixture
+def library(tmp_path, monkeypatch, pyramid):
+    root = tmp_path / "library"
+    (root / "cases" / "a").mkdir(parents=True)
+    shutil.copy(pyramid, root / "cases" / "a" / "one.tif")
+    (root / "cases" / "readme.txt").write_text("x")
+    outside = tmp_path / "secret.svs"
+    shutil.copy(pyramid, outside)
+    os.symlink(outside, root / "cases" / "escape.svs")
+    os.symlink(tmp_path, root / "up")
+    os.symlink(root / "cases" / "a" / "one.tif", root / "inside-link.tif")
+    monkeypatch.setenv("HISTODASH_SLIDES_DIR", str(root))
+    return SlideLibrary(root)
+
+
+def test_library_lists_slides_only_inside(library):
+    top = library.list("")
+    assert [(e.name, e.is_dir) for e in top] == [("cases", True), ("inside-link.tif", False)]
+    cases = library.list("cases")
+    assert [e.name for e in cases] == ["a"]  # no text file, no symlink leading out
+    assert sorted(e.relpath for e in library.walk()) == ["cases/a/one.tif", "inside-link.tif"]
+    os.symlink(library.root / "cases", library.root / "cases" / "a" / "loop")  # a loop inside: walked once
+    assert sorted(e.relpath for e in library.walk()) == ["cases/a/one.tif", "inside-link.tif"]
+
+
+@pytest.mark.parametrize("bad", ["../secret.svs", "/etc/passwd", "cases/../../secret.svs", "cases/escape.svs", "up/secret.svs", "C:/x.svs", "missing.svs"])
+def test_library_refuses_traversal_and_symlinks_out(library, bad):
+    with pytest.raises(InvalidInputError):
+        library.resolve(bad)
+    with pytest.raises(InvalidInputError):
+        resolve_slide_id(f"lib:{bad}")
+
+
+def test_slide_ids_round_trip(library, tmp_path, pyramid):
+    path = resolve_slide_id("lib:cases/a/one.tif")
+    assert path.name == "one.tif"
+    assert slide_id_for(path) == "lib:cases/a/one.tif"
+    saved = save_upload(io.BytesIO(pyramid.read_bytes()), "../../My Slide.tif", "sess1")
+    assert saved.name == "My_Slide.tif" and saved.parent.name == "slides"
+    assert slide_id_for(saved, session="sess1") == "up:My_Slide.tif"
+    assert resolve_slide_id("up:My_Slide.tif", session="sess1") == saved
+    with pytest.raises(InvalidInputError):
+        resolve_slide_id("up:My_Slide.tif", session="other")
+    with pytest.raises(InvalidInputError):
+        resolve_slide_id("up:../x.tif", session="sess1")
+    with pytest.raises(InvalidInputError):
+        resolve_slide_id("file:/etc/passwd")
+
+
+def test_broken_upload_leaves_nothing(tmp_path):
+    with pytest.raises(CorruptFileError, match="broken.svs"):
+        save_upload(io.BytesIO(b"not a slide at all"), "broken.svs", "sess2")
+    from engine.slides import uploads_dir
+
+    assert list(uploads_dir("sess2").iterdir()) == []

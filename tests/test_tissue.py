@@ -1,0 +1,56 @@
+"""Tissue detection: Otsu + clean-up on a thumbnail, area-exact tile fractions, empty slides."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.slides import open_slide
+from engine.tissue import TissueMask, TissueMasker
+from tests.conftest import shared_path
+from tests.test_slides import PATTERN, make_pyramid
+
+
+def test_synthetic_slide_mask_matches_pattern(tmp_path):
+    path = make_pyramid(tmp_path / "s.tif", noise=4)
+    with open_slide(path) as slide:
+        mask = TissueMasker(max_side=512).fit(slide)
+    assert mask.mask.shape == (384, 512) and mask.scale_x == pytest.approx(8.0)
+    x0, y0, x1, y1 = PATTERN
+    expected = (x1 - x0) * (y1 - y0) / (4096 * 3072)
+    assert mask.tissue_fraction == pytest.approx(expected, abs=0.01)
+    assert mask.fraction_in((x0, y0, x1 - x0, y1 - y0)) > 0.98
+    assert mask.fraction_in((0, 0, 512, 512)) == 0.0
+    # a tile half over the pattern's left edge
+    assert mask.fraction_in((x0 - 128, y0 + 256, 256, 256)) == pytest.approx(0.5, abs=0.05)
+
+
+def test_fractions_are_area_exact():
+    m = np.zeros((4, 4), bool)
+    m[1:3, 1:3] = True
+    mask = TissueMask(m, 10.0, 10.0, 0.5)
+    xs = np.array([0, 10, 5, 15, 30])
+    ys = np.array([0, 10, 5, 15, 30])
+    got = mask.fractions(xs, ys, 10, 10)
+    assert got == pytest.approx([0.0, 1.0, 0.25, 1.0, 0.0])
+    assert mask.fraction_in((0, 0, 40, 40)) == pytest.approx(0.25)
+    assert mask.fraction_in((35, 35, 20, 20)) == 0.0  # partly off the slide: the outside counts as glass
+
+
+def test_blank_slide_has_no_tissue(tmp_path):
+    path = make_pyramid(tmp_path / "blank.tif", rects=[], noise=6)
+    with open_slide(path) as slide:
+        mask = TissueMasker(max_side=256).fit(slide)
+    assert mask.tissue_fraction == 0.0
+
+
+def test_uniform_image_has_no_tissue():
+    mask = TissueMasker().fit_rgb(np.full((64, 64, 3), 250, np.uint8))
+    assert not mask.mask.any()
+
+
+def test_real_slides_have_tissue():
+    for name, low, high in (("CMU-1-Small-Region.svs", 0.25, 0.7), ("TCGA-CR-7395-01A-01-TS1.svs", 0.45, 0.8)):
+        with open_slide(shared_path("wsi", name)) as slide:
+            mask = TissueMasker(max_side=512).fit(slide)
+        assert low < mask.tissue_fraction < high, (name, mask.tissue_fraction)
