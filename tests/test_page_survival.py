@@ -172,3 +172,35 @@ def test_risk_score_tab_demo_split():
     assert "Frozen model: coefficients + cut-off (JSON)" in labels and "Coefficients (CSV)" in labels
     assert "Validation scores (CSV)" in labels
     assert any(m.label.startswith("Frozen cut-off") for m in at.metric)
+
+
+def test_join_slide_scores_then_risk_score_with_uploaded_validation():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 80
+    score = rng.random(n)
+    cohort = pd.DataFrame({"pid": [f"P{i:03d}" for i in range(n)], "time": rng.exponential(10 / (0.2 + score)).round(1),
+                           "event": rng.random(n) < 0.8})
+    slides = pd.DataFrame({"slide": [f"P{i:03d}-{k}.svs" for i in range(n) for k in "AB"],
+                           "mean_score": np.repeat(score, 2) + rng.normal(0, 0.01, 2 * n)})
+    at = upload(page(), "cohort.csv", cohort.to_csv(index=False).encode())
+    widget(at, "file_uploader", "Features table").set_value(("scores.csv", slides.to_csv(index=False).encode(), "text/csv"))
+    at.run()
+    widget(at, "selectbox", "Patient id (scores.csv)").set_value("slide")
+    widget(at, "number_input", "Use the first N characters of its ids (0 = all; TCGA: 12)").set_value(4)
+    press(at, "Join features")
+    assert "repeated patient id(s), e.g. 'P000'" in errors(at)  # two slides per patient, not averaged
+    widget(at, "checkbox", "Average several rows per patient").check()
+    press(at, "Join features")
+    assert "Using **cohort.csv + scores.csv**: 80 patients with features." in " ".join(c.value for c in at.caption)
+    widget(at, "selectbox", "Event").set_value("event")
+    press(at, "Analyse")
+    assert "80 patients" in infos(at) and "True → event" in infos(at)
+    widget(at, "multiselect", "Features").set_value(["mean_score"])
+    widget(at, "radio", "Validation cohort").set_value("Upload a validation table")
+    validation = cohort.assign(mean_score=score).iloc[:40]
+    widget(at, "file_uploader", "Validation table (same columns)").set_value(("val.csv", validation.to_csv(index=False).encode(), "text/csv"))
+    press(at, "Build risk score")
+    assert not at.error, errors(at)
+    assert "Validation scores (CSV)" in [b.label for b in at.get("download_button")]

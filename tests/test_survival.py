@@ -416,6 +416,9 @@ def test_join_features():
     assert list(out.pid) == ["p2", "p3"] and list(out.cluster_7) == [0.1, 0.5]
     with pytest.raises(InvalidInputError, match="repeated patient id"):
         sv.join_features(cohort, pd.concat([feats, feats]), "pid", "patient")
+    slides = pd.DataFrame({"slide": ["p2-A.svs", "p2-B.svs", "p3-A.svs"], "mean_score": [0.2, 0.4, 0.9], "error": [None] * 3})
+    joined = sv.join_features(cohort, slides, "pid", "slide", id_chars=2, aggregate=True)
+    assert list(joined.pid) == ["p2", "p3"] and joined.mean_score.tolist() == pytest.approx([0.3, 0.9])
     with pytest.raises(InvalidInputError, match="No patient id"):
         sv.join_features(cohort, feats.assign(patient=["x", "y", "z"]), "pid", "patient")
 
@@ -468,6 +471,9 @@ def test_km_figure_has_everything(lung):
     assert "<html>" in sv.figure_html(fig)[:200]
     forest = sv.forest_figure(sv.group_hazard_ratios(c))
     assert forest.layout.xaxis.type == "log"
+    if not sv.image_export_available():
+        with pytest.raises(UnsupportedFormatError, match="Static image export is not installed"):
+            sv.figure_image(fig, "png")
     d = lung.dropna(subset=["age"])
     assert sv.cutpoint_figure(sv.optimal_cutpoint(d.time, d.status - 1, d.age, variable="age")).data
 

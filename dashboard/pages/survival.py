@@ -55,6 +55,31 @@ else:
     table_name, table = st.session_state["survival_table"]
     st.caption(f"Table **{table_name}**: {len(table)} rows, {table.shape[1]} columns.")
 
+with st.expander("Add per-patient features from another table (e.g. slide scores from `python -m engine cohort-scores`)"):
+    feat_file = st.file_uploader("Features table", type=["csv", "tsv", "txt", "xlsx"], key="survival_feat_upload")
+    if feat_file is not None and st.session_state.get("survival_feat_id") != feat_file.file_id:
+        st.session_state["survival_feat_id"] = feat_file.file_id
+        with guarded(f"Reading {feat_file.name}"):
+            st.session_state["survival_features"] = (feat_file.name, sv.read_table(feat_file.getvalue(), name=feat_file.name))
+    if "survival_features" in st.session_state:
+        feat_name, feat_table = st.session_state["survival_features"]
+        c1, c2, c3, c4 = st.columns(4)
+        left_id = c1.selectbox("Patient id (cohort table)", list(table.columns), key="survival_join_left")
+        right_id = c2.selectbox(f"Patient id ({feat_name})", list(feat_table.columns), key="survival_join_right")
+        id_chars = c3.number_input("Use the first N characters of its ids (0 = all; TCGA: 12)", 0, 200, 0, key="survival_join_chars")
+        aggregate = c4.checkbox("Average several rows per patient", key="survival_join_agg")
+        if st.button("Join features", key="survival_join_button"):
+            with guarded("Joining features"):
+                joined = sv.join_features(table, feat_table, left_id, right_id, id_chars=int(id_chars) or None, aggregate=aggregate)
+                st.session_state["survival_join"] = {"base": table_name, "name": f"{table_name} + {feat_name}", "table": joined}
+    joined = st.session_state.get("survival_join")
+    if joined and joined["base"] == table_name and st.button("Remove the joined features", key="survival_join_remove"):
+        st.session_state.pop("survival_join")
+joined = st.session_state.get("survival_join")
+if joined and joined["base"] == table_name:
+    table_name, table = joined["name"], joined["table"]
+    st.caption(f"Using **{table_name}**: {len(table)} patients with features.")
+
 tid = table_id(table_name, table)
 columns = list(table.columns)
 numeric = [c for c in columns if pd.api.types.is_numeric_dtype(table[c])]
@@ -148,8 +173,19 @@ def csv_button(label: str, frame: pd.DataFrame, name: str) -> None:
 
 
 def html_button(fig, name: str) -> None:
-    st.download_button("Figure (HTML, offline; SVG from its camera button)", sv.figure_html(fig).encode(), file_name=name,
-                       mime="text/html", key=f"survival_dl_{name}")
+    """HTML download always; PNG and SVG files too where kaleido (static export) is installed."""
+    st.download_button("Figure (HTML, offline; SVG from its camera button)", sv.figure_html(fig).encode(), file_name=f"{name}.html",
+                       mime="text/html", key=f"survival_dl_{name}.html")
+    if not sv.image_export_available():
+        return
+    key = f"survival_img_{name}"
+    if st.button("Prepare PNG and SVG files", key=f"survival_prep_{name}"):
+        with guarded("Figure export"):
+            st.session_state[key] = {fmt: sv.figure_image(fig, fmt) for fmt in ("png", "svg")}
+    images = st.session_state.get(key)
+    if images:
+        for fmt, mime in (("png", "image/png"), ("svg", "image/svg+xml")):
+            st.download_button(f"Figure ({fmt.upper()})", images[fmt], file_name=f"{name}.{fmt}", mime=mime, key=f"survival_dl_{name}.{fmt}")
 
 
 tab_km, tab_tests, tab_cut, tab_cox, tab_risk = st.tabs(["Kaplan–Meier", "Tests", "Cut-point", "Cox model", "Risk score"])
@@ -160,7 +196,7 @@ with tab_km:
         st.plotly_chart(fig, config=CHART_CONFIG, key="survival_km_chart")
         st.caption("Shaded: 95 % log-log confidence bands; +: censored; dashed: median survival. "
                    "PNG: the camera button on the figure.")
-        html_button(fig, "kaplan_meier.html")
+        html_button(fig, "kaplan_meier")
     st.subheader("Median survival")
     st.dataframe(km.medians_frame(), hide_index=True)
     st.caption("Median and 95 % CI as R's print.survfit; empty where the curve (or its limit) never reaches 0.5 (not reached).")
@@ -190,7 +226,9 @@ with tab_tests:
     if res["hr"] is not None:
         st.subheader(f"Hazard ratios against '{res['hr'].reference_group}' (Cox, Efron ties)")
         st.dataframe(res["hr"].to_frame(), hide_index=True)
-        st.plotly_chart(sv.forest_figure(res["hr"]), config=CHART_CONFIG, key="survival_hr_forest")
+        fig = sv.forest_figure(res["hr"])
+        st.plotly_chart(fig, config=CHART_CONFIG, key="survival_hr_forest")
+        html_button(fig, "hazard_ratios_forest")
         csv_button("Hazard ratios (CSV)", res["hr"].to_frame(), "hazard_ratios.csv")
 
 with tab_cut:
@@ -211,7 +249,7 @@ with tab_cut:
         st.caption(f"Maximally selected log-rank statistic |Z| = {scan.statistic:.3f} (as R maxstat, smethod = \"LogRank\"), "
                    f"cut-offs leaving at least {scan.minprop:.0%} of the {scan.n} patients per group.")
         csv_button("p-value versus cut-off (CSV)", scan.to_frame(), "cutpoint_scan.csv")
-        html_button(fig, "cutpoint.html")
+        html_button(fig, "cutpoint")
 
 with tab_cox:
     with st.form(f"survival_cox_form_{tid}"):
@@ -247,7 +285,9 @@ with tab_cox:
         c2.metric("Patients / events", f"{cox.n} / {cox.n_events}")
         c3.metric("Penaliser", f"{cox.penalizer:g}")
         st.dataframe(cox.to_frame(), hide_index=True)
-        st.plotly_chart(sv.forest_figure(cox), config=CHART_CONFIG, key="survival_cox_forest")
+        fig = sv.forest_figure(cox)
+        st.plotly_chart(fig, config=CHART_CONFIG, key="survival_cox_forest")
+        html_button(fig, "cox_forest")
         csv_button("Cox model (CSV)", cox.to_frame(), "cox_model.csv")
         if cox.ph_test is not None:
             st.subheader("Proportional hazards (Schoenfeld residuals)")
@@ -256,7 +296,9 @@ with tab_cox:
             st.dataframe(cox.ph_test, hide_index=True)
             csv_button("PH test (CSV)", cox.ph_test, "cox_zph.csv")
             term = st.selectbox("Residual plot for", list(cox.summary.term), key="survival_cox_sch_term")
-            st.plotly_chart(sv.schoenfeld_figure(cox, term, cohort.time_unit), config=CHART_CONFIG, key="survival_sch_chart")
+            fig = sv.schoenfeld_figure(cox, term, cohort.time_unit)
+            st.plotly_chart(fig, config=CHART_CONFIG, key="survival_sch_chart")
+            html_button(fig, "schoenfeld")
 
 with tab_risk:
     st.caption("PathoSig workflow: features → (penalised) Cox on the discovery cohort → risk score = Σ coef × feature → "
@@ -303,7 +345,9 @@ with tab_risk:
             st.subheader(f"{outcome.name.capitalize()} cohort ({outcome.cohort.n} patients)")
             if outcome.message:
                 st.error(outcome.message)
-            st.plotly_chart(sv.km_figure(outcome.km, outcome.logrank), config=CHART_CONFIG, key=f"survival_risk_km_{outcome.name}")
+            fig = sv.km_figure(outcome.km, outcome.logrank, title=f"{outcome.name.capitalize()} cohort: risk groups")
+            st.plotly_chart(fig, config=CHART_CONFIG, key=f"survival_risk_km_{outcome.name}")
+            html_button(fig, f"risk_km_{outcome.name}")
             csv_button(f"{outcome.name.capitalize()} scores (CSV)", outcome.scores_frame(), f"risk_scores_{outcome.name}.csv")
         st.caption("Each cohort's risk group uses the discovery coefficients and cut-off unchanged: validation p-values are not optimistic.")
 

@@ -96,6 +96,8 @@ __all__ = [
     "schoenfeld_figure",
     "figure_html",
     "format_p",
+    "figure_image",
+    "image_export_available",
 ]
 
 
@@ -107,7 +109,8 @@ def register(subparsers) -> None:
 
 
 def __getattr__(name):  # plotly figures on demand, so the CLI does not import plotly
-    if name in {"km_figure", "forest_figure", "cutpoint_figure", "schoenfeld_figure", "figure_html", "format_p"}:
+    if name in {"km_figure", "forest_figure", "cutpoint_figure", "schoenfeld_figure", "figure_html", "format_p", "figure_image",
+                "image_export_available"}:
         from engine.survival import plots
 
         return getattr(plots, name)

@@ -437,28 +437,36 @@ def split_discovery_validation(df: pd.DataFrame, fraction: float = 0.5, seed: in
     return df[mask].reset_index(drop=True), df[~mask].reset_index(drop=True)
 
 
-def join_features(cohort_table: pd.DataFrame, features: pd.DataFrame, on: str, features_on: str | None = None) -> pd.DataFrame:
-    """Join per-patient features (e.g. cluster proportions or slide scores) onto a cohort table by patient id.
+def join_features(cohort_table: pd.DataFrame, features: pd.DataFrame, on: str, features_on: str | None = None, *,
+                  id_chars: int | None = None, aggregate: bool = False) -> pd.DataFrame:
+    """Join per-patient features (e.g. cluster proportions, or ``cohort-scores`` slide scores) onto a cohort table.
 
-    Inner join; raises if the id column is missing, if the features table repeats an id (aggregate slide
-    scores per patient first) or if no id matches.
+    Inner join on the patient id (compared as stripped text). ``id_chars`` keeps only the first N characters of
+    the features table's ids (a TCGA slide name's first 12 are the patient barcode). Several rows per patient
+    are an error unless ``aggregate`` is true, which averages their numeric columns (e.g. several slides).
+    Raises if an id column is missing or no id matches.
     """
     features_on = features_on or on
-    if on not in cohort_table.columns:
-        _require_columns(cohort_table, [on])
+    _require_columns(cohort_table, [on])
     if features_on not in features.columns:
         raise InvalidInputError(f"Id column {features_on!r} is not in the features table.",
                                 f"Pick from its columns: {', '.join(map(str, features.columns[:30]))}.")
-    dup = features[features_on][features[features_on].duplicated()].unique()
-    if len(dup):
-        raise InvalidInputError(
-            f"The features table has {len(dup)} repeated patient id(s), e.g. {dup[0]!r}.",
-            "Give one row per patient (e.g. average the slide scores of each patient) before joining.")
-    left = cohort_table.copy()
     right = features.copy()
-    left["__key__"] = left[on].astype(str).str.strip()
-    right["__key__"] = right[features_on].astype(str).str.strip()
+    key = right[features_on].astype(str).str.strip()
+    if id_chars:
+        key = key.str[: int(id_chars)]
     right = right.drop(columns=[features_on])
+    right["__key__"] = key
+    if right["__key__"].duplicated().any():
+        dup = right["__key__"][right["__key__"].duplicated()].unique()
+        if not aggregate:
+            raise InvalidInputError(
+                f"The features table has {len(dup)} repeated patient id(s), e.g. {dup[0]!r}.",
+                "Tick 'average several rows per patient' (e.g. several slides), or give one row per patient.")
+        num = [c for c in right.columns if c != "__key__" and pd.api.types.is_numeric_dtype(right[c])]
+        right = right.groupby("__key__", sort=False)[num].mean().reset_index()
+    left = cohort_table.copy()
+    left["__key__"] = left[on].astype(str).str.strip()
     clash = [c for c in right.columns if c in left.columns and c != "__key__"]
     right = right.rename(columns={c: f"{c}_feature" for c in clash})
     out = left.merge(right, on="__key__", how="inner").drop(columns="__key__")

@@ -158,6 +158,29 @@ def schoenfeld_figure(cox: CoxResult, term: str, time_unit: str = "") -> go.Figu
     return fig
 
 
+def image_export_available() -> bool:
+    """True when static export (kaleido >= 1, which drives a local Chrome/Chromium) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("kaleido") is not None
+
+
+def figure_image(fig: go.Figure, image_format: str = "png", *, width: int = 1000, height: int | None = None, scale: float = 2) -> bytes:
+    """The figure as PNG or SVG bytes through kaleido (no network: it uses the system's Chromium)."""
+    from engine.errors import UnsupportedFormatError
+
+    if image_format not in ("png", "svg", "pdf"):
+        raise UnsupportedFormatError(f"Cannot export a figure as {image_format!r}.", "Choose png, svg or pdf.")
+    if not image_export_available():
+        raise UnsupportedFormatError("Static image export is not installed on this server (kaleido).",
+                                     "Use the camera button on the figure (PNG), or the HTML download (SVG from its camera button).")
+    try:
+        return fig.to_image(format=image_format, width=width, height=height or fig.layout.height or 600, scale=scale)
+    except Exception as exc:  # noqa: BLE001 - kaleido reports a missing or broken browser in many ways
+        raise UnsupportedFormatError(f"Static image export failed ({type(exc).__name__}): no usable Chrome/Chromium on this server?",
+                                     "Use the camera button on the figure (PNG) or the HTML download.") from exc
+
+
 def figure_html(fig: go.Figure, image_format: str = "svg") -> str:
     """A self-contained HTML file of the figure (plotly.js inlined, works offline); the camera button of its
     toolbar saves the figure as ``image_format`` (``svg`` for journals, or ``png``) in the browser."""
