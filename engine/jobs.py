@@ -1,0 +1,674 @@
+"""Background jobs: long work (training, slide heatmaps) outside the web process.
+
+>>> from engine.jobs import get_runner
+>>> runner = get_runner()
+>>> job_id = runner.submit("train", {"data": "tiles/", "epochs": 1})
+>>> runner.get(job_id).state          # "queued" | "running" | "succeeded" | "failed" | "cancelled"
+>>> runner.cancel(job_id)
+
+A *job function* is ``fn(params: dict, ctx: JobContext) -> dict`` named by :data:`JOB_KINDS`
+(``kind -> "module:function"``). It runs in its own OS process, reports through ``ctx``
+(:meth:`JobContext.progress`, :meth:`~JobContext.metric`, :meth:`~JobContext.log`) and checks
+:meth:`JobContext.cancelled` often; its return value (JSON-serialisable) becomes the record's ``result``.
+
+The embedded default, :class:`LocalProcessRunner`, needs no server. Every job is a folder under
+``settings.jobs_dir``::
+
+    <job id>/job.json        kind, target, params, owner, created           (written once, at submit)
+    <job id>/state.json      state, pid, started, finished, result, error   (read-modify-write under a file lock)
+    <job id>/progress.json   done, total, message, eta_s, …                 (the worker only, throttled)
+    <job id>/metrics.jsonl   one JSON row per ``ctx.metric`` call           (the worker only, appended)
+    <job id>/log.txt         ``ctx.log`` lines + the worker's stdout/stderr (tracebacks included)
+    <job id>/cancel          flag file: cancel requested
+    <job id>/work/           the job's scratch folder (``ctx.workdir``)
+
+All JSON is written atomically (temp file + ``os.replace``), so records survive page reloads, a
+dashboard restart and a crash of either side. Each job runs as
+``python -m engine.jobs _worker <job dir>`` in a new session (``start_new_session=True``), so
+closing the browser or restarting Streamlit leaves it running. Scheduling (start queued jobs while
+fewer than ``slots`` run; ``HISTODASH_JOB_SLOTS``, default 1) happens on ``submit``/``get``/``list``
+and when a worker finishes, under a lock on the jobs folder: no daemon thread. A record that says
+``running`` whose worker process is gone (killed, out of memory, machine rebooted) is marked
+``failed`` the next time it is read.
+
+The runner is used only through the small :class:`JobRunner` protocol (submit, get, cancel, list,
+log_tail), so a cluster backend (a Ray runner is planned: ``ray.remote`` tasks reporting through
+the same :class:`JobContext` verbs, records in a shared store) can replace
+:class:`LocalProcessRunner` in :func:`get_runner` without touching the pages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.config import REPO_ROOT, get_settings
+from engine.errors import HistoDashError, InvalidInputError, JobError
+
+try:  # POSIX file locks; on other systems the lock is a no-op (one dashboard process assumed)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+#: kind -> "module:function" of the job function. Resolved once, at submit, and stored in the record.
+JOB_KINDS: dict[str, str] = {
+    "train": "engine.training.run:run_job",
+    "heatmap": "engine.heatmap:run_job",
+}
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
+
+JOB_FILE, STATE_FILE, PROGRESS_FILE, METRICS_FILE, LOG_FILE, CANCEL_FILE = (
+    "job.json", "state.json", "progress.json", "metrics.jsonl", "log.txt", "cancel")
+
+
+class JobCancelled(Exception):
+    """Raised inside a job (by :meth:`JobContext.raise_if_cancelled`) to stop it; the job ends ``cancelled``."""
+
+
+class JobNotFoundError(JobError):
+    """No job with that id."""
+
+    default_hint = "Run `python -m engine jobs list` to see the jobs."
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as last persisted. Times are UNIX seconds (``time.time()``), None until they happen.
+
+    ``progress`` holds ``done``, ``total``, ``message``, ``eta_s`` (seconds left, None when unknown)
+    and whatever extra keys the job passed to :meth:`JobContext.progress` (training: ``epoch``,
+    ``epochs``, ``batch``, ``batches``).
+    """
+
+    id: str
+    kind: str
+    state: str
+    params: dict
+    owner: str | None = None
+    pid: int | None = None
+    created: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    progress: dict = field(default_factory=dict)
+    metrics: list = field(default_factory=list)
+    result: dict | None = None
+    error: str | None = None
+    log_path: str = ""
+    cancel_requested: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def finished_ok(self) -> bool:
+        return self.state == "succeeded"
+
+    @property
+    def fraction(self) -> float:
+        """Progress in 0..1 (1 once finished successfully)."""
+        if self.state == "succeeded":
+            return 1.0
+        total = self.progress.get("total") or 0
+        return min(max(float(self.progress.get("done", 0)) / total, 0.0), 1.0) if total else 0.0
+
+    @property
+    def elapsed_s(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.finished or time.time()) - self.started
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class JobRunner(Protocol):
+    """What the pages and the CLI use. Implementations: :class:`LocalProcessRunner` (a Ray runner later)."""
+
+    def submit(self, kind: str, params: dict, *, owner: str | None = None) -> str: ...
+
+    def get(self, job_id: str) -> JobRecord: ...
+
+    def cancel(self, job_id: str) -> None: ...
+
+    def list(self, kind: str | None = None, owner: str | None = None) -> list[JobRecord]: ...
+
+    def log_tail(self, job_id: str, n: int = 50) -> str: ...
+
+
+# ----------------------------------------------------------------------------- small file helpers
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Atomic: readers see the old or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return default
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing), across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _tail(path: Path, n: int, max_bytes: int = 256 * 1024) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except FileNotFoundError:
+        return ""
+    lines = data.decode("utf-8", "replace").splitlines()
+    return "\n".join(lines[-n:]) if n > 0 else ""
+
+
+def _pid_alive(pid: int | None, job_dir: Path | None = None) -> bool:
+    """True while process ``pid`` runs (zombies count as dead; with ``/proc``, it must be this job's worker)."""
+    if not pid:
+        return False
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)  # reaps our own finished children (no zombies)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else: not our worker
+        return job_dir is None
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
+        try:
+            stat = (proc / "stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False
+            if job_dir is not None:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+                return str(job_dir.name) in cmdline
+        except (OSError, IndexError):
+            return False
+    return True
+
+
+def _resolve(target: str):
+    module_name, _, func_name = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, func_name)
+
+
+def validate_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not job_id or len(job_id) > 100 or not all(c.isalnum() or c in "-_" for c in job_id):
+        raise JobNotFoundError(f"'{job_id}' is not a job id.")
+    return job_id
+
+
+# ----------------------------------------------------------------------------- context (worker side)
+
+
+class JobContext:
+    """What a job function gets: its id, scratch folder, params, and the verbs to report and to stop.
+
+    Args:
+        job_dir: the job's folder (see the module docstring).
+        params: the job's parameters.
+        throttle_s: ``progress`` writes at most this often (the last call is never lost for long:
+            a change of ``message`` or ``done == total`` is written at once).
+    """
+
+    def __init__(self, job_dir: Path | str, params: dict | None = None, *, throttle_s: float = 0.5):
+        self.job_dir = Path(job_dir)
+        self.job_id = self.job_dir.name
+        self.workdir = self.job_dir / "work"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.params = dict(params or {})
+        self.throttle_s = throttle_s
+        self._last_write = 0.0
+        self._last_message: str | None = None
+        self._eta_origin: tuple[int, float, int] | None = None  # (total, t0, done0)
+        self._cancel_path = self.job_dir / CANCEL_FILE
+        self._cancel_checked = 0.0
+        self._cancel_seen = False
+
+    # -- reporting
+    def progress(self, done: int, total: int, message: str = "", **extra) -> None:
+        """Record progress (``done`` of ``total`` units) with an ETA; cheap to call every batch."""
+        now = time.time()
+        if self._eta_origin is None or self._eta_origin[0] != total or done < self._eta_origin[2]:
+            self._eta_origin = (total, now, done)
+        _, t0, d0 = self._eta_origin
+        rate = (done - d0) / (now - t0) if now > t0 and done > d0 else None
+        eta = (total - done) / rate if rate else None
+        if now - self._last_write < self.throttle_s and message == self._last_message and done < total:
+            return
+        self._last_write, self._last_message = now, message
+        data = {"done": int(done), "total": int(total), "message": message, "eta_s": None if eta is None else round(eta, 1), "updated": now}
+        data.update(extra)
+        _write_json(self.job_dir / PROGRESS_FILE, data)
+
+    def metric(self, **values) -> None:
+        """Append a row (e.g. one epoch's metrics) to the record's ``metrics`` list."""
+        row = {"time": time.time(), **values}
+        with open(self.job_dir / METRICS_FILE, "a") as fh:
+            fh.write(json.dumps(row, default=float) + "\n")
+
+    def log(self, message: str) -> None:
+        """Append a time-stamped line to the job's log file."""
+        stamp = time.strftime("%H:%M:%S")
+        with open(self.job_dir / LOG_FILE, "a") as fh:
+            fh.write(f"[{stamp}] {message}\n")
+
+    # -- cancellation
+    def cancelled(self) -> bool:
+        """True once cancel was requested (a stat call at most every 50 ms)."""
+        if self._cancel_seen:
+            return True
+        now = time.monotonic()
+        if now - self._cancel_checked >= 0.05:
+            self._cancel_checked = now
+            self._cancel_seen = self._cancel_path.exists()
+        return self._cancel_seen
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancelled():
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+
+# ----------------------------------------------------------------------------- the local runner
+
+
+class LocalProcessRunner:
+    """Jobs as OS processes on this machine, records as files in ``root`` (module docstring).
+
+    Args:
+        root: the jobs folder (default: ``settings.jobs_dir``).
+        slots: how many jobs run at once (default: ``HISTODASH_JOB_SLOTS``, else 1).
+    """
+
+    def __init__(self, root: Path | str | None = None, *, slots: int | None = None):
+        self.root = Path(root) if root is not None else get_settings().jobs_dir
+        if slots is None:
+            try:
+                slots = int(os.environ.get("HISTODASH_JOB_SLOTS", "1"))
+            except ValueError as exc:
+                raise InvalidInputError(f"HISTODASH_JOB_SLOTS={os.environ['HISTODASH_JOB_SLOTS']!r} is not a whole number.") from exc
+        self.slots = max(1, int(slots))
+
+    # -- paths
+    def _dir(self, job_id: str) -> Path:
+        return self.root / validate_job_id(job_id)
+
+    def _lock(self) -> contextlib.AbstractContextManager:
+        return _locked(self.root / ".lock")
+
+    # -- public API
+    def submit(self, kind: str, params: dict, *, owner: str | None = None) -> str:
+        """Queue a job; it starts at once when a slot is free. Returns the job id."""
+        if kind not in JOB_KINDS:
+            raise JobError(f"Unknown job kind '{kind}'. Known: {', '.join(sorted(JOB_KINDS))}.")
+        try:
+            params = json.loads(json.dumps(params))
+        except (TypeError, ValueError) as exc:
+            raise JobError(f"Job parameters must be plain JSON values ({exc}).") from exc
+        self.root.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{secrets.token_hex(3)}"
+        job_dir = self.root / job_id
+        job_dir.mkdir()
+        (job_dir / "work").mkdir()
+        (job_dir / LOG_FILE).touch()
+        _write_json(job_dir / STATE_FILE, {"state": "queued"})
+        # job.json last: a folder without it is not a job yet (list() skips it)
+        _write_json(job_dir / JOB_FILE, {"id": job_id, "kind": kind, "target": JOB_KINDS[kind], "params": params, "owner": owner, "created": now})
+        self._schedule()
+        return job_id
+
+    def get(self, job_id: str) -> JobRecord:
+        self._schedule()
+        return self._record(self._dir(job_id))
+
+    def list(self, kind: str | None = None, owner: str | None = None) -> list[JobRecord]:
+        """All jobs, newest first (optionally of one kind / owner)."""
+        self._schedule()
+        out = []
+        for job_dir in self._job_dirs():
+            try:
+                rec = self._record(job_dir)
+            except JobError:
+                continue
+            if (kind is None or rec.kind == kind) and (owner is None or rec.owner == owner):
+                out.append(rec)
+        return sorted(out, key=lambda r: (r.created or 0, r.id), reverse=True)
+
+    def cancel(self, job_id: str, *, force: bool = False) -> None:
+        """Cancel a queued job at once, or ask a running one to stop (within one batch for training).
+
+        ``force=True`` also sends SIGTERM to a running worker (for a job stuck inside one long step).
+        Cancelling a finished job does nothing.
+        """
+        job_dir = self._dir(job_id)
+        if not (job_dir / JOB_FILE).exists():
+            raise JobNotFoundError(f"No job '{job_id}'.")
+        (job_dir / CANCEL_FILE).touch()
+        with _locked(job_dir / ".lock"):
+            st = _read_json(job_dir / STATE_FILE, {})
+            if st.get("state") == "queued":
+                st.update(state="cancelled", finished=time.time(), error=None)
+                _write_json(job_dir / STATE_FILE, st)
+                _append(job_dir / LOG_FILE, "cancelled before it started")
+            elif st.get("state") == "running" and force and _pid_alive(st.get("pid"), job_dir):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(st["pid"], signal.SIGTERM)
+
+    def log_tail(self, job_id: str, n: int = 50) -> str:
+        return _tail(self._dir(job_id) / LOG_FILE, n)
+
+    def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> JobRecord:
+        """Block until the job is finished (or ``timeout`` seconds passed); the last record."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            rec = self.get(job_id)
+            if not rec.active or (deadline is not None and time.monotonic() >= deadline):
+                return rec
+            time.sleep(poll_s)
+
+    # -- internals
+    def _job_dirs(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return [p for p in self.root.iterdir() if p.is_dir() and (p / JOB_FILE).exists()]
+
+    def _record(self, job_dir: Path) -> JobRecord:
+        job = _read_json(job_dir / JOB_FILE)
+        if not job:
+            raise JobNotFoundError(f"No job '{job_dir.name}'.")
+        st = _read_json(job_dir / STATE_FILE, {}) or {}
+        metrics = []
+        with contextlib.suppress(FileNotFoundError):
+            for line in (job_dir / METRICS_FILE).read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    metrics.append(json.loads(line))
+        return JobRecord(
+            id=job["id"], kind=job["kind"], state=st.get("state", "queued"), params=job.get("params", {}), owner=job.get("owner"),
+            pid=st.get("pid"), created=job.get("created"), started=st.get("started"), finished=st.get("finished"),
+            progress=_read_json(job_dir / PROGRESS_FILE, {}) or {}, metrics=metrics, result=st.get("result"), error=st.get("error"),
+            log_path=str(job_dir / LOG_FILE), cancel_requested=(job_dir / CANCEL_FILE).exists(),
+        )
+
+    def _schedule(self) -> None:
+        """Mark vanished workers failed, then start queued jobs (oldest first) while slots are free."""
+        if not self.root.is_dir():
+            return
+        with self._lock():
+            running, queued = 0, []
+            for job_dir in self._job_dirs():
+                st = _read_json(job_dir / STATE_FILE, {}) or {}
+                state = st.get("state")
+                if state == "running":
+                    if _pid_alive(st.get("pid"), job_dir):
+                        running += 1
+                    else:
+                        self._mark_lost(job_dir)
+                elif state == "queued":
+                    queued.append(((_read_json(job_dir / JOB_FILE, {}) or {}).get("created", 0), job_dir))
+            for _, job_dir in sorted(queued, key=lambda t: (t[0], t[1].name)):
+                if running >= self.slots:
+                    break
+                if self._launch(job_dir):
+                    running += 1
+
+    def _mark_lost(self, job_dir: Path) -> None:
+        with _locked(job_dir / ".lock"):
+            st = _read_json(job_dir / STATE_FILE, {}) or {}
+            if st.get("state") != "running" or _pid_alive(st.get("pid"), job_dir):
+                return  # it finished (or is alive) after all
+            msg = f"The worker process (pid {st.get('pid')}) is gone: it was killed or crashed without reporting (out of memory?)."
+            st.update(state="failed", finished=time.time(), error=msg)
+            _write_json(job_dir / STATE_FILE, st)
+            _append(job_dir / LOG_FILE, f"FAILED: {msg}")
+
+    def _launch(self, job_dir: Path) -> bool:
+        with _locked(job_dir / ".lock"):
+            st = _read_json(job_dir / STATE_FILE, {}) or {}
+            if st.get("state") != "queued":
+                return False
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+            env["HISTODASH_JOBS_DIR"] = str(self.root)
+            env["HISTODASH_JOB_SLOTS"] = str(self.slots)
+            env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            try:
+                with open(job_dir / LOG_FILE, "ab") as out:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "engine.jobs", "_worker", str(job_dir)],
+                        cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                        start_new_session=True, close_fds=True,
+                    )
+            except OSError as exc:
+                st.update(state="failed", finished=time.time(), error=f"Could not start the worker process: {exc}")
+                _write_json(job_dir / STATE_FILE, st)
+                return False
+            _CHILDREN[proc.pid] = proc
+            st.update(state="running", pid=proc.pid, started=time.time())
+            _write_json(job_dir / STATE_FILE, st)
+            return True
+
+
+_CHILDREN: dict[int, subprocess.Popen] = {}  # keeps Popen objects alive so finished workers can be reaped
+
+
+def _append(path: Path, line: str) -> None:
+    with open(path, "a") as fh:
+        fh.write(f"[{time.strftime('%H:%M:%S')}] {line}\n")
+
+
+def get_runner() -> JobRunner:
+    """The configured runner: the embedded :class:`LocalProcessRunner` on ``settings.jobs_dir``."""
+    return LocalProcessRunner()
+
+
+# ----------------------------------------------------------------------------- the worker process
+
+
+def _finish(job_dir: Path, **update) -> None:
+    with _locked(job_dir / ".lock"):
+        st = _read_json(job_dir / STATE_FILE, {}) or {}
+        st.update(finished=time.time(), **update)
+        _write_json(job_dir / STATE_FILE, st)
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise JobCancelled("terminated (SIGTERM)")
+
+
+def run_worker(job_dir: Path | str) -> int:
+    """Run one job in this process (``python -m engine.jobs _worker DIR``) and record how it ended."""
+    job_dir = Path(job_dir)
+    job = _read_json(job_dir / JOB_FILE)
+    if not job:
+        print(f"no job in {job_dir}", file=sys.stderr)
+        return 2
+    with _locked(job_dir / ".lock"):
+        st = _read_json(job_dir / STATE_FILE, {}) or {}
+        if st.get("state") in FINISHED:
+            return 0
+        st.update(state="running", pid=os.getpid(), started=st.get("started") or time.time())
+        _write_json(job_dir / STATE_FILE, st)
+    # SIGTERM (cancel with force, or a shutdown) → cancelled, with the log kept
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    ctx = JobContext(job_dir, job.get("params"))
+    ctx.log(f"job {job['id']} ({job['kind']}) started in pid {os.getpid()}")
+    code = 0
+    try:
+        ctx.raise_if_cancelled()
+        fn = _resolve(job.get("target") or JOB_KINDS[job["kind"]])
+        result = fn(job.get("params") or {}, ctx)
+        try:
+            result = json.loads(json.dumps(result if result is not None else {}, default=_jsonable))
+        except (TypeError, ValueError) as exc:
+            raise JobError(f"The job's result is not JSON-serialisable ({exc}).") from exc
+        _finish(job_dir, state="succeeded", result=result, error=None)
+        ctx.log("succeeded")
+    except JobCancelled as exc:
+        _finish(job_dir, state="cancelled", error=None)
+        ctx.log(f"cancelled ({exc})")
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded, with its traceback in the log
+        message = str(exc) if isinstance(exc, HistoDashError) else f"{type(exc).__name__}: {exc}"
+        with open(job_dir / LOG_FILE, "a") as fh:
+            fh.write(traceback.format_exc())
+        _finish(job_dir, state="failed", error=message)
+        ctx.log(f"FAILED: {message}")
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    # hand the slot on: start the next queued job (if any) before this process ends
+    with contextlib.suppress(Exception):
+        LocalProcessRunner(job_dir.parent)._schedule()
+    return code
+
+
+def _jsonable(value):
+    import numpy as np  # noqa: PLC0415 - only for numpy scalars/arrays in results
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _fmt_time(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def describe_progress(rec: JobRecord) -> str:
+    p = rec.progress
+    if not p:
+        return ""
+    text = f"{p.get('done', 0)}/{p.get('total', 0)}"
+    if p.get("message"):
+        text += f" {p['message']}"
+    if rec.active and p.get("eta_s") is not None:
+        text += f" (ETA {format_duration(p['eta_s'])})"
+    return text
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    runner = LocalProcessRunner(args.jobs_dir) if args.jobs_dir else get_runner()
+    if args.action == "list":
+        recs = runner.list(kind=args.kind)
+        if args.json:
+            print(json.dumps([r.to_dict() for r in recs], indent=1, default=str))
+            return 0
+        if not recs:
+            print("no jobs")
+        for r in recs:
+            model = (r.result or {}).get("model_id", "")
+            print(f"{r.id}\t{r.state}\t{_fmt_time(r.created)}\t{describe_progress(r)}\t{model or (r.error or '')[:80]}")
+        return 0
+    if not args.id:
+        raise InvalidInputError(f"`jobs {args.action}` needs a job id.")
+    if args.action == "show":
+        rec = runner.get(args.id)
+        if args.json:
+            print(json.dumps(rec.to_dict(), indent=1, default=str))
+            return 0
+        print(f"id:       {rec.id}\nkind:     {rec.kind}\nstate:    {rec.state}\npid:      {rec.pid}")
+        print(f"created:  {_fmt_time(rec.created)}\nstarted:  {_fmt_time(rec.started)}\nfinished: {_fmt_time(rec.finished)}")
+        print(f"progress: {describe_progress(rec)}")
+        if rec.error:
+            print(f"error:    {rec.error}")
+        if rec.result:
+            print("result:   " + json.dumps({k: v for k, v in rec.result.items() if not isinstance(v, (list, dict))}, default=str))
+        print(f"log:      {rec.log_path}\n--- last {args.lines} log lines ---")
+        print(runner.log_tail(rec.id, args.lines))
+        return 0
+    if args.action == "cancel":
+        runner.cancel(args.id, force=args.force)
+        rec = runner.get(args.id)
+        print(f"{rec.id}\t{rec.state}" + ("\tcancel requested" if rec.active else ""))
+        return 0
+    raise InvalidInputError(f"Unknown action '{args.action}'.")  # pragma: no cover - argparse restricts choices
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("jobs", help="list, show or cancel background jobs (training, slide heatmaps)")
+    p.add_argument("action", choices=["list", "show", "cancel"])
+    p.add_argument("id", nargs="?", help="job id (show, cancel)")
+    p.add_argument("--kind", default=None, help="only jobs of this kind (list)")
+    p.add_argument("--lines", type=int, default=30, help="log lines to show (show)")
+    p.add_argument("--force", action="store_true", help="cancel: also terminate the worker process")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--jobs-dir", default=None, help="jobs folder (default: $HISTODASH_JOBS_DIR)")
+    p.set_defaults(func=_cmd_jobs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 2 and argv[0] == "_worker":
+        return run_worker(argv[1])
+    print("usage: python -m engine.jobs _worker JOB_DIR   (internal; use `python -m engine jobs …`)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    # Re-enter through the imported module so exception classes (JobCancelled) are the ones job code raises.
+    import engine.jobs as _jobs
+
+    sys.exit(_jobs.main())

@@ -1,0 +1,654 @@
+"""The training job: data → split → fit → evaluate → register. ``python -m engine train CONFIG.yaml``.
+
+:func:`run_job` is the job function of kind ``"train"`` (:data:`engine.jobs.JOB_KINDS`); the page
+and the CLI both submit a job and the worker process calls it, so they share one code path.
+Steps (each reported through the :class:`~engine.jobs.JobContext`):
+
+1. :func:`engine.training.datasets.discover` finds and checks the tiles (folder, CSV manifest, zip);
+2. :func:`engine.training.datasets.prepare` decodes, optionally Macenko-normalises and resizes every
+   tile exactly like inference (:func:`engine.imageio.resize_tile`) into a PNG cache, skipping and
+   listing unreadable tiles;
+3. a group-level split: train/validation/test (70/15/15 by default, REFERENCE.md §3) or stratified
+   group k-fold (each fold's model is scored on its held-out groups; the registered model is then
+   trained on all tiles for the median best epoch count, with the median fold threshold);
+4. ``tf.data`` from the cached files (parallel PNG decoding, augmentation, prefetch), class weights,
+   a per-batch callback (progress, cancellation within one batch), per-epoch validation loss, accuracy
+   and AUC, early stopping with the best weights kept, learning-rate reduction on plateau, mixed
+   precision only when a GPU is visible;
+5. the F1-optimal threshold on validation (REFERENCE.md §4), metrics on validation and test;
+6. registration: ``model.keras`` (a clean float32 copy without optimizer state or augmentation) and
+   ``card.json`` (registry schema + data hash, config, git commit, command to reproduce) written into
+   ``settings.models_dir/<model id>`` atomically, so the model appears on every page without a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.config import REPO_ROOT, get_settings
+from engine.errors import IncompatibleModelError, InvalidInputError, JobError
+from engine.jobs import JobCancelled, JobContext, get_runner
+from engine.training.config import TrainConfig, defaults_yaml, load_config, parse_config
+from engine.training.datasets import PreparedData, describe_skipped, discover, prepare, split_holdout, split_kfold, subsample
+from engine.training.metrics import evaluate, f1_optimal_threshold, mean_sd, roc_points
+
+EVAL_BATCH = 64
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def run_job(params: dict, ctx: JobContext) -> dict:
+    """Job function of kind ``train``: ``params`` is a configuration mapping (:mod:`engine.training.config`)."""
+    cfg = parse_config(params)
+    return train(cfg, ctx)
+
+
+def train(cfg: TrainConfig, ctx: JobContext) -> dict:
+    """Run one training configuration; returns the job result (model id, metrics, curves)."""
+    t_start = time.time()
+    ctx.log(f"config: {json.dumps(cfg.to_dict(), default=str)}")
+
+    # 1-2. data
+    ctx.progress(0, 1, "checking the dataset")
+    ds = discover(cfg.data, label_column=cfg.label_column, path_column=cfg.path_column, group_column=cfg.group_column,
+                  classes=cfg.classes, extract_to=ctx.workdir / "data")
+    for w in ds.warnings:
+        ctx.log(f"warning: {w}")
+    ds = subsample(ds, cfg.max_images, cfg.seed)
+    ctx.log(f"dataset: {ds.summary()}")
+    positive = _positive_indices(cfg, ds.classes)
+    data = prepare(ds, cfg.px, normalization=cfg.normalization, workers=cfg.workers,
+                   progress=lambda d, t: ctx.progress(d, t, f"preparing tiles at {cfg.px} px"), cancelled=ctx.cancelled)
+    if data.skipped:
+        ctx.log(describe_skipped(data.skipped))
+    ctx.log(f"prepared {len(data.files)} tiles at {cfg.px} px in {time.time() - t_start:.1f} s; data hash {data.data_hash[:16]}…")
+    ctx.raise_if_cancelled()
+
+    # 3. TensorFlow, only now
+    from engine.runtime import keras as _keras
+    from engine.runtime import tensorflow as _tf
+
+    tf, keras = _tf(), _keras()
+    gpus = tf.config.list_physical_devices("GPU")
+    mixed = cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and bool(gpus))
+    if mixed and not gpus:
+        ctx.log("warning: mixed_precision: on, but no GPU is visible: training in float32 (mixed precision is slow on CPUs)")
+        mixed = False
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    ctx.log(f"TensorFlow {tf.__version__}, Keras {keras.__version__}; device {'GPU ' + ', '.join(g.name for g in gpus) if gpus else 'CPU'}; "
+            f"precision {'mixed_float16' if mixed else 'float32'}")
+    keras.utils.set_random_seed(cfg.seed)
+
+    trainer = _Trainer(cfg, data, positive, ctx, tf, keras)
+    if cfg.split.method == "holdout":
+        parts = split_holdout(data.y, data.groups, val=cfg.split.val, test=cfg.split.test, seed=cfg.seed, classes=data.classes)
+        _log_split(ctx, data, parts)
+        trainer.total_steps = cfg.epochs * trainer.steps(len(parts["train"]))
+        model, history, best_epoch = trainer.fit(parts["train"], parts["val"], epochs=cfg.epochs, label="")
+        p_val = trainer.predict(model, parts["val"])
+        threshold = f1_optimal_threshold(np.isin(data.y[parts["val"]], positive), p_val[:, positive].sum(1))
+        metrics = [{"split": "validation", "description": f"{len(parts['val'])} tiles of held-out groups used for early stopping and the threshold",
+                    **evaluate(p_val, data.y[parts["val"]], positive, threshold, n_classes=len(data.classes))}]
+        rocs = {"validation": roc_points(np.isin(data.y[parts["val"]], positive), p_val[:, positive].sum(1))}
+        if len(parts["test"]):
+            p_test = trainer.predict(model, parts["test"])
+            metrics.insert(0, {"split": "test", "description": f"{len(parts['test'])} tiles of held-out groups never used for training or selection; threshold from validation",
+                               **evaluate(p_test, data.y[parts["test"]], positive, threshold, n_classes=len(data.classes))})
+            rocs["test"] = roc_points(np.isin(data.y[parts["test"]], positive), p_test[:, positive].sum(1))
+        cv = None
+        split_info = {"method": "holdout", **{f"n_{k}": int(len(v)) for k, v in parts.items()},
+                      **{f"groups_{k}": int(len(set(data.groups[v].tolist()))) for k, v in parts.items()}}
+        epochs_info = {"epochs_run": len(history), "best_epoch": best_epoch}
+    else:
+        folds = split_kfold(data.y, data.groups, folds=cfg.split.folds, seed=cfg.seed, classes=data.classes)
+        steps_fold = sum(trainer.steps(len(tr)) for tr, _ in folds)
+        trainer.total_steps = cfg.epochs * (steps_fold + trainer.steps(len(data.y)))
+        fold_rows, thresholds, best_epochs, history = [], [], [], []
+        rocs = {}
+        for k, (tr, va) in enumerate(folds, start=1):
+            ctx.log(f"fold {k}/{len(folds)}: train {len(tr)} tiles, validation {len(va)} tiles")
+            fmodel, fhist, fbest = trainer.fit(tr, va, epochs=cfg.epochs, label=f"fold {k}/{len(folds)} · ", fold=k)
+            history += [{**row, "fold": k} for row in fhist]
+            p_val = trainer.predict(fmodel, va)
+            t = f1_optimal_threshold(np.isin(data.y[va], positive), p_val[:, positive].sum(1))
+            row = evaluate(p_val, data.y[va], positive, t, n_classes=len(data.classes))
+            fold_rows.append({"split": f"cv-fold-{k}", "description": f"fold {k}: held-out groups, threshold tuned on them", **row})
+            rocs[f"fold {k}"] = roc_points(np.isin(data.y[va], positive), p_val[:, positive].sum(1))
+            thresholds.append(t)
+            best_epochs.append(fbest)
+            del fmodel
+            keras.backend.clear_session()
+        final_epochs = max(1, int(round(float(np.median(best_epochs)))))
+        threshold = float(np.median(thresholds))
+        ctx.log(f"final model on all {len(data.y)} tiles for {final_epochs} epoch(s) (median best epoch); threshold {threshold:.4f} (median of folds)")
+        trainer.total_steps = trainer.done_steps + final_epochs * trainer.steps(len(data.y))
+        model, fhist, _ = trainer.fit(np.arange(len(data.y)), None, epochs=final_epochs, label="final · ", fold=0)
+        history += [{**row, "fold": "final"} for row in fhist]
+        cv = mean_sd(fold_rows)
+        metrics = [{"split": "cv-mean", "description": f"mean over {len(folds)} stratified group folds (s.d. in cv_sd)", **{k: v["mean"] for k, v in cv.items()},
+                    "cv_sd": {k: v["sd"] for k, v in cv.items()}, "threshold": round(threshold, 4)}, *fold_rows]
+        split_info = {"method": "kfold", "folds": len(folds), "n": int(len(data.y)), "fold_sizes": [int(len(va)) for _, va in folds]}
+        epochs_info = {"epochs_run": final_epochs, "best_epoch": final_epochs, "fold_best_epochs": best_epochs}
+
+    # 6. register
+    ctx.progress(trainer.total_steps, trainer.total_steps, "registering the model")
+    card = _register(cfg, data, model, positive, threshold, metrics, split_info, epochs_info, ctx, t_start, tf, keras)
+    headline = metrics[0]
+    ctx.log("metrics " + ", ".join(f"{m['split']}: AUC {m.get('auc')} F1 {m.get('f1')} acc {m.get('accuracy')}" for m in metrics[:2]))
+    ctx.log(f"registered model '{card['id']}' in {card['folder']}")
+    return {
+        "model_id": card["id"],
+        "model_dir": card["folder"],
+        "classes": list(data.classes),
+        "positive_classes": [data.classes[i] for i in positive],
+        "threshold": card["threshold"],
+        "metrics": metrics,
+        "headline": {k: headline.get(k) for k in ("split", "auc", "f1", "accuracy", "precision", "recall")},
+        "cv": cv,
+        "roc": rocs,
+        "history": history,
+        "n_tiles": len(data.files),
+        "n_skipped": len(data.skipped),
+        "data_hash": data.data_hash,
+        "wall_s": round(time.time() - t_start, 1),
+        **epochs_info,
+    }
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _positive_indices(cfg: TrainConfig, classes: tuple[str, ...]) -> list[int]:
+    if not cfg.positive_classes:
+        return [len(classes) - 1]
+    unknown = [c for c in cfg.positive_classes if c not in classes]
+    if unknown:
+        raise InvalidInputError(f"positive_classes {unknown} are not among the classes found in the data: {list(classes)}.")
+    if len(set(cfg.positive_classes)) == len(classes):
+        raise InvalidInputError("positive_classes cannot be every class: the score would always be 1.")
+    return [classes.index(c) for c in cfg.positive_classes]
+
+
+def _log_split(ctx: JobContext, data: PreparedData, parts: dict) -> None:
+    for name, idx in parts.items():
+        counts = np.bincount(data.y[idx], minlength=len(data.classes))
+        per = ", ".join(f"{c} {n}" for c, n in zip(data.classes, counts))
+        ctx.log(f"split {name}: {len(idx)} tiles, {len(set(data.groups[idx].tolist()))} groups ({per})")
+
+
+class _Trainer:
+    """Builds the tf.data pipelines and fits models; one per job (keeps the global step count)."""
+
+    def __init__(self, cfg: TrainConfig, data: PreparedData, positive: list[int], ctx: JobContext, tf, keras):
+        self.cfg, self.data, self.positive, self.ctx, self.tf, self.keras = cfg, data, positive, ctx, tf, keras
+        self.total_steps = 1
+        self.done_steps = 0
+        self.files = np.array(data.files)
+
+    def steps(self, n: int) -> int:
+        return max(1, math.ceil(n / self.cfg.batch_size))
+
+    # -- data
+    def dataset(self, idx: np.ndarray, *, training: bool):
+        return make_dataset(self.files[idx], self.data.y[idx], px=self.cfg.px, batch_size=self.cfg.batch_size if training else EVAL_BATCH,
+                            training=training, augmentation=self.cfg.augmentation if training else None, seed=self.cfg.seed,
+                            workers=self.cfg.workers)
+
+    # -- model
+    def build(self):
+        from engine.architectures import build_model
+
+        model = build_model(self.cfg.architecture, self.cfg.px, len(self.data.classes), dropout=self.cfg.dropout, freeze_backbone=self.cfg.freeze_backbone)
+        if self.cfg.init_from:
+            copied = _copy_weights_from_registered(model, self.cfg.init_from)
+            self.ctx.log(f"fine-tuning from registered model '{self.cfg.init_from}': {copied} layers' weights copied by name")
+        return model
+
+    def optimizer(self):
+        k, lr = self.keras, self.cfg.learning_rate
+        return {
+            "adam": lambda: k.optimizers.Adam(learning_rate=lr),
+            "adamw": lambda: k.optimizers.AdamW(learning_rate=lr, weight_decay=self.cfg.weight_decay or 1e-4),
+            "sgd": lambda: k.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True),
+            "rmsprop": lambda: k.optimizers.RMSprop(learning_rate=lr),
+        }[self.cfg.optimizer]()
+
+    def class_weight(self, y: np.ndarray) -> dict | None:
+        cw = self.cfg.class_weights
+        n_classes = len(self.data.classes)
+        if cw in (None, "none"):
+            return None
+        if cw == "balanced":
+            counts = np.bincount(y, minlength=n_classes).astype(float)
+            return {i: float(len(y) / (n_classes * c)) if c else 1.0 for i, c in enumerate(counts)}
+        unknown = sorted(set(cw) - set(self.data.classes))
+        if unknown:
+            raise InvalidInputError(f"class_weights names unknown classes {unknown}; classes: {list(self.data.classes)}.")
+        return {i: float(cw.get(c, 1.0)) for i, c in enumerate(self.data.classes)}
+
+    def predict(self, model, idx: np.ndarray) -> np.ndarray:
+        probs = model.predict(self.dataset(idx, training=False), verbose=0, callbacks=[_CancelCheck(self.ctx, self.keras)])
+        return _probabilities(probs, len(self.data.classes))
+
+    def fit(self, train_idx: np.ndarray, val_idx: np.ndarray | None, *, epochs: int, label: str, fold: int | None = None):
+        """Fit one model; returns ``(model with the best weights, per-epoch rows, best epoch)``."""
+        cfg, keras, ctx = self.cfg, self.keras, self.ctx
+        model = self.build()
+        model.compile(optimizer=self.optimizer(), loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        train_ds = self.dataset(train_idx, training=True)
+        steps = self.steps(len(train_idx))
+        ctx.log(f"{label}model {cfg.architecture} at {cfg.px} px: {model.count_params():,} parameters; {steps} batches of {cfg.batch_size} per epoch, up to {epochs} epochs")
+        monitor = _EpochMonitor(self, model, val_idx, epochs=epochs, steps=steps, label=label, fold=fold)
+        callbacks = [monitor]
+        if val_idx is not None and cfg.reduce_lr_patience:
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience,
+                                                               min_lr=cfg.min_learning_rate, verbose=0))
+        model.fit(train_ds, epochs=epochs, class_weight=self.class_weight(self.data.y[train_idx]), callbacks=callbacks, shuffle=False, verbose=0)
+        ctx.raise_if_cancelled()
+        if monitor.best_weights is not None:
+            model.set_weights(monitor.best_weights)
+        # a full epoch may have been skipped by early stopping: count it as done for the progress bar
+        self.done_steps = monitor.step_base + epochs * steps
+        return model, monitor.rows, monitor.best_epoch
+
+
+def _probabilities(out, n_classes: int) -> np.ndarray:
+    out = np.asarray(out, dtype=np.float64)
+    if out.ndim == 1 or out.shape[1] == 1:
+        p = out.reshape(-1)
+        return np.stack([1 - p, p], axis=1)
+    return out
+
+
+def make_dataset(files, y, *, px: int, batch_size: int, training: bool, augmentation=None, seed: int = 0, workers: int = 2):
+    """``tf.data`` of ``(float32 0..255 images, int labels)`` read from PNG files: parallel decode, augmentation, prefetch."""
+    from engine.runtime import tensorflow
+
+    tf = tensorflow()
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(files, dtype=str), np.asarray(y, dtype=np.int32)))
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    parallel = tf.data.AUTOTUNE if workers <= 0 else workers
+
+    def load(path, label):
+        img = tf.io.decode_png(tf.io.read_file(path), channels=3)
+        img.set_shape([px, px, 3])
+        return img, label
+
+    ds = ds.map(load, num_parallel_calls=parallel, deterministic=not training)
+    return _batch_and_augment(ds, batch_size=batch_size, augmentation=augmentation if training else None, seed=seed, workers=workers)
+
+
+def make_array_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, training: bool, augmentation=None, seed: int = 0, workers: int = 2):
+    """The same pipeline from in-memory uint8 arrays (for the benchmark and small data)."""
+    from engine.runtime import tensorflow
+
+    tf = tensorflow()
+    ds = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, dtype=np.int32)))
+    if training:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return _batch_and_augment(ds, batch_size=batch_size, augmentation=augmentation if training else None, seed=seed, workers=workers)
+
+
+def _batch_and_augment(ds, *, batch_size: int, augmentation, seed: int, workers: int):
+    from engine.runtime import keras, tensorflow
+
+    tf = tensorflow()
+    parallel = tf.data.AUTOTUNE if workers <= 0 else workers
+    a = augmentation
+    if a is not None and (a.flip or a.rotate90 or a.color_jitter):
+        j = float(a.color_jitter)
+
+        def per_image(img, label):
+            img = tf.cast(img, tf.float32) / 255.0
+            if a.flip:
+                img = tf.image.random_flip_left_right(img)
+                img = tf.image.random_flip_up_down(img)
+            if a.rotate90:
+                img = tf.image.rot90(img, tf.random.uniform([], 0, 4, dtype=tf.int32))
+            if j > 0:
+                img = tf.image.random_brightness(img, j)
+                img = tf.image.random_contrast(img, max(0.0, 1 - 2 * j), 1 + 2 * j)
+                img = tf.image.random_saturation(img, max(0.0, 1 - 3 * j), 1 + 3 * j)
+                img = tf.image.random_hue(img, min(0.5, j / 2))
+            return tf.clip_by_value(img, 0.0, 1.0) * 255.0, label
+
+        ds = ds.map(per_image, num_parallel_calls=parallel, deterministic=False)
+    else:
+        ds = ds.map(lambda img, label: (tf.cast(img, tf.float32), label), num_parallel_calls=parallel)
+    ds = ds.batch(batch_size)
+    if a is not None and (a.rotation or a.zoom or a.shift):
+        k = keras()
+        layers = []
+        if a.rotation:
+            layers.append(k.layers.RandomRotation(a.rotation, fill_mode="reflect", seed=seed))
+        if a.zoom:
+            layers.append(k.layers.RandomZoom((-a.zoom, a.zoom), fill_mode="reflect", seed=seed + 1))
+        if a.shift:
+            layers.append(k.layers.RandomTranslation(a.shift, a.shift, fill_mode="reflect", seed=seed + 2))
+        geometric = k.Sequential(layers, name="augmentation")
+        ds = ds.map(lambda x, y: (geometric(x, training=True), y), num_parallel_calls=parallel, deterministic=False)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _copy_weights_from_registered(model, model_id: str) -> int:
+    from engine.registry import Registry, load_model_for_card
+
+    card = Registry().get(model_id)
+    source = load_model_for_card(card)
+
+    def flat(m):
+        out = {}
+        for layer in m.layers:
+            if hasattr(layer, "layers") and layer.layers:  # nested backbone
+                out.update(flat(layer))
+            if layer.weights:
+                out[layer.name] = layer
+        return out
+
+    src, dst = flat(source), flat(model)
+    copied = 0
+    for name, layer in dst.items():
+        other = src.get(name)
+        if other is None or hasattr(layer, "layers") and layer.layers:
+            continue
+        w_new, w_old = layer.get_weights(), other.get_weights()
+        if len(w_new) == len(w_old) and all(a.shape == b.shape for a, b in zip(w_new, w_old)):
+            layer.set_weights(w_old)
+            copied += 1
+    if not copied:
+        raise IncompatibleModelError(f"No layer of the registered model '{model_id}' ({card.architecture}) fits the new {model.name} model.",
+                                     "Fine-tune from a model of the same architecture.")
+    return copied
+
+
+class _CancelCheck:
+    """A Keras callback (built lazily: Keras is imported only in the worker) that stops predict/evaluate on cancel."""
+
+    def __new__(cls, ctx, keras):
+        class CancelCheck(keras.callbacks.Callback):
+            def on_predict_batch_end(self, batch, logs=None):
+                ctx.raise_if_cancelled()
+
+            def on_test_batch_end(self, batch, logs=None):
+                ctx.raise_if_cancelled()
+
+        return CancelCheck()
+
+
+def _EpochMonitor(trainer: _Trainer, model, val_idx, *, epochs: int, steps: int, label: str, fold: int | None):  # noqa: N802 - a class factory
+    """Per-batch progress and cancellation; per-epoch validation metrics, early stopping, best weights."""
+    keras, ctx, cfg = trainer.keras, trainer.ctx, trainer.cfg
+    from sklearn.metrics import roc_auc_score
+
+    class EpochMonitor(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.rows: list[dict] = []
+            self.best_loss = math.inf
+            self.best_epoch = 0
+            self.best_weights = None
+            self.step_base = trainer.done_steps
+            self.epoch = 0
+            self.t0 = time.time()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch, self.t0 = epoch, time.time()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if ctx.cancelled():
+                raise JobCancelled(f"cancelled during epoch {self.epoch + 1}, batch {batch + 1}")
+            done = self.step_base + self.epoch * steps + batch + 1
+            loss = (logs or {}).get("loss")
+            ctx.progress(done, trainer.total_steps, f"{label}epoch {self.epoch + 1}/{epochs} · batch {batch + 1}/{steps}",
+                         epoch=self.epoch + 1, epochs=epochs, batch=batch + 1, batches=steps, fold=fold,
+                         loss=None if loss is None else round(float(loss), 5))
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs if logs is not None else {}
+            row = {"epoch": epoch + 1, "loss": _r(logs.get("loss")), "accuracy": _r(logs.get("accuracy"))}
+            if fold is not None:
+                row["fold"] = fold
+            if val_idx is not None:
+                probs = trainer.predict(self.model, val_idx)
+                y = trainer.data.y[val_idx]
+                val_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))))
+                y_bin = np.isin(y, trainer.positive)
+                score = probs[:, trainer.positive].sum(1)
+                auc = float(roc_auc_score(y_bin, score)) if 0 < y_bin.sum() < len(y_bin) else None
+                logs.update(val_loss=val_loss, val_accuracy=float((probs.argmax(1) == y).mean()))
+                if auc is not None:
+                    logs["val_auc"] = auc
+                row.update(val_loss=_r(val_loss), val_accuracy=_r(logs["val_accuracy"]), val_auc=_r(auc))
+                improved = val_loss < self.best_loss - 1e-6
+            else:
+                improved = True  # no validation (final k-fold model): keep the last weights
+            lr = self.model.optimizer.learning_rate
+            row.update(lr=float(f"{float(np.asarray(lr.numpy() if hasattr(lr, 'numpy') else lr)):.4g}"), epoch_s=round(time.time() - self.t0, 1))
+            if improved:
+                self.best_loss = row.get("val_loss", math.inf) if val_idx is not None else math.inf
+                self.best_epoch = epoch + 1
+                self.best_weights = self.model.get_weights()
+            self.rows.append(row)
+            ctx.metric(**row)
+            text = "  ".join(f"{k} {v}" for k, v in row.items() if k not in ("epoch", "fold") and v is not None)
+            ctx.log(f"{label}epoch {epoch + 1}/{epochs}  {text}{' *' if improved else ''}")
+            patience = cfg.early_stopping_patience
+            if val_idx is not None and patience and epoch + 1 - self.best_epoch >= patience:
+                ctx.log(f"{label}early stopping: no val_loss improvement for {patience} epochs; keeping epoch {self.best_epoch}")
+                self.model.stop_training = True
+
+    return EpochMonitor()
+
+
+def _r(v, nd: int = 5):
+    return None if v is None else round(float(v), nd)
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def git_commit() -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("-dirty" if dirty else "")) if sha else None
+
+
+def new_model_id(cfg: TrainConfig, models_dir: Path) -> str:
+    if cfg.model_id:
+        if (models_dir / cfg.model_id).exists():
+            raise InvalidInputError(f"A model '{cfg.model_id}' is already registered.", "Choose another model_id, or leave it empty for an automatic one.")
+        return cfg.model_id
+    base = f"{cfg.architecture.replace('_', '-')}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    model_id, n = base, 1
+    while (models_dir / model_id).exists():
+        n += 1
+        model_id = f"{base}-{n}"
+    return model_id
+
+
+def _register(cfg, data: PreparedData, model, positive, threshold, metrics, split_info, epochs_info, ctx, t_start, tf, keras) -> dict:
+    from engine.architectures import build_model
+    from engine.registry import load_keras_file, sha256_file
+
+    settings = get_settings()
+    models_dir = settings.models_dir
+    models_dir.mkdir(parents=True, exist_ok=True)
+    model_id = new_model_id(cfg, models_dir)
+    tmp = models_dir / f".tmp-{model_id}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        # a clean float32 copy: no optimizer state, no mixed-precision policy, no augmentation
+        keras.mixed_precision.set_global_policy("float32")
+        final = build_model(cfg.architecture, cfg.px, len(data.classes), dropout=cfg.dropout, freeze_backbone=cfg.freeze_backbone)
+        final.set_weights(model.get_weights())
+        final.save(tmp / "model.keras")
+        load_keras_file(tmp / "model.keras")  # must load in safe mode
+        classes = list(data.classes)
+        pos = [classes[i] for i in positive]
+        neg = [c for c in classes if c not in pos]
+        stored = cfg.with_(model_id=None, data=str(Path(cfg.data).resolve()))
+        (tmp / "train_config.yaml").write_text(stored.to_yaml())
+        history = [m for m in _read_metrics(ctx)]
+        card = {
+            "id": model_id,
+            "name": cfg.name or f"{cfg.architecture} on {Path(cfg.data).name} ({len(classes)} classes)",
+            "version": "1",
+            "task": "tile-classification",
+            "architecture": cfg.architecture,
+            "classes": classes,
+            "positive_classes": pos,
+            "score_name": f"p({' + '.join(pos)})",
+            "labels": {"positive": " or ".join(pos), "negative": " or ".join(neg)},
+            "input_px": cfg.px,
+            "input_range": "0-255 RGB",
+            "mpp": None,
+            "normalization": cfg.normalization,
+            "threshold": round(float(threshold), 4),
+            "threshold_method": ("F1-optimal on the positive score over the validation groups" if split_info["method"] == "holdout"
+                                 else "median of the F1-optimal thresholds of the cross-validation folds"),
+            "metrics": metrics,
+            "training_data": (f"{len(data.files)} tiles ({', '.join(f'{c} {int((data.y == i).sum())}' for i, c in enumerate(classes))}) from {cfg.data}; "
+                              f"{len(data.skipped)} unreadable tiles skipped; resized to {cfg.px} px with engine.imageio.resize_tile"
+                              + (", Macenko-normalised first" if cfg.normalization == "macenko" else "") + "."),
+            "data_hash": f"sha256:{data.data_hash}",
+            "split": {**split_info, "seed": cfg.seed},
+            "training": {**epochs_info, "wall_time_s": round(time.time() - t_start, 1), "tensorflow": tf.__version__, "keras": keras.__version__,
+                         "python": platform.python_version(), "params": int(final.count_params()), "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+                         "job_id": ctx.job_id, "history": history},
+            "config": stored.to_dict(),
+            "git_commit": git_commit(),
+            "reproduce": f"python -m engine train {models_dir / model_id / 'train_config.yaml'}",
+            "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "weights_file": "model.keras",
+            "weights_sha256": sha256_file(tmp / "model.keras"),
+            "intended_use": "Research use only; not a medical device and not for diagnosis.",
+            "limitations": ("Trained with HistoDash's training page/CLI on the data named above; metrics hold only for data like it "
+                            "(same lab, scanner, stain, magnification). Microns per pixel unknown."),
+        }
+        (tmp / "card.json").write_text(json.dumps(card, indent=2, default=float) + "\n")
+        final_dir = models_dir / model_id
+        if final_dir.exists():
+            raise InvalidInputError(f"A model '{model_id}' appeared while training; the new model is kept in '{tmp}'.")
+        os.replace(tmp, final_dir)  # atomic: the registry never sees half a model
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    card["folder"] = str(final_dir)
+    return card
+
+
+def _read_metrics(ctx: JobContext) -> list[dict]:
+    path = ctx.job_dir / "metrics.jsonl"
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            row.pop("time", None)
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"--set expects KEY=VALUE, got '{pair}'.")
+        target = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            target = target.setdefault(p, {})
+        target[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    if args.print_defaults:
+        print(defaults_yaml(args.config or "PATH/TO/TILES"), end="")
+        return 0
+    if not args.config:
+        raise InvalidInputError("Give a configuration file: python -m engine train CONFIG.yaml (see --print-defaults).")
+    overrides = _parse_overrides(args.set)
+    cfg = load_config(args.config, overrides=None)
+    if overrides:  # nested keys (augmentation.zoom=0) merge into the file's sections
+        merged = cfg.to_dict()
+        for k, v in overrides.items():
+            merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+        cfg = parse_config(merged)
+    discover(cfg.data, label_column=cfg.label_column, path_column=cfg.path_column, group_column=cfg.group_column, classes=cfg.classes)
+    runner = get_runner()
+    job_id = runner.submit("train", cfg.to_dict(), owner=os.environ.get("USER"))
+    print(f"job {job_id} submitted", file=sys.stderr)
+    if args.detach:
+        print(job_id)
+        return 0
+    seen = 0
+    try:
+        while True:
+            rec = runner.get(job_id)
+            if not args.quiet:
+                seen = _follow(rec.log_path, seen)
+            if not rec.active:
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        runner.cancel(job_id)
+        print(f"\ncancel requested for {job_id}", file=sys.stderr)
+        rec = runner.wait(job_id, timeout=60)
+    if rec.state != "succeeded":
+        raise JobError(f"Training job {job_id} {rec.state}" + (f": {rec.error}" if rec.error else "."),
+                       f"See its log: python -m engine jobs show {job_id}")
+    result = rec.result or {}
+    for m in result.get("metrics", [])[:2]:
+        print(f"{m['split']}: " + ", ".join(f"{k} {m[k]}" for k in ("auc", "f1", "accuracy", "precision", "recall") if m.get(k) is not None), file=sys.stderr)
+    print(result["model_id"])
+    return 0
+
+
+def _follow(log_path: str, offset: int) -> int:
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read()
+    except FileNotFoundError:
+        return offset
+    if chunk:
+        sys.stderr.write(chunk.decode("utf-8", "replace"))
+        sys.stderr.flush()
+    return offset + len(chunk)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train and register a tile model from a YAML configuration (runs as a background job)")
+    p.add_argument("config", nargs="?", help="YAML configuration (minimal: data, architecture, epochs)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. --set epochs=3 --set augmentation.zoom=0")
+    p.add_argument("--detach", action="store_true", help="print the job id and return at once (follow with `python -m engine jobs show ID`)")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not stream the job's log")
+    p.add_argument("--print-defaults", action="store_true", help="print a configuration with every default and exit")
+    p.set_defaults(func=_cmd_train)
