@@ -1,0 +1,264 @@
+"""Heatmaps: tiling geometry, alignment with a known pattern, streaming cached inference, modes, exports, job, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.cache import ResultCache
+from engine.errors import InvalidInputError
+from engine.heatmap import (
+    Cancelled,
+    HeatmapResult,
+    HeatmapRun,
+    TileGrid,
+    compute_heatmap,
+    mode_values,
+    render_overlay,
+    run_job,
+)
+from engine.predict import TilePredictor
+from engine.registry import ModelCard
+from engine.slides import open_slide
+from tests.conftest import shared_path
+from tests.test_slides import COLOUR, PATTERN, make_pyramid
+
+
+class ColourModel:
+    """A 'model' whose score is the share of pixels of the pattern's colour: the expected heatmap is known."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def predict_on_batch(self, x):
+        self.calls += 1
+        close = (np.abs(x - np.array(COLOUR, np.float32)) < 45).all(axis=-1)
+        f = close.mean(axis=(1, 2))
+        return np.stack([1 - f, f], axis=1)
+
+
+def colour_predictor(cache=False, input_px=32, mpp=None, batch_size=16) -> TilePredictor:
+    card = ModelCard(
+        id="colour", task="tile-classification", architecture="stub", classes=("glass", "pattern"), input_px=input_px,
+        threshold=0.5, weights_file="none", weights_sha256="0" * 64, mpp=mpp,
+    )
+    return TilePredictor(card, model=ColourModel(), cache=cache, batch_size=batch_size)
+
+
+def overlap(x, y, size):
+    """Share of the level-0 square [x, x+size)² inside the pattern."""
+    x0, y0, x1, y1 = PATTERN
+    w = np.clip(np.minimum(x + size, x1) - np.maximum(x, x0), 0, None)
+    h = np.clip(np.minimum(y + size, y1) - np.maximum(y, y0), 0, None)
+    return w * h / size**2
+
+
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory) -> Path:
+    return make_pyramid(tmp_path_factory.mktemp("hm") / "synthetic.tif", noise=3)
+
+
+def test_grid_geometry(pyramid):
+    with open_slide(pyramid) as slide:
+        g = TileGrid.for_slide(slide, 32, level=1, tile_px=64, stride_fraction=0.5)
+        assert (g.tile0, g.stride0, g.level, g.read_px) == (128, 64, 1, 64)
+        assert g.n_cols == (4096 - 128) // 64 + 1 and g.n_rows == (3072 - 128) // 64 + 1
+        x, y = g.positions()
+        assert len(x) == g.n_tiles and x.max() + g.tile0 <= 4096 and y.max() + g.tile0 <= 3072
+        r, c = g.index_of(x, y)
+        assert (r * g.n_cols + c == np.arange(g.n_tiles)).all()
+        # tiling by µm/px: the model wants 1.0 µm/px, the slide has 0.5 → level 1, 2× level-0 tiles
+        g2 = TileGrid.for_slide(slide, 96, model_mpp=1.0)
+        assert (g2.level, g2.tile0, g2.read_px, g2.target_mpp) == (1, 192, 96, 1.0)
+        g3 = TileGrid.for_slide(slide, 96, model_mpp=3.0)  # downsample 6: read at level 2 (×4), 144 px
+        assert (g3.level, g3.tile0, g3.read_px) == (2, 576, 144)
+        with pytest.raises(InvalidInputError, match="Stride"):
+            TileGrid.for_slide(slide, 32, stride_fraction=0)
+        with pytest.raises(InvalidInputError, match="Level 7"):
+            TileGrid.for_slide(slide, 32, level=7)
+
+
+@pytest.mark.parametrize("level,stride", [(0, 1.0), (1, 1.0), (1, 0.5), (2, 1.0), (2, 0.25)])
+def test_heatmap_aligns_with_known_pattern(pyramid, level, stride):
+    with open_slide(pyramid) as slide:
+        grid = TileGrid.for_slide(slide, 32, level=level, tile_px=64 if level else 128, stride_fraction=stride)
+        result = HeatmapRun(colour_predictor(), min_tissue=0.0).run(slide, grid)
+    expected = overlap(result.x, result.y, grid.tile0)
+    assert result.n_tiles == grid.n_tiles
+    assert np.abs(result.scores - expected).max() < 0.12, (level, stride)
+    # tissue mask agrees with the pattern too (same coordinates)
+    assert np.abs(result.tissue - expected).max() < 0.12
+    # rendered heatmap (blank canvas, binarise): coloured exactly over the pattern, within a tile's reach
+    img = render_overlay(result, None, mode="binarise", threshold=0.5, opacity=1.0, colormap="gray", max_side=512)
+    scale = 4096 / img.shape[1]
+    x0, y0, x1, y1 = (np.array(PATTERN) / scale).astype(int)
+    tol = int(np.ceil(grid.stride0 / scale)) + 1
+    white = img.mean(axis=2) > 127  # gray colour map: 1 → white, 0 → black
+    assert white[y0 + tol : y1 - tol, x0 + tol : x1 - tol].all()
+    assert not white[: max(y0 - tol, 0), :].any() and not white[:, x1 + tol :].any()
+
+
+def test_min_tissue_selects_pattern_tiles(pyramid):
+    with open_slide(pyramid) as slide:
+        grid = TileGrid.for_slide(slide, 32, level=2, tile_px=64)
+        run = HeatmapRun(colour_predictor(), min_tissue=0.5)
+        x, y, frac = run.select_tiles(slide, grid)
+    expected = overlap(x, y, grid.tile0)
+    assert len(x) == 16 and (expected >= 0.5).all() and (frac >= 0.5).all()
+
+
+def test_streaming_is_bounded_cached_and_resumable(pyramid, tmp_path):
+    cache = ResultCache(tmp_path / "cache")
+    with open_slide(pyramid) as slide:
+        grid = TileGrid.for_slide(slide, 32, level=1, tile_px=32)
+        predictor = colour_predictor(cache=cache, batch_size=8)
+        run = HeatmapRun(predictor, min_tissue=0.5, queue_batches=2, readers=2)
+        seen = []
+
+        def progress(done, total, message=""):
+            seen.append((done, total))
+
+        calls = {"n": 0}
+
+        def cancel_after_some():
+            calls["n"] += 1
+            return calls["n"] > 4
+
+        with pytest.raises(Cancelled):
+            run.run(slide, grid, progress=progress, cancelled=cancel_after_some)
+        assert cache.stats().entries >= 8  # the batches scored before the cancel are kept
+        assert run.peak_queue <= 3  # queue of 2 batches (+ the one being taken)
+        resumed = run.run(slide, grid, progress=progress)
+        assert 0 < resumed.cached.sum() < resumed.n_tiles
+        t0 = time.perf_counter()
+        again = HeatmapRun(colour_predictor(cache=cache), min_tissue=0.5).run(slide, grid)
+        assert again.cached.all() and time.perf_counter() - t0 < 5
+        uncached = HeatmapRun(colour_predictor(cache=False), min_tissue=0.5).run(slide, grid)
+    np.testing.assert_allclose(resumed.scores, uncached.scores, atol=1e-6)
+    np.testing.assert_allclose(again.scores, uncached.scores, atol=1e-6)
+    assert seen[-1][0] == seen[-1][1]
+
+
+def test_modes():
+    s = np.array([0.1, 0.5, 0.65, 0.9])
+    assert mode_values(s, "raw").tolist() == s.tolist()
+    assert mode_values(s, "percentiles").tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    assert mode_values(s, "binarise").tolist() == [0, 0, 1, 1]  # default threshold 0.6
+    ext = mode_values(s, "extreme")
+    assert ext[0] == 0.1 and np.isnan(ext[1]) and np.isnan(ext[2]) and ext[3] == 0.9
+    with pytest.raises(InvalidInputError, match="Unknown heatmap mode"):
+        mode_values(s, "fancy")
+
+
+def test_exports_round_trip(pyramid, tmp_path):
+    with open_slide(pyramid) as slide:
+        grid = TileGrid.for_slide(slide, 32, level=2, tile_px=64)
+        result = HeatmapRun(colour_predictor(), min_tissue=0.5).run(slide, grid)
+        thumb, _ = slide.get_thumbnail(256)
+    paths = result.save(tmp_path / "out", thumbnail=thumb)
+    frame = pd.read_csv(paths["tiles.csv"])
+    assert list(frame.columns[:7]) == ["x", "y", "width", "height", "score", "p_glass", "p_pattern"]
+    assert (frame["width"] == 256).all() and len(frame) == result.n_tiles
+    geo = json.loads(paths["tiles.geojson"].read_text())
+    feat = geo["features"][0]
+    assert geo["type"] == "FeatureCollection" and feat["properties"]["objectType"] == "detection"
+    ring = feat["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and ring[2][0] - ring[0][0] == 256
+    assert set(feat["properties"]["measurements"]) >= {"score", "p_pattern", "tissue_fraction"}
+    manifest = json.loads(paths["manifest.json"].read_text())
+    assert manifest["slide"]["hash"] == result.slide_hash and manifest["model"]["sha256"] == "0" * 64
+    assert "inference_s" in manifest["timings"] and "numpy" in manifest["versions"]
+    summary = json.loads(paths["summary.json"].read_text())
+    assert summary["n_tiles"] == 16 and summary["fraction_over_threshold"] == 1.0
+    from PIL import Image
+
+    assert Image.open(paths["heatmap.png"]).size == (256, 192)
+    back = HeatmapResult.load(tmp_path / "out")
+    np.testing.assert_allclose(back.scores, result.scores, rtol=1e-5)
+    assert back.grid == result.grid and back.summary()["top_k_mean"] == pytest.approx(result.summary()["top_k_mean"], rel=1e-5)
+    from engine.heatmap import heatmap_figure
+
+    fig = heatmap_figure(result, thumb, mode="percentiles", blur_sigma=100)
+    assert [t.type for t in fig.data] == ["image", "heatmap"] and "level 0" in fig.data[1].hovertemplate
+
+
+class FakeContext:
+    """The JobContext interface of engine.jobs, recorded in memory."""
+
+    def __init__(self, workdir: Path, cancel_at: int | None = None):
+        self.job_id, self.workdir, self.params = "test", workdir, {}
+        self.progress_calls, self.metrics, self.logs = [], {}, []
+        self.cancel_at = cancel_at
+
+    def progress(self, done, total, message=""):
+        self.progress_calls.append((done, total, message))
+
+    def metric(self, **values):
+        self.metrics.update(values)
+
+    def log(self, msg):
+        self.logs.append(msg)
+
+    def cancelled(self):
+        return self.cancel_at is not None and len(self.progress_calls) >= self.cancel_at
+
+    def raise_if_cancelled(self):
+        if self.cancelled():
+            raise RuntimeError("JobCancelled")
+
+
+def test_run_job_writes_exports(tiny_registry, pyramid, tmp_path):
+    ctx = FakeContext(tmp_path / "job")
+    params = {"slide_path": str(pyramid), "model_id": "tiny-test", "level": 2, "tile_px": 64, "batch_size": 8}
+    result = run_job(params, ctx)
+    assert result["n_tiles"] == 16 and Path(result["files"]["tiles.csv"]).exists()
+    assert (tmp_path / "job" / "thumbnail.png").exists() and json.dumps(result)
+    assert ctx.progress_calls[-1][0] == ctx.progress_calls[-1][1] == 16 and "mean_score" in ctx.metrics
+    again = run_job(params, FakeContext(tmp_path / "job2"))
+    assert again["n_cached"] == 16
+
+
+def test_no_tissue_slide_gives_message(tmp_path, tiny_registry):
+    blank = make_pyramid(tmp_path / "blank.tif", width=1024, height=768, levels=2, rects=[], noise=5)
+    with pytest.raises(InvalidInputError, match="No tissue found in 'blank.tif'"):
+        compute_heatmap(blank, model_id="tiny-test", level=1, tile_px=64)
+
+
+def test_cli_heatmap_on_real_slides(tiny_registry, tmp_path):
+    from engine.cli import main
+
+    cmu = shared_path("wsi", "CMU-1-Small-Region.svs")
+    tcga = shared_path("wsi", "TCGA-CR-7395-01A-01-TS1.svs")
+    assert main(["heatmap", str(cmu), "--model", "tiny-test", "--tile-px", "256", "--out", str(tmp_path / "cmu"), "-q"]) == 0
+    assert main(["heatmap", str(tcga), "--level", "1", "--tile-px", "128", "--out", str(tmp_path / "tcga"), "-q"]) == 0
+    for name, tile in (("cmu", 256), ("tcga", 256)):
+        out = tmp_path / name
+        assert {p.name for p in out.iterdir()} >= {"tiles.csv", "heatmap.png", "tiles.geojson", "summary.json", "manifest.json"}
+        frame = pd.read_csv(out / "tiles.csv")
+        assert len(frame) > 10 and (frame["width"] == tile).all() and frame["score"].between(0, 1).all()
+    manifest = json.loads((tmp_path / "tcga" / "manifest.json").read_text())
+    assert manifest["grid"]["level"] == 1 and manifest["params"]["mpp_source"] is None
+
+
+def test_cli_cohort_scores(tiny_registry, pyramid, tmp_path, capsys):
+    from engine.cli import main
+
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    shutil.copy(pyramid, folder / "a.tif")
+    shutil.copy(pyramid, folder / "b.tif")
+    (folder / "broken.svs").write_text("not a slide")
+    out = tmp_path / "slides.csv"
+    assert main(["cohort-scores", str(folder), "--out", str(out), "--level", "2", "--tile-px", "64", "-q"]) == 0
+    frame = pd.read_csv(out)
+    assert frame["slide"].tolist() == ["a.tif", "b.tif", "broken.svs"]
+    assert frame.loc[0, "n_tiles"] == 16 and frame.loc[0, "mean_score"] == pytest.approx(frame.loc[1, "mean_score"])
+    assert "broken.svs" in frame.loc[2, "error"]
+    assert main(["heatmap", str(folder / "broken.svs"), "-q"]) == 2
+    assert "broken.svs" in capsys.readouterr().err
