@@ -91,6 +91,15 @@ def test_optimal_cutpoint_and_bad_input_keeps_result():
     assert charts(at) == n_charts
 
 
+def test_fleming_harrington_is_r_survdiff_rho1():
+    at = page()
+    widget(at, "selectbox", "Test").set_value("fleming-harrington")
+    widget(at, "text_input", "Fleming–Harrington p, q").set_value("1")
+    press(at, "Analyse")
+    metric = [m for m in at.metric if m.label.startswith("Fleming–Harrington")][0]
+    assert metric.label == "Fleming–Harrington (p=1, q=0)" and metric.value == "p = 0.00036"  # R survdiff(rho = 1): p = 0.000363
+
+
 def test_manual_cuts_typo_is_a_message():
     at = page()
     widget(at, "selectbox", "Strata").set_value("manual")
@@ -153,7 +162,8 @@ def test_cox_tab_fit_and_too_few_events():
     assert not at.error, errors(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Concordance (Harrell's C)"] == "0.637"  # R: concordance(coxph(Surv(time, status) ~ age + sex + ph.ecog, lung))
-    assert any(b.label == "PH test (CSV)" for b in at.get("download_button"))
+    labels = [b.label for b in at.get("download_button")]
+    assert "PH test (CSV)" in labels and "Univariable models (CSV)" in labels
     frame = pd.DataFrame({"time": [5, 6, 7, 9, 3, 4], "status": [1, 0, 0, 0, 0, 0], "x": [1, 2, 3, 4, 5, 6.0], "arm": list("aaabbb")})
     at = upload(at, "few.csv", frame.to_csv(index=False).encode())
     press(at, "Analyse")

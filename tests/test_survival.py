@@ -249,6 +249,14 @@ def test_cox_matches_r_coxph(datasets, model):
         close("cox.zph p", res.ph_test.p, z.p)
 
 
+def test_univariable_cox_matches_r(lung):
+    uni = sv.univariable_cox(sv.prepare_cohort(lung, "time", "status", None, ["sex"]), ["sex"])
+    r = read_ref("cox.csv").query("model == 'lung_sex'")
+    close("cox coef", uni.coef, r.coef)
+    close("cox se", uni.se, r.se)
+    close("concordance", uni.concordance, read_ref("cox_fit.csv").set_index("model").loc["lung_sex", "concordance"])
+
+
 def test_group_hazard_ratios_reference_is_first_group(veteran):
     hr = sv.group_hazard_ratios(sv.prepare_cohort(veteran, "time", "status", "celltype"))
     assert hr.reference_group == "adeno"

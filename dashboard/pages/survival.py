@@ -104,7 +104,8 @@ with st.form(f"survival_form_{tid}"):
     split_col = c2.selectbox("Continuous column to split", numeric or [NONE], key=f"survival_split_{tid}",
                              index=idx(numeric, "age"))
     cuts_text = c3.text_input("Manual cut-offs", "", key=f"survival_cuts_{tid}", placeholder="e.g. 50, 65")
-    show_unit = c4.selectbox("Show time in", list(sv.TIME_UNITS), index=0, key=f"survival_show_{tid}")
+    show_choice = c4.selectbox("Show time in", ["same unit", *sv.TIME_UNITS], index=0, key=f"survival_show_{tid}")
+    show_unit = unit if show_choice == "same unit" else show_choice
     c1, c2, c3, c4 = st.columns(4)
     minprop = c1.slider("Optimal cut: min. group share", 0.05, 0.4, 0.1, 0.05, key=f"survival_minprop_{tid}")
     n_perm = c2.number_input("Permutations (0 = none)", 0, 5000, 1000, 100, key=f"survival_perm_{tid}",
@@ -126,14 +127,17 @@ def analyse() -> dict:
             raise InvalidInputError("The table has no numeric column to split.", "Use the group column instead.")
         cohort, cuts, scan = sv.stratify(cohort, split_col, strata, cuts=sv.parse_cuts(cuts_text) if strata == "manual" else None,
                                          **({"minprop": minprop, "n_permutations": int(n_perm)} if strata == "optimal" else {}))
-    p_q = sv.parse_cuts(fh, what="Fleming–Harrington weight") + [1.0, 0.0]
+    weights = sv.parse_cuts(fh, what="Fleming–Harrington weight")
+    if len(weights) > 2:
+        raise InvalidInputError("Fleming–Harrington takes two weights, p and q.", "Enter e.g. 1, 0 (R's survdiff rho = 1).")
+    fh_p, fh_q = weights + [1.0, 0.0][len(weights):]
     times = sv.parse_cuts(at_times, what="Time") or sv.parse_cuts(DEFAULT_TIMES[show_unit])
     out = {"cohort": cohort, "km": sv.kaplan_meier(cohort), "scan": scan, "cuts": cuts, "times": times, "messages": [],
            "test": None, "pairwise": None, "hr": None, "settings": {"time": time_col, "event": event_col, "unit": unit}}
     if cohort.group_col is None:  # one curve: nothing to compare
         return out
-    for key, fn in [("test", lambda: sv.logrank_test(cohort, weighting, p_q[0], p_q[1])),
-                    ("pairwise", lambda: sv.pairwise_logrank(cohort, weighting, p_q[0], p_q[1]) if len(cohort.group_order) > 2 else None),
+    for key, fn in [("test", lambda: sv.logrank_test(cohort, weighting, fh_p, fh_q)),
+                    ("pairwise", lambda: sv.pairwise_logrank(cohort, weighting, fh_p, fh_q) if len(cohort.group_order) > 2 else None),
                     ("hr", lambda: sv.group_hazard_ratios(cohort))]:
         try:
             out[key] = fn()
@@ -149,8 +153,8 @@ if submitted or (demo is not None and (previous is None or previous["tid"] != ti
         result = analyse()
         result["tid"] = tid
         if previous is None or previous["tid"] != tid:  # another table: its Cox and risk-score results no longer apply
-            st.session_state.pop("survival_cox", None)
-            st.session_state.pop("survival_risk", None)
+            for key in ("survival_cox", "survival_cox_uni", "survival_risk"):
+                st.session_state.pop(key, None)
         st.session_state["survival_result"] = result
     except Exception as err:  # noqa: BLE001 - a message; the previous result stays below
         show_error(err, context="Analysis")
@@ -272,8 +276,10 @@ with tab_cox:
                 if with_groups and grp is None:
                     raise InvalidInputError("No group column chosen, so there are no strata to add.", "Pick a group column.")
                 cc = sv.prepare_cohort(table, time_col, event_col, grp, covs, time_unit=unit)
-            st.session_state["survival_cox"] = sv.fit_cox(cc.with_time_unit(show_unit), covs, include_group=with_groups,
-                                                          penalizer=penalizer)
+            cc = cc.with_time_unit(show_unit)
+            model = sv.fit_cox(cc, covs, include_group=with_groups, penalizer=penalizer)
+            st.session_state["survival_cox"] = model
+            st.session_state["survival_cox_uni"] = sv.univariable_cox(cc, covs) if len(covs) > 1 else None
         except Exception as err:  # noqa: BLE001 - a message; the previous model stays
             show_error(err, context="Cox model")
     cox = st.session_state.get("survival_cox")
@@ -285,6 +291,11 @@ with tab_cox:
         c2.metric("Patients / events", f"{cox.n} / {cox.n_events}")
         c3.metric("Penaliser", f"{cox.penalizer:g}")
         st.dataframe(cox.to_frame(), hide_index=True)
+        uni = st.session_state.get("survival_cox_uni")
+        if uni is not None:
+            with st.expander("Univariable models (each covariate alone, same patients)"):
+                st.dataframe(uni, hide_index=True)
+                csv_button("Univariable models (CSV)", uni, "cox_univariable.csv")
         fig = sv.forest_figure(cox)
         st.plotly_chart(fig, config=CHART_CONFIG, key="survival_cox_forest")
         html_button(fig, "cox_forest")

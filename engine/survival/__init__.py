@@ -13,7 +13,7 @@ No Streamlit here; plotly only builds figures.
 """
 
 from engine.survival.compare import WEIGHTINGS, LogRankResult, PairwiseResult, describe_test, holm, logrank_test, pairwise_logrank
-from engine.survival.cox import CoxResult, cox_zph, fit_cox, group_hazard_ratios
+from engine.survival.cox import CoxResult, cox_zph, fit_cox, group_hazard_ratios, univariable_cox
 from engine.survival.cutpoint import (
     SPLIT_METHODS,
     CutpointResult,
@@ -56,6 +56,7 @@ __all__ = [
     "cox_zph",
     "fit_cox",
     "group_hazard_ratios",
+    "univariable_cox",
     "SPLIT_METHODS",
     "CutpointResult",
     "cut_labels",

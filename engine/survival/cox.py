@@ -277,6 +277,20 @@ def scaled_schoenfeld(x: np.ndarray, time: np.ndarray, event: np.ndarray, beta: 
     return out
 
 
+def univariable_cox(cohort: Cohort, covariates: Sequence[str], conf_level: float = 0.95) -> pd.DataFrame:
+    """One Cox model per covariate (same rows as the multivariable model: the cohort's complete cases).
+
+    Returns the stacked coefficient rows with each model's n, events and concordance.
+    """
+    rows = []
+    for c in covariates:
+        r = fit_cox(cohort, [c], conf_level=conf_level, ph_test=False)
+        rows.append(r.summary.assign(n=r.n, events=r.n_events, concordance=r.concordance))
+    if not rows:
+        raise InvalidInputError("No covariates for the Cox model.", "Choose at least one covariate.")
+    return pd.concat(rows, ignore_index=True)
+
+
 def group_hazard_ratios(cohort: Cohort, conf_level: float = 0.95) -> CoxResult:
     """Hazard ratio of each group against the first (univariable Cox on the group indicators)."""
     require_groups(cohort, need_events=True, what="a hazard ratio")
