@@ -1,0 +1,133 @@
+"""The Slide heatmap page headless (AppTest): library and upload, broken slides as messages, a real background job."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import ROOT, SHARED_DATA
+from tests.test_slides import make_pyramid
+
+APP = str(ROOT / "dashboard" / "app.py")
+
+
+@pytest.fixture
+def library(tmp_path, monkeypatch, tiny_registry):
+    root = tmp_path / "library"
+    root.mkdir()
+    make_pyramid(root / "synthetic.tif", width=2048, height=1536, levels=2)
+    (root / "broken.svs").write_text("not a slide")
+    for name in ("CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs"):
+        if (SHARED_DATA / "wsi" / name).exists():
+            shutil.copy(SHARED_DATA / "wsi" / name, root / name)
+    monkeypatch.setenv("HISTODASH_SLIDES_DIR", str(root))
+    return root
+
+
+def page(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=90)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page("pages/slides.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at, kind) -> str:
+    return "\n".join(str(e.value) for e in getattr(at, kind))
+
+
+def open_library_slide(at: AppTest, name: str) -> AppTest:
+    at.radio(key="slide_source").set_value("Slide library").run()
+    at.selectbox(key="lib_pick").set_value(name).run()
+    next(b for b in at.button if b.label == "Open slide").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def wait_for_job(at: AppTest, timeout: float = 150) -> AppTest:
+    start = time.time()
+    while time.time() - start < timeout:
+        time.sleep(1.5)
+        at.run()
+        assert not at.exception, at.exception
+        if "Heatmap" in texts(at, "subheader") or at.error:
+            return at
+    raise AssertionError(f"job did not finish: {texts(at, 'error')} {texts(at, 'warning')}")
+
+
+def test_no_slide_yet(library):
+    at = page()
+    assert "Slide heatmap" in at.title[0].value
+    assert "Upload a slide" in texts(at, "info")
+
+
+def test_library_slide_job_result_and_reattach(library):
+    at = open_library_slide(page(), "synthetic.tif")
+    assert "synthetic.tif" in texts(at, "subheader")
+    assert "tissue tiles of" in "\n".join(c.value for c in at.caption)
+    # tile by level 1, 64 px tiles (128 level-0 px): a 16 × 12 grid
+    at.selectbox(key="hm_level").set_value(1).run()
+    at.number_input(key="hm_tile_px").set_value(64).run()
+    assert not at.exception, at.exception
+    next(b for b in at.button if b.label == "Compute heatmap").click().run()
+    assert at.query_params["job"].startswith("heatmap-")
+    wait_for_job(at)
+    assert not at.error, texts(at, "error")
+    labels = [m.label for m in at.metric]
+    assert "Tissue tiles" in labels and "Mean score" in labels
+    # modes and options redraw without errors
+    for value in ("percentiles", "binarise", "extreme"):
+        at.selectbox(key="hm_mode").set_value(value).run()
+        assert not at.exception, at.exception
+    at.toggle(key="hm_blank").set_value(True).run()
+    assert not at.exception, at.exception
+    assert len([e for e in at.get("download_button")]) == 5
+    # a refreshed browser (new session) re-attaches through the URL
+    job_id = at.query_params["job"]
+    again = page({"job": job_id, "slide": "lib:synthetic.tif"})
+    assert "Heatmap" in texts(again, "subheader")
+    # computing again with the same settings: every tile comes from the cache
+    again.selectbox(key="hm_level").set_value(1).run()
+    again.number_input(key="hm_tile_px").set_value(64).run()
+    next(b for b in again.button if b.label == "Compute heatmap").click().run()
+    wait_for_job(again)
+    cached = next(m for m in again.metric if m.label == "From cache").value
+    done, total = cached.split("/")
+    assert done == total == "64"  # the pattern: 8 × 8 tiles of 128 level-0 px
+
+
+def test_broken_upload_keeps_current_slide(library):
+    at = open_library_slide(page(), "synthetic.tif")
+    at.radio(key="slide_source").set_value("Upload").run()
+    at.file_uploader[0].set_value([("renamed.svs", b"just text", "application/octet-stream")]).run()
+    assert not at.exception, at.exception
+    assert "renamed.svs" in texts(at, "error")
+    assert "synthetic.tif" in texts(at, "subheader")  # what the user had stays
+
+
+@pytest.mark.parametrize("name,message", [("broken.svs", "not a slide")])
+def test_broken_library_slide_is_a_message(library, name, message):
+    at = open_library_slide(page(), name)
+    assert message in texts(at, "error")
+
+
+def test_tcga_without_mpp_asks_for_it(library):
+    if not (library / "TCGA-CR-7395-01A-01-TS1.svs").exists():
+        pytest.skip("shared slides absent")
+    at = open_library_slide(page(), "TCGA-CR-7395-01A-01-TS1.svs")
+    assert any("Microns per pixel" in n.label for n in at.number_input)
+    table = at.table[0].value
+    assert "unknown" in table.to_string()
+
+
+def test_query_params_cannot_escape(library):
+    at = page({"slide": "lib:../../etc/passwd"})
+    assert "leaves the slide library" in texts(at, "error")
+    at = page({"slide": "up:someone-elses.svs"})
+    assert "No uploaded slide" in texts(at, "error")
