@@ -1,0 +1,233 @@
+"""Training: configure a Keras training job, watch it live, cancel it, use the model it registers.
+
+Jobs run in their own processes (engine.jobs), so this page only submits, reads records and draws.
+It never imports TensorFlow. The selected job's id lives in ``st.query_params["job"]``: a browser
+refresh or a dashboard restart re-attaches to it.
+"""
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard.common import disclaimer, guarded, session_workspace, show_error
+from engine.config import REPO_ROOT
+from engine.errors import HistoDashError
+from engine.jobs import describe_progress, format_duration, get_runner
+from engine.registry import Registry
+from engine.training.config import ARCHITECTURE_LABELS, ARCHITECTURES, OPTIMIZERS, parse_config
+from engine.training.datasets import discover
+
+DEMO = Path(os.environ.get("HISTODASH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "lc25000-lung-224"
+STATE_ICON = {"queued": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
+
+st.title("Training")
+st.caption("Train a tile classifier on labelled tiles: a folder with one subfolder per class, a CSV manifest (path, label, optional patient) "
+           "or a zip of class folders. Jobs run in the background: close the browser or restart the dashboard, they go on.")
+runner = get_runner()
+
+
+def use_model(model_id: str) -> None:
+    st.session_state["model_id"] = model_id
+
+
+# ----------------------------------------------------------------------------- the form
+demo = DEMO.is_dir()
+with st.expander("New training job", expanded=True), st.form("train_form"):
+    c1, c2 = st.columns([3, 1])
+    data = c1.text_input("Dataset: folder, CSV manifest or .zip (server path)", value=str(DEMO) if demo else "",
+                         placeholder="/data/tiles", help="Folder of class subfolders (optionally class/patient/tile), a CSV with path,label[,patient] or a zip of class folders.")
+    upload = c2.file_uploader("…or upload a .zip", type=["zip"], help="A zip of class folders; it is checked and extracted safely.")
+    c1, c2, c3 = st.columns(3)
+    label_column = c1.text_input("Label column (manifest)", value="tissue_class" if demo else "label")
+    positive = c2.text_input("Positive classes (score)", value="lung_aca, lung_scc" if demo else "", help="Comma-separated; their summed probability is the score. Default: the last class.")
+    registered = [c.id for c in Registry().cards()]
+    init_from = c3.selectbox("Start from", ["(from scratch)", *registered], help="Fine-tune from a registered model (weights copied by layer name). No ImageNet download.")
+    c1, c2, c3, c4 = st.columns(4)
+    architecture = c1.selectbox("Architecture", list(ARCHITECTURES), format_func=lambda a: ARCHITECTURE_LABELS[a])
+    input_px = c2.number_input("Input px (0 = architecture default)", 0, 1024, 64 if demo else 0, step=8)
+    epochs = c3.number_input("Epochs", 1, 1000, 5)
+    batch_size = c4.number_input("Batch size", 1, 1024, 32)
+    c1, c2, c3, c4 = st.columns(4)
+    learning_rate = c1.number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.5f")
+    optimizer = c2.selectbox("Optimiser", OPTIMIZERS)
+    normalization = c3.selectbox("Stain normalisation", ["none", "macenko"], help="Macenko is applied before resizing, exactly as at prediction time.")
+    class_weights = c4.selectbox("Class weights", ["balanced", "none"])
+    st.markdown("**Augmentation** (training tiles only)")
+    c1, c2, c3, c4, c5, c6 = st.columns(6)
+    flip = c1.checkbox("Flips", True)
+    rotate90 = c2.checkbox("90° rotations", True)
+    rotation = c3.number_input("Rotation (turns)", 0.0, 1.0, 0.0, 0.05)
+    zoom = c4.number_input("Zoom", 0.0, 1.0, 0.1, 0.05)
+    shift = c5.number_input("Shift", 0.0, 1.0, 0.1, 0.05)
+    jitter = c6.number_input("Colour jitter", 0.0, 1.0, 0.05, 0.01)
+    st.markdown("**Split and schedule**")
+    c1, c2, c3, c4 = st.columns(4)
+    method = c1.radio("Split by patient/group", ["holdout", "kfold"], format_func=lambda m: "train/val/test" if m == "holdout" else "stratified group k-fold", horizontal=True)
+    val = c2.number_input("Validation fraction", 0.05, 0.5, 0.15, 0.05)
+    test = c3.number_input("Test fraction", 0.0, 0.5, 0.15, 0.05)
+    folds = c4.number_input("Folds (k-fold)", 2, 20, 5)
+    c1, c2, c3, c4 = st.columns(4)
+    patience = c1.number_input("Early-stopping patience", 0, 100, 5, help="Epochs without validation-loss improvement (0 = off). The best epoch's weights are kept.")
+    lr_patience = c2.number_input("LR-on-plateau patience", 0, 100, 2)
+    seed = c3.number_input("Seed", 0, 2**31 - 1, 42)
+    max_images = c4.number_input("Max images (0 = all)", 0, 10**7, 1500 if demo else 0, help="A stratified random subset, for quick trials.")
+    c1, c2 = st.columns(2)
+    model_id = c1.text_input("Model id (optional)", placeholder="automatic: <architecture>-<date>-<time>")
+    name = c2.text_input("Model name (optional)")
+    submitted = st.form_submit_button("Start training", type="primary")
+
+if submitted:
+    with guarded("Training job"):
+        path = data.strip()
+        if upload is not None:
+            folder = session_workspace() / "training"
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / Path(upload.name).name
+            target.write_bytes(upload.getvalue())
+            path = str(target)
+        config = {
+            "data": path, "architecture": architecture, "input_px": int(input_px) or None, "epochs": int(epochs), "batch_size": int(batch_size),
+            "learning_rate": float(learning_rate), "optimizer": optimizer, "normalization": normalization, "class_weights": class_weights,
+            "init_from": None if init_from == "(from scratch)" else init_from, "label_column": label_column.strip() or "label",
+            "positive_classes": positive, "seed": int(seed), "max_images": int(max_images) or None,
+            "augmentation": {"flip": flip, "rotate90": rotate90, "rotation": rotation, "zoom": zoom, "shift": shift, "color_jitter": jitter},
+            "split": {"method": method, "val": val, "test": test, "folds": int(folds)},
+            "early_stopping_patience": int(patience), "reduce_lr_patience": int(lr_patience), "model_id": model_id.strip() or None, "name": name.strip(),
+        }
+        cfg = parse_config(config)
+        found = discover(cfg.data, label_column=cfg.label_column, path_column=cfg.path_column, group_column=cfg.group_column, classes=cfg.classes)
+        bad = [c for c in cfg.positive_classes if c not in found.classes]
+        if bad:
+            raise HistoDashError(f"Positive class(es) {bad} are not among the classes found: {', '.join(found.classes)}.")
+        job_id = runner.submit("train", cfg.to_dict(), owner=st.session_state.get("session_id"))
+        st.query_params["job"] = job_id
+        st.success(f"Job **{job_id}** queued: {found.summary()}.")
+
+# ----------------------------------------------------------------------------- job list
+try:
+    records = runner.list(kind="train")
+except HistoDashError as err:
+    show_error(err, context="Jobs")
+    records = []
+if not records:
+    st.info("No training jobs yet.")
+    disclaimer()
+    st.stop()
+
+st.subheader("Jobs")
+st.dataframe(pd.DataFrame([{
+    "job": r.id, "state": f"{STATE_ICON.get(r.state, '')} {r.state}", "progress": describe_progress(r) if r.active else "",
+    "architecture": r.params.get("architecture"), "data": Path(str(r.params.get("data", ""))).name,
+    "model": (r.result or {}).get("model_id", ""), "AUC": ((r.result or {}).get("headline") or {}).get("auc"),
+    "time": format_duration(r.elapsed_s), "error": (r.error or "")[:120],
+} for r in records]), hide_index=True, width="stretch")
+
+ids = [r.id for r in records]
+wanted = st.query_params.get("job")
+if wanted and wanted not in ids:
+    st.warning(f"Job '{wanted}' is not in the job list; showing the newest instead.")
+current = wanted if wanted in ids else ids[0]
+chosen = st.selectbox("Show job", ids, index=ids.index(current), format_func=lambda i: f"{STATE_ICON.get(next(r.state for r in records if r.id == i), '')} {i}")
+if chosen != wanted:
+    st.query_params["job"] = chosen
+
+
+# ----------------------------------------------------------------------------- one job
+def curves(metrics: list[dict]):
+    rows = [m for m in metrics if "epoch" in m]
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    frame["x"] = range(1, len(frame) + 1)
+    fig = go.Figure()
+    for col, name in (("loss", "loss"), ("val_loss", "validation loss"), ("val_auc", "validation AUC")):
+        if col in frame and frame[col].notna().any():
+            fig.add_scatter(x=frame["x"], y=frame[col], name=name, mode="lines+markers", yaxis="y2" if col == "val_auc" else "y")
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch" + (" (all folds)" if "fold" in frame else ""),
+                      yaxis=dict(title="loss"), yaxis2=dict(title="AUC", overlaying="y", side="right", range=[0, 1.01]), legend=dict(orientation="h"))
+    return fig
+
+
+def show_log(job_id: str, n: int = 25):
+    st.code(runner.log_tail(job_id, n) or "(empty log)", language=None)
+
+
+@st.fragment(run_every=2)
+def live(job_id: str) -> None:
+    rec = runner.get(job_id)
+    if not rec.active:  # finished while we watched: redraw the whole page with the results
+        st.rerun()
+    p = rec.progress
+    st.markdown(f"{STATE_ICON[rec.state]} **{rec.state}** · started {format_duration(rec.elapsed_s)} ago" if rec.started else "⏳ **queued**: waiting for a free worker slot")
+    st.progress(rec.fraction, text=f"{p.get('message', '')} · ETA {format_duration(p.get('eta_s'))}" if p else "waiting…")
+    if p.get("epochs"):
+        c1, c2 = st.columns(2)
+        c1.progress(min(p["epoch"] / p["epochs"], 1.0), text=f"epoch {p['epoch']}/{p['epochs']}")
+        c2.progress(min(p["batch"] / p["batches"], 1.0), text=f"batch {p['batch']}/{p['batches']}" + (f" · loss {p['loss']:.4f}" if p.get("loss") is not None else ""))
+    fig = curves(rec.metrics)
+    if fig is not None:
+        st.plotly_chart(fig, width="stretch", key=f"live-curves-{job_id}")
+    if st.button("Cancel job", icon=":material/stop:", disabled=rec.cancel_requested, key=f"cancel-{job_id}"):
+        runner.cancel(job_id)
+        st.toast(f"Cancel requested for {job_id}")
+    show_log(job_id)
+
+
+def results(rec) -> None:
+    res = rec.result or {}
+    st.success(f"Registered model **{res.get('model_id')}** · {res.get('n_tiles')} tiles ({res.get('n_skipped', 0)} unreadable skipped) · "
+               f"{res.get('epochs_run')} epoch(s), best {res.get('best_epoch')} · {format_duration(res.get('wall_s'))}")
+    metrics = res.get("metrics") or []
+    keys = ["split", "n", "auc", "f1", "accuracy", "precision", "recall", "threshold", "accuracy_multiclass"]
+    st.dataframe(pd.DataFrame([{k: m.get(k) for k in keys if k in m or k == "split"} for m in metrics]), hide_index=True, width="stretch")
+    if res.get("cv"):
+        st.markdown("**Cross-validation** (mean ± sd over folds): " + " · ".join(f"{k} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in res["cv"].items()))
+    st.caption(f"Threshold {res.get('threshold')}: F1-optimal on validation (REFERENCE.md §4). Score = p({' + '.join(res.get('positive_classes', []))}).")
+    c1, c2, c3 = st.columns(3)
+    fig = curves(res.get("history") or rec.metrics)
+    if fig is not None:
+        c1.plotly_chart(fig, width="stretch", key=f"curves-{rec.id}")
+    m = metrics[0] if metrics else {}
+    if m.get("confusion"):
+        classes = res.get("classes", [])
+        cm = go.Figure(go.Heatmap(z=m["confusion"], x=classes, y=classes, colorscale="Blues", text=m["confusion"], texttemplate="%{text}"))
+        cm.update_layout(title=f"Confusion ({m['split']})", xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed", height=300, margin=dict(l=10, r=10, t=40, b=10))
+        c2.plotly_chart(cm, width="stretch", key=f"cm-{rec.id}")
+    roc = go.Figure()
+    for split, pts in (res.get("roc") or {}).items():
+        if pts.get("fpr"):
+            roc.add_scatter(x=pts["fpr"], y=pts["tpr"], name=split, mode="lines")
+    roc.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False)
+    roc.update_layout(title="ROC", xaxis_title="false-positive rate", yaxis_title="true-positive rate", height=300, margin=dict(l=10, r=10, t=40, b=10))
+    c3.plotly_chart(roc, width="stretch", key=f"roc-{rec.id}")
+    model_id = res.get("model_id")
+    if model_id in [c.id for c in Registry().cards()]:
+        if st.session_state.get("model_id") == model_id:
+            st.info(f"**{model_id}** is the selected model on every page.")
+        else:  # the callback runs before the next script run, so the sidebar (drawn first) already shows the model
+            st.button("Use this model", type="primary", icon=":material/check:", on_click=use_model, args=(model_id,))
+    else:
+        st.warning(f"The model '{model_id}' is no longer registered.")
+
+
+with guarded("Job"):
+    rec = runner.get(chosen)
+    st.subheader(f"Job {rec.id}")
+    if rec.active:
+        live(rec.id)
+    elif rec.state == "succeeded":
+        results(rec)
+        with st.expander("Log"):
+            show_log(rec.id, 200)
+    else:
+        if rec.state == "failed":
+            st.error(f"The job failed: {rec.error}")
+        else:
+            st.warning("The job was cancelled. Its log is kept below.")
+        show_log(rec.id, 60)
+    with st.expander("Configuration"):
+        st.json(rec.params, expanded=False)
+disclaimer()

@@ -1,0 +1,129 @@
+"""The Training page headless with AppTest: form, validation messages, job list, live view, results, re-attach."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import jobs
+from tests.conftest import ROOT
+
+APP = str(ROOT / "dashboard" / "app.py")
+PAGE = ROOT / "dashboard" / "pages" / "training.py"
+TIMEOUT = 60
+
+
+def fake_train(params, ctx):
+    """Stands in for the training job in the worker: reports like it and 'registers' the tiny sigmoid test model."""
+    ctx.log("fake training")
+    for e in range(1, 3):
+        ctx.metric(epoch=e, loss=1.0 / e, val_loss=1.2 / e, val_auc=0.8 + 0.05 * e)
+    ctx.progress(4, 4, "done")
+    metrics = [
+        {"split": "test", "n": 10, "auc": 0.9, "f1": 0.8, "accuracy": 0.85, "precision": 0.8, "recall": 0.8, "threshold": 0.42,
+         "confusion": [[4, 1], [1, 4]]},
+        {"split": "validation", "n": 8, "auc": 0.95, "f1": 0.9, "accuracy": 0.9, "precision": 0.9, "recall": 0.9, "threshold": 0.42},
+    ]
+    return {"model_id": "tiny-sigmoid", "classes": ["benign", "tumour"], "positive_classes": ["tumour"], "threshold": 0.42, "metrics": metrics,
+            "headline": {"split": "test", "auc": 0.9}, "roc": {"test": {"fpr": [0, 0.2, 1], "tpr": [0, 0.8, 1]}}, "cv": None, "n_tiles": 18,
+            "n_skipped": 0, "epochs_run": 2, "best_epoch": 2, "wall_s": 3.0, "history": []}
+
+
+def fail_train(params, ctx):
+    raise RuntimeError("out of tiles")
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch, tiny_registry):
+    monkeypatch.setenv("HISTODASH_JOBS_DIR", str(tmp_path / "jobs"))
+    return jobs.LocalProcessRunner(tmp_path / "jobs")
+
+
+def page(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update(query or {})
+    at.run()
+    at.switch_page("pages/training.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at, kind) -> str:
+    return "\n".join(str(e.value) for e in getattr(at, kind))
+
+
+def test_form_renders_and_a_bad_path_is_an_error_not_a_crash(runner, tmp_path):
+    at = page()
+    assert at.title[0].value == "Training"
+    assert "No training jobs yet." in texts(at, "info")
+    assert {"Epochs", "Batch size", "Input px (0 = architecture default)"} <= {n.label for n in at.number_input}
+    assert "Small CNN (REFERENCE §4)" in next(s for s in at.selectbox if s.label == "Architecture").options
+    data_box = next(t for t in at.text_input if t.label.startswith("Dataset"))
+    data_box.set_value(str(tmp_path / "no-such-folder"))
+    next(b for b in at.button if b.label == "Start training").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert "does not exist" in texts(at, "error")
+    assert runner.list() == []
+
+
+def test_finished_job_is_listed_with_metrics_and_can_be_used(runner, monkeypatch):
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
+    job_id = runner.submit("train", {"data": "x", "architecture": "small_cnn"})
+    assert runner.wait(job_id, timeout=30).state == "succeeded"
+    at = page({"job": job_id})
+    assert job_id in at.dataframe[0].value["job"].tolist()
+    assert "Registered model **tiny-sigmoid**" in texts(at, "success")
+    metrics = at.dataframe[1].value
+    assert metrics["split"].tolist() == ["test", "validation"] and metrics["auc"].tolist() == [0.9, 0.95]
+    use = next(b for b in at.button if b.label == "Use this model")
+    use.click()
+    at.run()
+    assert not at.exception, at.exception
+    assert at.session_state["model_id"] == "tiny-sigmoid"
+    assert "is the selected model on every page" in texts(at, "info")
+
+
+def test_failed_and_running_jobs_reattach_from_the_query_string(runner, monkeypatch):
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fail_train")
+    failed = runner.submit("train", {"data": "x"})
+    assert runner.wait(failed, timeout=30).state == "failed"
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_jobs:sleepy")
+    running = runner.submit("train", {"steps": 2000, "step_s": 0.05})
+    deadline = time.monotonic() + 20
+    while not runner.get(running).progress and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    at = page({"job": failed})  # a refresh with ?job=… comes back to the same job
+    assert "The job failed: RuntimeError: out of tiles" in texts(at, "error")
+    assert "Traceback" in "\n".join(c.value for c in at.code)
+
+    at = page({"job": running})
+    assert any(b.label == "Cancel job" for b in at.button)
+    assert "step" in " ".join(p.proto.text for p in at.get("progress"))
+    next(b for b in at.button if b.label == "Cancel job").click()
+    at.run()
+    assert runner.wait(running, timeout=10).state == "cancelled"
+
+    at = page({"job": "train-nope"})
+    assert "is not in the job list" in texts(at, "warning")
+
+
+def test_page_never_imports_tensorflow():
+    tree = ast.parse(PAGE.read_text())
+    modules = sorted({n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} |
+                     {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names})
+    engine_modules = [m for m in modules if m.startswith(("engine", "dashboard"))]
+    code = ("import sys, importlib\n"
+            f"for m in {engine_modules!r}: importlib.import_module(m)\n"
+            "import json; print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'keras'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
