@@ -262,3 +262,27 @@ def test_cli_cohort_scores(tiny_registry, pyramid, tmp_path, capsys):
     assert "broken.svs" in frame.loc[2, "error"]
     assert main(["heatmap", str(folder / "broken.svs"), "-q"]) == 2
     assert "broken.svs" in capsys.readouterr().err
+
+
+def test_real_runner_cancel_then_resume(tiny_registry, tmp_path):
+    """Through engine.jobs: a running heatmap job is cancelled, its finished tiles stay cached, a re-run resumes."""
+    from engine.jobs import get_runner
+
+    slide = make_pyramid(tmp_path / "big.tif", width=2048, height=2048, levels=2, rects=[((0, 0, 2048, 2048), COLOUR)])
+    runner = get_runner()
+    params = {"slide_path": str(slide), "model_id": "tiny-test", "level": 0, "tile_px": 32, "batch_size": 4, "min_tissue": 0.5}
+    job = runner.submit("heatmap", params)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        rec = runner.get(job)
+        if rec.progress.get("done", 0) > 0 or not rec.active:
+            break
+        time.sleep(0.2)
+    runner.cancel(job)
+    rec = runner.wait(job, timeout=60)
+    assert rec.state == "cancelled", (rec.state, rec.error, runner.log_tail(job))
+    assert 0 < rec.progress["done"] < rec.progress["total"] == 4096
+    again = runner.submit("heatmap", params)
+    second = runner.wait(again, timeout=180)
+    assert second.state == "succeeded", (second.error, runner.log_tail(again))
+    assert 0 < second.result["n_cached"] < 4096 and second.result["n_tiles"] == 4096

@@ -131,3 +131,18 @@ def test_query_params_cannot_escape(library):
     assert "leaves the slide library" in texts(at, "error")
     at = page({"slide": "up:someone-elses.svs"})
     assert "No uploaded slide" in texts(at, "error")
+
+
+def test_real_slides_from_the_page(library):
+    """Done-when: heatmaps of the CMU and TCGA slides produced from the page (coarse tiles to stay quick)."""
+    for name, level, tile in (("CMU-1-Small-Region.svs", 0, 256), ("TCGA-CR-7395-01A-01-TS1.svs", 1, 128)):
+        if not (library / name).exists():
+            pytest.skip("shared slides absent")
+        at = open_library_slide(page(), name)
+        at.selectbox(key="hm_level").set_value(level).run()
+        at.number_input(key="hm_tile_px").set_value(tile).run()
+        next(b for b in at.button if b.label == "Compute heatmap").click().run()
+        wait_for_job(at)
+        assert not at.error, texts(at, "error")
+        n = int(next(m for m in at.metric if m.label == "Tissue tiles").value.replace(",", ""))
+        assert n > 10, (name, n)
