@@ -274,6 +274,38 @@ def test_kfold_training_in_process_registers_a_model(folder_ds, models_dir, tmp_
     assert card.extra["split"]["method"] == "kfold"
 
 
+def test_fine_tuning_from_a_registered_model_with_macenko(folder_ds, models_dir, tmp_path):
+    from engine.training.run import train
+
+    first = parse_config({"data": str(folder_ds), "architecture": "small_cnn", "input_px": 32, "epochs": 1, "batch_size": 8,
+                          "split": {"val": 0.25, "test": 0.25}, "model_id": "base", "augmentation": False})
+    train(first, jobs.JobContext(tmp_path / "job-a", {}))
+    tuned = first.with_(model_id="tuned", init_from="base", normalization="macenko", optimizer="sgd", class_weights={"tumour": 2.0})
+    result = train(tuned, jobs.JobContext(tmp_path / "job-b", {}))
+    log = (tmp_path / "job-b" / "log.txt").read_text()
+    assert "fine-tuning from registered model 'base'" in log and "layers' weights copied by name" in log
+    card = json.loads((models_dir / "tuned" / "card.json").read_text())
+    assert card["normalization"] == "macenko" and card["config"]["init_from"] == "base" and result["model_id"] == "tuned"
+    with pytest.raises(InvalidInputError, match="already registered"):
+        train(tuned, jobs.JobContext(tmp_path / "job-c", {}))
+
+
+def test_cli_train_options_and_errors(tmp_path, capsys):
+    from engine.cli import main
+
+    assert main(["train", "--print-defaults"]) == 0
+    defaults = capsys.readouterr().out
+    path = tmp_path / "d.yaml"
+    path.write_text(defaults)
+    assert load_config(path) == TrainConfig(data=str(tmp_path / "PATH/TO/TILES"))
+    path.write_text(f"data: {tmp_path / 'missing'}\nepochs: 1\n")
+    assert main(["train", str(path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", str(path), "--set", "epochs=0"]) == 2
+    assert "epochs must be at least 1" in capsys.readouterr().err
+    assert jobs.get_runner().list() == []  # nothing was submitted
+
+
 def test_training_job_cancel_stops_within_a_batch(folder_ds, models_dir, tmp_path):
     runner = jobs.LocalProcessRunner(tmp_path / "jobs")
     job_id = runner.submit("train", {"data": str(folder_ds), "architecture": "small_cnn", "input_px": 32, "epochs": 500, "batch_size": 2,
