@@ -328,20 +328,20 @@ class _TapModel:
         inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # a single tensor: no structure warning
         self.parts = []
         if path is None:
-            self.parts.append(("flat", k.Model(inputs, [*head_tensor, model.output])))
+            self.parts.append(("flat", k.Model(inputs, [*head_tensor, model.outputs[0]])))
             self.n_tap = 0
             return
         self.n_tap = 1
         names = path.split("/")
         if len(names) == 1:
-            self.parts.append(("flat", k.Model(inputs, [model.get_layer(names[0]).output, *head_tensor, model.output])))
+            self.parts.append(("flat", k.Model(inputs, [model.get_layer(names[0]).output, *head_tensor, model.outputs[0]])))
             return
         # Split: outer model before the backbone → backbone tapped at the inner path → head after it.
         backbone = model.get_layer(names[0])
         node = _single_call_node(backbone, model.name)
         try:
             pre = k.Model(inputs, node.input_tensors[0]) if node.input_tensors[0] is not model.inputs[0] else None
-            post = k.Model(node.output_tensors[0], [*head_tensor, model.output])
+            post = k.Model(node.output_tensors[0], [*head_tensor, model.outputs[0]])
         except ValueError as exc:
             raise IncompatibleModelError(
                 f"'{model.name}' cannot be split at its nested model '{backbone.name}' ({exc}).",
@@ -411,6 +411,8 @@ class Explainer:
         self.input_px = int(input_px or shape[1] or 0)
         if self.input_px < 8:
             raise IncompatibleModelError(f"Model '{model_id}' has no fixed input size; give input_px.")
+        if len(getattr(model, "outputs", None) or []) != 1:
+            raise IncompatibleModelError(f"Model '{model_id}' has {len(getattr(model, 'outputs', None) or [])} outputs; saliency maps need exactly one (the class probabilities).")
         units = model.output_shape[-1]
         if classes is None:
             classes = [f"class_{i}" for i in range(max(int(units), 2))]
@@ -611,6 +613,8 @@ class Explainer:
         """
         start = time.perf_counter()
         check_method(method)
+        if isinstance(image, (str, Path)) and name == "tile":
+            name = Path(image).name
         rgb = check_tile(image if isinstance(image, np.ndarray) else read_image(image, name=name), name)
         if target not in (None, "", PREDICTED, SCORE) and target not in self.classes:
             self._target_indices(target, np.zeros(len(self.classes)))  # raises with the list of classes

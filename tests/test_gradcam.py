@@ -335,6 +335,28 @@ def test_model_without_conv_layer():
     assert explainer.explain(rgb_tile(0, size=16), method="integrated-gradients").map.shape == (16, 16)
 
 
+def test_sequential_model_ending_in_an_activation_layer_matches_the_functional_one():
+    """A ``Sequential`` model with a separate softmax ``Activation`` gives the same map and score as the same
+    weights in a functional model whose ``Dense`` has the softmax built in (both use the logits)."""
+    from engine.gradcam import Explainer
+    from engine.runtime import keras
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    seq = k.Sequential([k.Input((32, 32, 3)), k.layers.Rescaling(1 / 255.0), k.layers.Conv2D(4, 3, activation="relu", name="c1"),
+                        k.layers.GlobalAveragePooling2D(), k.layers.Dense(3), k.layers.Activation("softmax")])
+    inputs = k.Input((32, 32, 3))
+    x = k.layers.Conv2D(4, 3, activation="relu", name="c1")(k.layers.Rescaling(1 / 255.0)(inputs))
+    functional = k.Model(inputs, k.layers.Dense(3, activation="softmax")(k.layers.GlobalAveragePooling2D()(x)))
+    functional.get_layer("c1").set_weights(seq.get_layer("c1").get_weights())
+    functional.layers[-1].set_weights(seq.layers[-2].get_weights())
+    tile = rgb_tile(8, size=32)
+    a = Explainer(seq, classes=list("abc")).explain(tile, target="b")
+    b = Explainer(functional, classes=list("abc")).explain(tile, target="b")
+    assert a.layer == b.layer == "c1" and a.score == pytest.approx(b.score, abs=1e-6)
+    np.testing.assert_allclose(a.map, b.map, atol=1e-5)
+
+
 def test_importing_the_module_does_not_import_tensorflow():
     code = "import sys, engine.gradcam; sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
