@@ -438,6 +438,9 @@ class LocalProcessRunner:
 
     def _schedule(self) -> None:
         """Mark vanished workers failed, then start queued jobs (oldest first) while slots are free."""
+        for pid, proc in list(_CHILDREN.items()):  # reap our finished workers (no zombies)
+            if proc.poll() is not None:
+                del _CHILDREN[pid]
         if not self.root.is_dir():
             return
         with self._lock():

@@ -102,7 +102,7 @@ class TrainConfig:
     reduce_lr_factor: float = 0.5
     min_learning_rate: float = 1e-6
     mixed_precision: str = "auto"  # auto: mixed_float16 only when a GPU is visible
-    seed: int = 42
+    seed: int = 42  # seeds weights, split, shuffling and augmentation (parallel input: close, not bit-identical, runs)
     max_images: int | None = None  # use at most this many images (stratified random subset; for quick trials)
     workers: int = 2  # parallel decode/preprocess threads
     model_id: str | None = None  # id of the registered model (default: <architecture>-<date>-<time>)
