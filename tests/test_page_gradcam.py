@@ -114,6 +114,8 @@ def test_session_tile_panels_then_errors_keep_the_result():
     assert shown(at) == 3  # original, map, overlay
     assert [b.label for b in at.get("download_button")][:3] == ["PNG: original", "PNG: map", "PNG: overlay"]
     assert any(m.label.startswith("p(") for m in at.metric)
+    score = next(m for m in at.metric if m.label == "p(tumour)" and m.delta)
+    assert score.delta in ("tumour", "benign")  # the card's label at its threshold
 
     # Grad-CAM++ for a named class
     next(s for s in at.selectbox if s.label == "Method").set_value("gradcam++")

@@ -77,6 +77,14 @@ def slide_region(params) -> tuple[str, np.ndarray]:
     return f"{Path(path).name} @ ({x}, {y}) {size} px", np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
 
 
+def label_of(score: float) -> str:
+    """The card's positive/negative label of a score at the card's threshold."""
+    from engine.predict import labels_from_card
+
+    positive, negative = labels_from_card(card)
+    return positive if score >= card.threshold else negative
+
+
 def panels(rgb: np.ndarray, result, cmap: str, opacity: float, key: str) -> None:
     """Original / map / overlay side by side, each with a PNG download."""
     stem = Path(key).stem
@@ -173,7 +181,9 @@ if saved:
     m1, m2, m3, m4 = st.columns(4)
     m1.metric(f"p({res.target_class})", f"{res.score:.3f}")
     m2.metric("Predicted class", res.predicted_class)
-    m3.metric("Method", res.method_label)
+    if saved["card_id"] == card.id and len(res.probabilities) == len(card.classes):
+        score = sum(res.probabilities[i] for i in card.positive_indices)
+        m3.metric(card.score_name, f"{score:.3f}", label_of(score), delta_color="off", help=f"Label at the card's threshold {card.threshold:.3f}.")
     m4.metric("Layer", (res.layer or "input pixels").rsplit("/", 1)[-1])
     if saved["card_id"] != card.id:
         st.warning(f"This map is from model '{saved['card_id']}'. Press Compute to explain with '{card.id}'.")
