@@ -424,9 +424,23 @@ class HeatmapRun:
                 if last:
                     put(_SENTINEL)
 
+        # cache writes (sqlite commits) happen on their own thread, off the model's critical path
+        writes: queue.Queue = queue.Queue()
+
+        def writer():
+            while True:
+                item = writes.get()
+                if item is None:
+                    return
+                for key, value in item:
+                    pred.cache.set(key, value)
+
         threads = [threading.Thread(target=reader, name=f"heatmap-reader-{k}", daemon=True) for k in range(self.readers)]
         for t in threads:
             t.start()
+        writer_thread = threading.Thread(target=writer, name="heatmap-cache-writer", daemon=True) if pred.cache is not None else None
+        if writer_thread is not None:
+            writer_thread.start()
         t_model = 0.0
         t_last = time.perf_counter()
         try:
@@ -443,10 +457,9 @@ class HeatmapRun:
                 t0 = time.perf_counter()
                 out = pred._forward(tensors)
                 t_model += time.perf_counter() - t0
-                for i, p in zip(idx, out):
-                    probs[i] = p
-                    if pred.cache is not None:
-                        pred.cache.set(keys[i], {"probabilities": [float(v) for v in p]})
+                probs[idx] = out
+                if writer_thread is not None:
+                    writes.put([(keys[i], {"probabilities": [float(v) for v in p]}) for i, p in zip(idx, out)])
                 done += len(idx)
                 if progress and (time.perf_counter() - t_last > 0.25 or done == n):
                     t_last = time.perf_counter()
@@ -460,6 +473,9 @@ class HeatmapRun:
                     break
             for t in threads:
                 t.join(timeout=5)
+            if writer_thread is not None:  # everything scored so far is cached, also when cancelled
+                writes.put(None)
+                writer_thread.join()
         return t_model
 
 
@@ -641,11 +657,25 @@ def compute_heatmap(
     if predictor is None:
         registry = Registry(models_dir) if models_dir else Registry()
         predictor = TilePredictor(registry.get(model_id), cache=None if cache else False, batch_size=batch_size)
+    # load the model (seconds for a large one) while the slide is opened and its tissue detected
+    load_error: list[BaseException] = []
+
+    def load():
+        try:
+            predictor.model
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+            load_error.append(exc)
+
+    loader = threading.Thread(target=load, name="heatmap-model-loader", daemon=True)
+    loader.start()
     with open_slide(slide_path, user_mpp=user_mpp) as slide:
         grid = TileGrid.for_slide(slide, predictor.card, level=level, tile_px=tile_px, stride_fraction=stride_fraction, use_mpp=use_mpp)
         masker = TissueMasker()
         thumb, mask = thumbnail_and_mask(slide, masker, predictor.cache)
         run = HeatmapRun(predictor, masker=masker, min_tissue=min_tissue, readers=readers)
+        loader.join()
+        if load_error:
+            raise load_error[0]
         if not run.select_tiles(slide, grid, mask)[0].size:
             raise InvalidInputError(
                 f"No tissue found in '{Path(slide_path).name}': none of its {grid.n_tiles} tiles has {min_tissue:.0%} tissue or more.",
