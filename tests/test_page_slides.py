@@ -92,9 +92,9 @@ def test_library_slide_job_result_and_reattach(library):
     job_id = at.query_params["job"]
     again = page({"job": job_id, "slide": "lib:synthetic.tif"})
     assert "Heatmap" in texts(again, "subheader")
+    assert again.selectbox(key="hm_level").value == 1 and again.number_input(key="hm_tile_px").value == 64  # the job's settings
+    assert "Session State" not in texts(again, "warning")
     # computing again with the same settings: every tile comes from the cache
-    again.selectbox(key="hm_level").set_value(1).run()
-    again.number_input(key="hm_tile_px").set_value(64).run()
     next(b for b in again.button if b.label == "Compute heatmap").click().run()
     wait_for_job(again)
     cached = next(m for m in again.metric if m.label == "From cache").value

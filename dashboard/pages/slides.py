@@ -93,6 +93,16 @@ attached = job_record()
 slide_id = QP.get("slide")
 if not slide_id and attached is not None:
     slide_id = attached.params.get("slide_id")
+if attached is not None and attached.params.get("slide_id") == slide_id and "hm_level" not in st.session_state:
+    # re-attached after a refresh: show the settings the job ran with
+    st.session_state["hm_level"] = int(attached.params.get("level") or 0)
+    st.session_state["hm_tile_px"] = int(attached.params.get("tile_px") or 0) or None
+    st.session_state["hm_stride"] = float(attached.params.get("stride_fraction") or 1.0)
+    st.session_state["hm_min_tissue"] = float(attached.params.get("min_tissue", DEFAULT_MIN_TISSUE))
+    if st.session_state["hm_tile_px"] is None:
+        del st.session_state["hm_tile_px"]
+    else:
+        st.session_state["hm_tile_px_set"] = True
 if not slide_id:
     st.info("Upload a slide or pick one from the library.")
     disclaimer()
@@ -144,13 +154,21 @@ if card is None:
     st.error("No model is registered, so nothing can be scored.")
     st.stop()
 
+if st.session_state.get("hm_tile_card") != card.id:  # tile size follows the model until the user changes it
+    st.session_state["hm_tile_card"] = card.id
+    if not st.session_state.pop("hm_tile_px_set", False):
+        st.session_state["hm_tile_px"] = int(card.input_px)
+if st.session_state.get("hm_level", 0) >= info.level_count:
+    st.session_state["hm_level"] = 0
+st.session_state.setdefault("hm_stride", 1.0)
+st.session_state.setdefault("hm_min_tissue", DEFAULT_MIN_TISSUE)
 with right:
     c1, c2, c3 = st.columns(3)
     by_mpp = bool(card.mpp and info.mpp)
     level = c1.selectbox("Level", list(range(info.level_count)), disabled=by_mpp, key="hm_level", help="Tiles are read at this level when µm/px are unknown (model card or slide).")
-    tile_px = c2.number_input("Tile (px at level)", 16, 4096, int(card.input_px), disabled=by_mpp, key="hm_tile_px")
-    stride = c3.select_slider("Stride (× tile)", [0.25, 0.5, 0.75, 1.0], value=1.0, help="Below 1: overlapping tiles.")
-    min_tissue = st.slider("Minimum tissue fraction per tile", 0.0, 1.0, DEFAULT_MIN_TISSUE, 0.05)
+    tile_px = c2.number_input("Tile (px at level)", 16, 4096, disabled=by_mpp, key="hm_tile_px")
+    stride = c3.select_slider("Stride (× tile)", [0.25, 0.5, 0.75, 1.0], key="hm_stride", help="Below 1: overlapping tiles.")
+    min_tissue = st.slider("Minimum tissue fraction per tile", 0.0, 1.0, step=0.05, key="hm_min_tissue")
     try:
         with open_slide(slide_path, user_mpp=user_mpp) as slide:
             grid = TileGrid.for_slide(slide, card, level=level, tile_px=int(tile_px), stride_fraction=stride)
@@ -184,7 +202,8 @@ if runner is None:
     st.error("Background jobs are not available on this server.")
     st.stop()
 
-if st.button("Compute heatmap", type="primary", disabled=not len(x)):
+busy = attached is not None and attached.active
+if st.button("Compute heatmap", type="primary", disabled=not len(x) or busy, help="Runs in the background; the page stays usable." if not busy else "A heatmap job is running."):
     with guarded("Starting the heatmap"):
         QP["job"] = runner.submit("heatmap", params, owner=SID)
         QP["slide"] = slide_id
