@@ -1,0 +1,338 @@
+"""Keras 3 model builders for HistoDash, all with randomly initialised weights.
+
+Nothing here downloads anything: every ``keras.applications`` backbone is built with
+``weights=None``. Pretrained weights come into a model only from a file the user supplies
+(a ``.keras`` model, or legacy Keras-2 HDF5 weights via :func:`load_legacy_h5_by_name`).
+
+Input convention (all architectures)
+------------------------------------
+A model takes **float RGB in 0..255**, shape ``(N, input_px, input_px, 3)``, and carries its own
+preprocessing as ordinary built-in layers (``Rescaling``, a frozen 1×1 ``Conv2D`` for the Caffe
+channel swap, or the backbone's own built-in layers). There are no ``Lambda`` layers and no
+custom objects, so every model saved as ``.keras`` loads with
+``keras.models.load_model(path, safe_mode=True)``.
+
+Output convention
+-----------------
+``n_classes == 1`` (or ``binary=True``): one sigmoid unit, the probability of the positive
+class. ``n_classes >= 2``: a softmax over the classes, in the order of the model card's
+``classes`` list.
+
+Registry
+--------
+:data:`ARCHITECTURES` maps a name to its builder; :data:`DEFAULT_INPUT_PX` gives each one's
+natural input size. :func:`build_model` dispatches on the name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+from keras import layers
+
+from engine.errors import IncompatibleModelError, InvalidInputError
+
+# ImageNet channel means of the Caffe convention (BGR order), used by ResNet50's preprocess_input.
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+DEFAULT_INPUT_PX: dict[str, int] = {
+    "small_cnn": 96,  # REFERENCE.md §4 (PatchCamelyon 96 px)
+    "lung_cnn": 144,  # the project's default LC25000 model
+    "resnet50_head": 512,  # REFERENCE.md §1 (512 px tiles)
+    "inceptionv3_head": 299,  # REFERENCE.md §3 (299 px tiles)
+    "efficientnetb0_head": 224,  # REFERENCE.md §4 comparison
+}
+
+# keras.applications minimum input sizes (no top).
+_MIN_INPUT_PX = {"resnet50_head": 32, "inceptionv3_head": 75, "efficientnetb0_head": 32}
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def _head(x, n_classes: int, binary: bool = False, name: str = "predictions"):
+    """One sigmoid unit for a binary task, otherwise a softmax over ``n_classes``."""
+    if n_classes < 1:
+        raise InvalidInputError(f"n_classes must be >= 1, got {n_classes}.")
+    if n_classes == 1 or binary:
+        if binary and n_classes not in (1, 2):
+            raise InvalidInputError(f"binary=True needs n_classes 1 or 2, got {n_classes}.")
+        return layers.Dense(1, activation="sigmoid", name=name, dtype="float32")(x)
+    return layers.Dense(n_classes, activation="softmax", name=name, dtype="float32")(x)
+
+
+def _preprocess(x, mode: str):
+    """Map float RGB 0..255 to what the network expects, using only safe built-in layers.
+
+    ``rescale``: x/255 → 0..1. ``tf``: x/127.5 − 1 → −1..1 (Inception convention).
+    ``caffe``: RGB→BGR and ImageNet mean subtraction (ResNet50 convention), as a frozen 1×1 conv.
+    ``none``: unchanged (for backbones that preprocess themselves, e.g. EfficientNet).
+    """
+    if mode == "rescale":
+        return layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+    if mode == "tf":
+        return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
+    if mode == "caffe":
+        kernel = np.zeros((1, 1, 3, 3), dtype="float32")
+        for out_c, in_c in enumerate((2, 1, 0)):  # output BGR from input RGB
+            kernel[0, 0, in_c, out_c] = 1.0
+        bias = -np.asarray(_CAFFE_MEAN_BGR, dtype="float32")
+        conv = layers.Conv2D(
+            3,
+            1,
+            name="caffe_preprocess",
+            trainable=False,
+            kernel_initializer=keras.initializers.Constant(kernel),
+            bias_initializer=keras.initializers.Constant(bias),
+        )
+        return conv(x)
+    if mode == "none":
+        return x
+    raise InvalidInputError(f"Unknown preprocessing {mode!r}; use rescale, tf, caffe or none.")
+
+
+def _check_px(architecture: str, input_px: int) -> None:
+    if not isinstance(input_px, (int, np.integer)) or input_px < 1:
+        raise InvalidInputError(f"input_px must be a positive integer, got {input_px!r}.")
+    minimum = _MIN_INPUT_PX.get(architecture, 16)
+    if input_px < minimum:
+        raise InvalidInputError(f"{architecture} needs input_px >= {minimum}, got {input_px}.")
+
+
+def _conv_bn(x, filters: int, name: str, *, strides: int = 1, separable: bool = False, bn_momentum: float = 0.99):
+    if separable:
+        x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sepconv")(x)
+    else:
+        x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+# --------------------------------------------------------------------------------------------
+# architectures
+# --------------------------------------------------------------------------------------------
+
+
+def build_small_cnn(input_px: int, n_classes: int, *, dropout: float = 0.5, binary: bool = False, dense_units: int = 1024, **_):
+    """REFERENCE.md §4: three 3×3 conv blocks (32/64/128) with BN + max-pool → GAP → dense 1024 → dropout → head."""
+    inputs = keras.Input((input_px, input_px, 3), name="image")
+    x = _preprocess(inputs, "rescale")
+    for i, filters in enumerate((32, 64, 128), start=1):
+        x = _conv_bn(x, filters, f"block{i}")
+        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(dense_units, activation="relu", name="fc")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    return keras.Model(inputs, _head(x, n_classes, binary), name="small_cnn")
+
+
+def build_lung_cnn(input_px: int, n_classes: int, *, dropout: float = 0.3, binary: bool = False, width: int = 32, **_):
+    """The default LC25000 model: a compact VGG-style CNN, ~0.2 M parameters at width 32.
+
+    Strided 3×3 stem → two plain conv blocks → two depthwise-separable blocks (each block: two
+    conv+BN+ReLU, then 2×2 max-pool except after the last) → global average pooling → dropout →
+    head. BatchNorm momentum 0.9 so the inference statistics keep up during short, high-learning-rate
+    runs. Cheap enough to train on two CPU cores at 128–160 px (~28 s an epoch of 3.6 k tiles at 144 px).
+    """
+    w = width
+    bn = {"bn_momentum": 0.9}  # faster-tracking BN statistics for short CPU runs
+    inputs = keras.Input((input_px, input_px, 3), name="image")
+    x = _preprocess(inputs, "rescale")
+    x = _conv_bn(x, w, "stem", strides=2, **bn)
+    x = _conv_bn(x, w, "block1a", **bn)
+    x = layers.MaxPooling2D(2, name="block1_pool")(x)
+    x = _conv_bn(x, 2 * w, "block2a", **bn)
+    x = _conv_bn(x, 2 * w, "block2b", **bn)
+    x = layers.MaxPooling2D(2, name="block2_pool")(x)
+    x = _conv_bn(x, 4 * w, "block3a", separable=True, **bn)
+    x = _conv_bn(x, 4 * w, "block3b", separable=True, **bn)
+    x = layers.MaxPooling2D(2, name="block3_pool")(x)
+    x = _conv_bn(x, 8 * w, "block4a", separable=True, **bn)
+    x = _conv_bn(x, 8 * w, "block4b", separable=True, **bn)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    return keras.Model(inputs, _head(x, n_classes, binary), name="lung_cnn")
+
+
+def build_resnet50_head(
+    input_px: int,
+    n_classes: int,
+    *,
+    dropout: float = 0.5,
+    binary: bool = False,
+    preprocessing: str = "caffe",
+    freeze_backbone: bool = False,
+    **_,
+):
+    """REFERENCE.md §1: ResNet50 (no top, any input size) → GAP → dropout 0.5 → head.
+
+    The backbone is nested as one layer named ``resnet50``. ``preprocessing`` defaults to the
+    Caffe convention of ``keras.applications.resnet50.preprocess_input`` (built as a frozen 1×1 conv).
+    """
+    inputs = keras.Input((input_px, input_px, 3), name="image")
+    x = _preprocess(inputs, preprocessing)
+    backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(input_px, input_px, 3), pooling=None, name="resnet50")
+    backbone.trainable = not freeze_backbone
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    return keras.Model(inputs, _head(x, n_classes, binary), name="resnet50_head")
+
+
+def build_inceptionv3_head(
+    input_px: int,
+    n_classes: int,
+    *,
+    dropout: float = 0.5,
+    binary: bool = False,
+    freeze_backbone: bool = True,
+    bottleneck_units: int = 256,
+    **_,
+):
+    """REFERENCE.md §3: InceptionV3 feature extractor (optionally frozen) → GAP → small classifier.
+
+    Bottleneck head: dense ``bottleneck_units`` (ReLU) → dropout → head. Input scaled to −1..1 as
+    Inception expects. Minimum input 75 px. The backbone is nested as one layer ``inception_v3``.
+    """
+    inputs = keras.Input((input_px, input_px, 3), name="image")
+    x = _preprocess(inputs, "tf")
+    backbone = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(input_px, input_px, 3), name="inception_v3")
+    backbone.trainable = not freeze_backbone
+    x = backbone(x, training=False) if freeze_backbone else backbone(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(bottleneck_units, activation="relu", name="bottleneck")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    return keras.Model(inputs, _head(x, n_classes, binary), name="inceptionv3_head")
+
+
+def build_efficientnetb0_head(
+    input_px: int,
+    n_classes: int,
+    *,
+    dropout: float = 0.5,
+    binary: bool = False,
+    freeze_backbone: bool = False,
+    dense_units: int = 1024,
+    **_,
+):
+    """REFERENCE.md §4: EfficientNetB0 (no top) → GAP → dense 1024 → dropout 0.5 → head.
+
+    EfficientNetB0 takes 0..255 input and rescales itself with its own built-in layers.
+    The backbone is nested as one layer ``efficientnetb0``.
+    """
+    inputs = keras.Input((input_px, input_px, 3), name="image")
+    backbone = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(input_px, input_px, 3), name="efficientnetb0")
+    backbone.trainable = not freeze_backbone
+    x = backbone(inputs, training=False) if freeze_backbone else backbone(inputs)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(dense_units, activation="relu", name="fc")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    return keras.Model(inputs, _head(x, n_classes, binary), name="efficientnetb0_head")
+
+
+ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
+    "small_cnn": build_small_cnn,
+    "lung_cnn": build_lung_cnn,
+    "resnet50_head": build_resnet50_head,
+    "inceptionv3_head": build_inceptionv3_head,
+    "efficientnetb0_head": build_efficientnetb0_head,
+}
+
+
+def build_model(architecture: str, input_px: int | None = None, n_classes: int = 1, *, dropout: float | None = None, binary: bool = False, **kwargs) -> keras.Model:
+    """Build ``architecture`` (a key of :data:`ARCHITECTURES`) with random weights.
+
+    ``input_px`` defaults to :data:`DEFAULT_INPUT_PX`; ``dropout`` to the architecture's own
+    default. Extra keyword arguments go to the builder (e.g. ``freeze_backbone=True``).
+    """
+    if architecture not in ARCHITECTURES:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise InvalidInputError(f"Unknown architecture {architecture!r}. Known: {known}.")
+    if input_px is None:
+        input_px = DEFAULT_INPUT_PX[architecture]
+    _check_px(architecture, int(input_px))
+    if dropout is not None:
+        kwargs["dropout"] = dropout
+    return ARCHITECTURES[architecture](int(input_px), int(n_classes), binary=binary, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# legacy Keras-2 HDF5 weights
+# --------------------------------------------------------------------------------------------
+
+
+def _h5_layer_names(path: Path) -> list[str]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = f
+        if "layer_names" not in f.attrs and "model_weights" in f:
+            group = f["model_weights"]
+        if "layer_names" not in group.attrs:
+            raise IncompatibleModelError(
+                f"{path.name} is an HDF5 file but not Keras weights (no 'layer_names' attribute).",
+                path=str(path),
+            )
+        names = [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in group.attrs["layer_names"]]
+        # keep only layers that actually carry weights
+        out = []
+        for n in names:
+            wn = group[n].attrs.get("weight_names", []) if n in group else []
+            if len(wn):
+                out.append(n)
+        return out
+
+
+def load_legacy_h5_by_name(model: keras.Model, path: str | os.PathLike, *, skip_mismatch: bool = False) -> list[str]:
+    """Load legacy Keras-2 HDF5 weights into ``model`` by layer name (``load_weights(by_name=True)``).
+
+    This is how reference study 1 distributes its models. Returns the names of the layers that
+    were loaded. Raises :class:`IncompatibleModelError` when the file is missing or not HDF5
+    Keras weights, when no layer name matches, or when a matching layer's weights have a
+    different count or shape (unless ``skip_mismatch``).
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise IncompatibleModelError(f"Weights file {path} does not exist.", path=str(path))
+    if not h5py.is_hdf5(path):
+        raise IncompatibleModelError(f"{path.name} is not an HDF5 file, so it cannot hold legacy Keras-2 weights.", path=str(path))
+    try:
+        file_layers = _h5_layer_names(path)
+    except IncompatibleModelError:
+        raise
+    except Exception as exc:  # unreadable / damaged HDF5
+        raise IncompatibleModelError(f"Cannot read {path.name} as Keras weights: {exc}", path=str(path)) from exc
+    model_layers = {layer.name for layer in model.layers if layer.weights}
+    matched = [n for n in file_layers if n in model_layers]
+    if not matched:
+        raise IncompatibleModelError(
+            f"No layer of {path.name} matches the model {model.name!r} by name "
+            f"(file has {', '.join(file_layers[:8]) or 'no weighted layers'}"
+            f"{'…' if len(file_layers) > 8 else ''}; model has {', '.join(sorted(model_layers)[:8])}).",
+            path=str(path),
+        )
+    # Keras takes the legacy by-name route only for names ending .h5/.hdf5.
+    tmpdir = None
+    target = path
+    if path.suffix.lower() not in (".h5", ".hdf5"):
+        tmpdir = tempfile.mkdtemp(prefix="histodash-h5-")
+        target = Path(tmpdir) / "weights.h5"
+        shutil.copyfile(path, target)
+    try:
+        model.load_weights(str(target), skip_mismatch=skip_mismatch, by_name=True)
+    except (ValueError, KeyError, OSError) as exc:
+        raise IncompatibleModelError(f"Weights in {path.name} do not fit the model {model.name!r}: {exc}", path=str(path)) from exc
+    finally:
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    return matched

@@ -1,0 +1,146 @@
+"""Architectures: build, output shapes, safe-mode .keras round trip, heads, legacy Keras-2 HDF5 import."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+h5py = pytest.importorskip("h5py")
+
+from engine.architectures import ARCHITECTURES, DEFAULT_INPUT_PX, build_model, load_legacy_h5_by_name  # noqa: E402
+from engine.errors import IncompatibleModelError, InvalidInputError  # noqa: E402
+
+# small sizes keep the whole file fast on 2 CPU cores
+SMALL_PX = {"small_cnn": 48, "lung_cnn": 64, "resnet50_head": 64, "inceptionv3_head": 75, "efficientnetb0_head": 64}
+
+
+def _images(n: int, px: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, size=(n, px, px, 3)).astype("float32")
+
+
+def test_registry_complete():
+    assert set(SMALL_PX) <= set(ARCHITECTURES)
+    assert set(ARCHITECTURES) == set(DEFAULT_INPUT_PX)
+    assert DEFAULT_INPUT_PX["inceptionv3_head"] == 299
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL_PX))
+def test_build_multiclass_and_safe_roundtrip(arch, tmp_path):
+    px = SMALL_PX[arch]
+    model = build_model(arch, px, 3)
+    assert model.input_shape == (None, px, px, 3)
+    assert model.output_shape == (None, 3)
+    x = _images(2, px)
+    y = model.predict(x, verbose=0)
+    assert y.shape == (2, 3)
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)  # softmax
+    assert not any(type(layer).__name__ == "Lambda" for layer in model._flatten_layers())
+    path = tmp_path / f"{arch}.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "lung_cnn", "resnet50_head"])
+def test_binary_head(arch):
+    px = SMALL_PX[arch]
+    for model in (build_model(arch, px, 1), build_model(arch, px, 2, binary=True)):
+        assert model.output_shape == (None, 1)
+        assert model.layers[-1].activation.__name__ == "sigmoid"
+        y = model.predict(_images(2, px), verbose=0)
+        assert ((y >= 0) & (y <= 1)).all()
+
+
+def test_backbone_nested_and_frozen():
+    model = build_model("resnet50_head", 64, 1)
+    assert "resnet50" in [layer.name for layer in model.layers]
+    frozen = build_model("inceptionv3_head", 75, 2, freeze_backbone=True)
+    backbone = frozen.get_layer("inception_v3")
+    assert not backbone.trainable and backbone.count_params() > 0
+    assert all(not w.trainable for w in backbone.weights)
+
+
+def test_bad_arguments():
+    with pytest.raises(InvalidInputError):
+        build_model("no_such_net", 64, 2)
+    with pytest.raises(InvalidInputError):
+        build_model("inceptionv3_head", 64, 2)  # below InceptionV3's 75 px minimum
+    with pytest.raises(InvalidInputError):
+        build_model("small_cnn", 64, 0)
+
+
+def _write_legacy_keras2_h5(model, path, rename=None):
+    """Write ``model``'s weights the way Keras 2 ``save_weights('x.h5')`` laid them out."""
+    rename = rename or {}
+    with h5py.File(path, "w") as f:
+        weighted = [layer for layer in model.layers if layer.weights]
+        names = [rename.get(layer.name, layer.name) for layer in weighted]
+        f.attrs["layer_names"] = [n.encode("utf8") for n in names]
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.13.1"
+        for layer, lname in zip(weighted, names):
+            g = f.create_group(lname)
+            # Keras 2 order: trainable weights first, then non-trainable (e.g. BN moving stats)
+            variables = layer.trainable_weights + layer.non_trainable_weights
+            wnames = [f"{lname}/{v.name}_{i}:0" for i, v in enumerate(variables)]
+            g.attrs["weight_names"] = [w.encode("utf8") for w in wnames]
+            for wname, v in zip(wnames, variables):
+                g.create_dataset(wname, data=np.asarray(v.numpy()))
+
+
+def test_legacy_h5_by_name_roundtrip(tmp_path):
+    keras.utils.set_random_seed(1)
+    source = build_model("small_cnn", 32, 1)
+    path = tmp_path / "study1.h5"
+    _write_legacy_keras2_h5(source, path)
+    keras.utils.set_random_seed(2)
+    target = build_model("small_cnn", 32, 1)
+    assert not np.allclose(target.get_layer("fc").get_weights()[0], source.get_layer("fc").get_weights()[0])
+    loaded = load_legacy_h5_by_name(target, path)
+    assert "block1_conv" in loaded and "predictions" in loaded
+    for a, b in zip(source.get_weights(), target.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = _images(2, 32)
+    np.testing.assert_allclose(target.predict(x, verbose=0), source.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_legacy_h5_nested_backbone(tmp_path):
+    """A nested backbone (one layer ``resnet50``) loads as one unit, like study 1's models."""
+    keras.utils.set_random_seed(3)
+    source = build_model("resnet50_head", 32, 1)
+    path = tmp_path / "risk.hdf5"
+    _write_legacy_keras2_h5(source, path)
+    target = build_model("resnet50_head", 32, 1)
+    load_legacy_h5_by_name(target, path)
+    np.testing.assert_array_equal(source.get_layer("resnet50").get_weights()[0], target.get_layer("resnet50").get_weights()[0])
+    np.testing.assert_array_equal(source.get_layer("predictions").get_weights()[0], target.get_layer("predictions").get_weights()[0])
+
+
+def test_legacy_h5_errors(tmp_path):
+    target = build_model("small_cnn", 32, 1)
+    # nothing matches by name
+    other = build_model("small_cnn", 32, 1)
+    nomatch = tmp_path / "nomatch.h5"
+    _write_legacy_keras2_h5(other, nomatch, rename={layer.name: f"x_{layer.name}" for layer in other.layers})
+    with pytest.raises(IncompatibleModelError, match="matches"):
+        load_legacy_h5_by_name(target, nomatch)
+    # names match but shapes do not (3-class head into a 1-unit head)
+    multi = build_model("small_cnn", 32, 3)
+    mismatch = tmp_path / "mismatch.h5"
+    _write_legacy_keras2_h5(multi, mismatch)
+    with pytest.raises(IncompatibleModelError, match="do not fit"):
+        load_legacy_h5_by_name(target, mismatch)
+    # not HDF5 at all
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not an hdf5 file")
+    with pytest.raises(IncompatibleModelError, match="not an HDF5"):
+        load_legacy_h5_by_name(target, junk)
+    # HDF5 but not Keras weights
+    plain = tmp_path / "plain.h5"
+    with h5py.File(plain, "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    with pytest.raises(IncompatibleModelError):
+        load_legacy_h5_by_name(target, plain)
+    with pytest.raises(IncompatibleModelError, match="does not exist"):
+        load_legacy_h5_by_name(target, tmp_path / "missing.h5")
