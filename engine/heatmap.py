@@ -632,7 +632,7 @@ def heatmap_figure(
 
 def thumbnail_and_mask(slide: Slide, masker: TissueMasker, cache=None) -> tuple[np.ndarray, TissueMask]:
     """The slide's thumbnail and tissue mask, cached with the tiles (a repeated run reads no pixels)."""
-    key = make_key("heatmap-thumb/v1", slide.content_hash(), masker.cache_key())
+    key = make_key("heatmap-thumb/v2", slide.content_hash(), masker.cache_key())
     hit = cache.get(key) if cache is not None else None
     if hit is not None:
         return hit["thumb"], TissueMask(hit["mask"], hit["sx"], hit["sy"], hit["threshold"])

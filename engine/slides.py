@@ -248,6 +248,26 @@ class OpenSlideSlide(Slide):
     def associated_names(self) -> tuple[str, ...]:
         return tuple(n for n in self._osr.associated_images if n in SAFE_ASSOCIATED)
 
+    def get_thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
+        """As :meth:`Slide.get_thumbnail`, but when the smallest pyramid level is big (> 4 MP to decode) and the
+        file carries a ``thumbnail`` associated image of the same aspect ratio (Aperio), that image is used:
+        decoding a whole single-level slide for a thumbnail costs more than scoring many tiles."""
+        level = self.thumbnail_level(max(max_side, 2048))
+        w, h = self.level_dimensions[level]
+        if w * h > 4_000_000 and "thumbnail" in self._osr.associated_images:
+            try:
+                thumb = self._osr.associated_images["thumbnail"].convert("RGB")
+            except Exception:  # noqa: BLE001 - fall back to the pyramid
+                thumb = None
+            W0, H0 = self.dimensions
+            if thumb is not None and min(thumb.size) >= 256 and abs(thumb.size[0] / thumb.size[1] - W0 / H0) < 0.005 * W0 / H0:
+                scale = min(1.0, max_side / max(thumb.size))
+                if scale < 1.0:
+                    thumb = thumb.resize((max(1, round(thumb.size[0] * scale)), max(1, round(thumb.size[1] * scale))), Image.BILINEAR)
+                rgb = np.asarray(thumb)
+                return rgb, W0 / rgb.shape[1]
+        return super().get_thumbnail(max_side)
+
     def _read(self, location, level, size) -> np.ndarray:
         region = self._osr.read_region(location, level, size)  # RGBA, premultiplied → transparent = outside
         arr = np.asarray(region)

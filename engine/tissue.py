@@ -93,12 +93,15 @@ class TissueMasker:
     min_hole_px: int = 64
 
     def fit_rgb(self, rgb: np.ndarray, scale_x: float = 1.0, scale_y: float | None = None) -> TissueMask:
-        from skimage import color, filters, morphology
+        from skimage import filters, morphology
 
-        arr = np.asarray(rgb)
-        grey = color.rgb2gray(arr)
-        hsv_s = color.rgb2hsv(arr)[..., 1]
-        if float(grey.max() - grey.min()) < 1e-3:
+        arr = np.asarray(rgb, dtype=np.uint8)
+        # grey (ITU-R 601-2 luma, as skimage's rgb2gray) and HSV saturation, in float32 without the full HSV
+        grey = (arr[..., 0] * np.float32(0.2125 / 255) + arr[..., 1] * np.float32(0.7154 / 255) + arr[..., 2] * np.float32(0.0721 / 255))
+        hi = arr.max(axis=2)
+        lo = arr.min(axis=2)
+        hsv_s = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1).astype(np.float32), np.float32(0))
+        if int(hi.max()) - int(lo.min()) == 0 or float(grey.max() - grey.min()) < 1e-3:
             t = 1.0
         else:
             t = float(filters.threshold_otsu(grey))
