@@ -195,6 +195,7 @@ def test_cli_jobs_list_show_cancel(runner, capsys, monkeypatch):
 
     monkeypatch.setenv("HISTODASH_JOBS_DIR", str(runner.root))
     job_id = runner.submit("sleep", {"steps": 1000, "step_s": 0.05})
+    wait_for(lambda: runner.get(job_id).progress.get("done"))
     assert main(["jobs", "list"]) == 0
     assert job_id in capsys.readouterr().out
     assert main(["jobs", "show", job_id]) == 0

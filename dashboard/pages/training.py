@@ -21,12 +21,18 @@ from engine.training.config import ARCHITECTURE_LABELS, ARCHITECTURES, OPTIMIZER
 from engine.training.datasets import discover
 
 DEMO = Path(os.environ.get("HISTODASH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "lc25000-lung-224"
-STATE_ICON = {"queued": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
+STATE_ICON = {"queued": ":material/schedule:", "running": ":material/play_circle:", "succeeded": ":material/check_circle:",
+              "failed": ":material/error:", "cancelled": ":material/stop_circle:"}
 
 st.title("Training")
 st.caption("Train a tile classifier on labelled tiles: a folder with one subfolder per class, a CSV manifest (path, label, optional patient) "
            "or a zip of class folders. Jobs run in the background: close the browser or restart the dashboard, they go on.")
 runner = get_runner()
+try:
+    records = runner.list(kind="train")
+except HistoDashError as err:
+    show_error(err, context="Jobs")
+    records = []
 
 
 def use_model(model_id: str) -> None:
@@ -35,7 +41,7 @@ def use_model(model_id: str) -> None:
 
 # ----------------------------------------------------------------------------- the form
 demo = DEMO.is_dir()
-with st.expander("New training job", expanded=True), st.form("train_form"):
+with st.expander("New training job", expanded=not records or not st.query_params.get("job")), st.form("train_form"):
     c1, c2 = st.columns([3, 1])
     data = c1.text_input("Dataset: folder, CSV manifest or .zip (server path)", value=str(DEMO) if demo else "",
                          placeholder="/data/tiles", help="Folder of class subfolders (optionally class/patient/tile), a CSV with path,label[,patient] or a zip of class folders.")
@@ -107,11 +113,7 @@ if submitted:
         st.success(f"Job **{job_id}** queued: {found.summary()}.")
 
 # ----------------------------------------------------------------------------- job list
-try:
-    records = runner.list(kind="train")
-except HistoDashError as err:
-    show_error(err, context="Jobs")
-    records = []
+records = runner.list(kind="train") if submitted else records
 if not records:
     st.info("No training jobs yet.")
     disclaimer()
@@ -119,7 +121,7 @@ if not records:
 
 st.subheader("Jobs")
 st.dataframe(pd.DataFrame([{
-    "job": r.id, "state": f"{STATE_ICON.get(r.state, '')} {r.state}", "progress": describe_progress(r) if r.active else "",
+    "job": r.id, "state": r.state, "progress": describe_progress(r) if r.active else "",
     "architecture": r.params.get("architecture"), "data": Path(str(r.params.get("data", ""))).name,
     "model": (r.result or {}).get("model_id", ""), "AUC": ((r.result or {}).get("headline") or {}).get("auc"),
     "time": format_duration(r.elapsed_s), "error": (r.error or "")[:120],
@@ -130,7 +132,8 @@ wanted = st.query_params.get("job")
 if wanted and wanted not in ids:
     st.warning(f"Job '{wanted}' is not in the job list; showing the newest instead.")
 current = wanted if wanted in ids else ids[0]
-chosen = st.selectbox("Show job", ids, index=ids.index(current), format_func=lambda i: f"{STATE_ICON.get(next(r.state for r in records if r.id == i), '')} {i}")
+states = {r.id: r.state for r in records}
+chosen = st.selectbox("Show job", ids, index=ids.index(current), format_func=lambda i: f"{i} ({states[i]})")
 if chosen != wanted:
     st.query_params["job"] = chosen
 
@@ -161,7 +164,7 @@ def live(job_id: str) -> None:
     if not rec.active:  # finished while we watched: redraw the whole page with the results
         st.rerun()
     p = rec.progress
-    st.markdown(f"{STATE_ICON[rec.state]} **{rec.state}** · started {format_duration(rec.elapsed_s)} ago" if rec.started else "⏳ **queued**: waiting for a free worker slot")
+    st.markdown(f"{STATE_ICON[rec.state]} **{rec.state}** · started {format_duration(rec.elapsed_s)} ago" if rec.started else f"{STATE_ICON['queued']} **queued**: waiting for a free worker slot")
     st.progress(rec.fraction, text=f"{p.get('message', '')} · ETA {format_duration(p.get('eta_s'))}" if p else "waiting…")
     if p.get("epochs"):
         c1, c2 = st.columns(2)

@@ -86,6 +86,7 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0  # adamw only
     dropout: float | None = None  # default: the architecture's own
+    bn_momentum: float | None = 0.9  # BatchNorm moving-average momentum while training (0.9 keeps up in short runs; null: the architecture's own, usually 0.99)
     init_from: str | None = None  # id of a registered model to fine-tune from (weights copied by layer name)
     freeze_backbone: bool = False  # heads on keras.applications backbones only
     label_column: str = "label"  # manifest: column with the class
@@ -164,7 +165,7 @@ def _coerce(name: str, value: Any, kind: type, *, where: str) -> Any:
 
 _TYPES: dict[str, type] = {
     "data": str, "architecture": str, "input_px": int, "epochs": int, "batch_size": int, "learning_rate": float, "optimizer": str,
-    "weight_decay": float, "dropout": float, "init_from": str, "freeze_backbone": bool, "label_column": str, "path_column": str,
+    "weight_decay": float, "dropout": float, "bn_momentum": float, "init_from": str, "freeze_backbone": bool, "label_column": str, "path_column": str,
     "group_column": str, "normalization": str, "early_stopping_patience": int, "reduce_lr_patience": int, "reduce_lr_factor": float,
     "min_learning_rate": float, "mixed_precision": str, "seed": int, "max_images": int, "workers": int, "model_id": str, "name": str,
     # nested
@@ -252,6 +253,8 @@ def validate(cfg: TrainConfig) -> None:
         bad(f"Unknown optimizer '{cfg.optimizer}'.", f"Choose one of: {', '.join(OPTIMIZERS)}.")
     if cfg.weight_decay < 0:
         bad("weight_decay cannot be negative.")
+    if cfg.bn_momentum is not None and not 0 <= cfg.bn_momentum < 1:
+        bad(f"bn_momentum must be in [0, 1) (got {cfg.bn_momentum}).")
     if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
         bad(f"dropout must be in [0, 1) (got {cfg.dropout}).")
     if cfg.normalization not in NORMALIZATIONS:

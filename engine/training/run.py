@@ -212,6 +212,10 @@ class _Trainer:
         from engine.architectures import build_model
 
         model = build_model(self.cfg.architecture, self.cfg.px, len(self.data.classes), dropout=self.cfg.dropout, freeze_backbone=self.cfg.freeze_backbone)
+        if self.cfg.bn_momentum is not None:
+            n_bn = _set_bn_momentum(model, self.cfg.bn_momentum, self.keras)
+            if n_bn and self.done_steps == 0:
+                self.ctx.log(f"BatchNorm momentum {self.cfg.bn_momentum} in {n_bn} layers")
         if self.cfg.init_from:
             copied = _copy_weights_from_registered(model, self.cfg.init_from)
             self.ctx.log(f"fine-tuning from registered model '{self.cfg.init_from}': {copied} layers' weights copied by name")
@@ -263,6 +267,18 @@ class _Trainer:
         # a full epoch may have been skipped by early stopping: count it as done for the progress bar
         self.done_steps = monitor.step_base + epochs * steps
         return model, monitor.rows, monitor.best_epoch
+
+
+def _set_bn_momentum(model, momentum: float, keras) -> int:
+    """Set the moving-average momentum of every BatchNormalization layer (nested backbones included)."""
+    count = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            count += 1
+        elif hasattr(layer, "layers"):
+            count += _set_bn_momentum(layer, momentum, keras)
+    return count
 
 
 def _probabilities(out, n_classes: int) -> np.ndarray:
