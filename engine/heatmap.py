@@ -35,6 +35,7 @@ import queue
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -313,10 +314,11 @@ class HeatmapRun:
         predictor: model side (its ``_preprocess``/``_forward``/``score``/``cache`` are reused).
         masker: tissue detector (default :class:`TissueMasker()`).
         min_tissue: minimum tissue fraction for a tile to be scored.
-        readers: reader threads; queue_batches: batches buffered ahead of the model (bounds memory).
+        readers: reader threads; queue_batches: batches buffered ahead of the model (bounds memory);
+        decode_workers: threads decoding the tiles of one batch.
     """
 
-    def __init__(self, predictor, *, masker: TissueMasker | None = None, min_tissue: float = DEFAULT_MIN_TISSUE, readers: int = 1, queue_batches: int = 3):
+    def __init__(self, predictor, *, masker: TissueMasker | None = None, min_tissue: float = DEFAULT_MIN_TISSUE, readers: int = 1, queue_batches: int = 3, decode_workers: int = 2):
         if not 0.0 <= float(min_tissue) <= 1.0:
             raise InvalidInputError(f"Minimum tissue fraction {min_tissue} must be between 0 and 1.")
         self.predictor = predictor
@@ -324,6 +326,7 @@ class HeatmapRun:
         self.min_tissue = float(min_tissue)
         self.readers = max(1, int(readers))
         self.queue_batches = max(1, int(queue_batches))
+        self.decode_workers = max(1, int(decode_workers))
         self.peak_queue = 0
 
     def tile_key(self, slide_hash: str, grid: TileGrid, x: int, y: int) -> str:
@@ -401,6 +404,14 @@ class HeatmapRun:
                     continue
             return False
 
+        def read_one(i):
+            rgb = slide.read_region((int(x[i]), int(y[i])), grid.level, (grid.read_px, grid.read_px))
+            return pred._preprocess(rgb)[0]
+
+        # tiles of one batch are decoded by a small pool (OpenSlide and Pillow release the GIL): the first batch,
+        # which the model waits for, arrives sooner
+        pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="heatmap-decode") if self.decode_workers > 1 else None
+
         def reader():
             try:
                 while not stop.is_set():
@@ -409,10 +420,7 @@ class HeatmapRun:
                     if b is None:
                         break
                     idx = batches[b]
-                    tensors = []
-                    for i in idx:
-                        rgb = slide.read_region((int(x[i]), int(y[i])), grid.level, (grid.read_px, grid.read_px))
-                        tensors.append(pred._preprocess(rgb)[0])
+                    tensors = list(pool.map(read_one, idx)) if pool is not None else [read_one(i) for i in idx]
                     if not put((idx, tensors)):
                         return
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
@@ -473,6 +481,8 @@ class HeatmapRun:
                     break
             for t in threads:
                 t.join(timeout=5)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             if writer_thread is not None:  # everything scored so far is cached, also when cancelled
                 writes.put(None)
                 writer_thread.join()

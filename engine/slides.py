@@ -174,7 +174,7 @@ class Slide:
             raise
         except Exception as exc:  # noqa: BLE001 - OpenSlideError, OSError, decoder errors
             raise CorruptFileError(
-                f"'{self.path.name}' cannot be read at ({location[0]}, {location[1]}) level {level}: {exc}.",
+                f"'{self.path.name}' cannot be read at ({location[0]}, {location[1]}) level {level}: {_clean(exc, self.path)}.",
                 "The slide may be cut short or damaged: copy or upload it again.",
                 path=str(self.path),
             ) from exc
@@ -357,9 +357,9 @@ def open_slide(path: str | Path, *, user_mpp: float | None = None, max_image_pix
         try:
             handle = openslide.OpenSlide(str(path))
         except openslide.OpenSlideUnsupportedFormatError as exc:
-            raise UnsupportedFormatError(f"'{name}' is not a slide format OpenSlide reads ({exc}).", path=str(path)) from exc
+            raise UnsupportedFormatError(f"'{name}' is not a slide format OpenSlide reads ({_clean(exc, path)}).", path=str(path)) from exc
         except Exception as exc:  # noqa: BLE001 - OpenSlideError: the file is damaged
-            raise CorruptFileError(f"'{name}' looks like a {vendor} slide but cannot be opened ({exc}).", path=str(path)) from exc
+            raise CorruptFileError(f"'{name}' looks like a {vendor} slide but cannot be opened ({_clean(exc, path)}).", path=str(path)) from exc
         _check_dimensions(name, handle.level_dimensions)
         slide = OpenSlideSlide(path, handle, user_mpp)
         _probe(slide)
@@ -371,7 +371,7 @@ def open_slide(path: str | Path, *, user_mpp: float | None = None, max_image_pix
             fmt, (w, h) = img.format, img.size
     except Exception as exc:  # noqa: BLE001
         if _looks_like_tiff(path):
-            raise CorruptFileError(f"'{name}' is a TIFF that cannot be opened ({exc}).", path=str(path)) from exc
+            raise CorruptFileError(f"'{name}' is a TIFF that cannot be opened ({_clean(exc, path)}).", path=str(path)) from exc
         hint = "Whole slides: SVS, NDPI, MRXS, SCN, tiled TIFF, … Plain images: JPEG, PNG, TIFF."
         if path.suffix.lower() in SLIDE_SUFFIXES:
             raise CorruptFileError(f"'{name}' has a slide file name but is not a slide or image OpenSlide or Pillow can read.", hint, path=str(path)) from exc
@@ -389,6 +389,14 @@ def open_slide(path: str | Path, *, user_mpp: float | None = None, max_image_pix
     slide = ImageSlide(path, w, h, user_mpp)
     _probe(slide)
     return slide
+
+
+def _clean(exc: BaseException, path: Path) -> str:
+    """An exception's text without server paths (messages are shown to users): the file name only."""
+    text = str(exc)
+    for p in {str(path), str(Path(path).resolve()), str(Path(path).parent), str(Path(path).resolve().parent)}:
+        text = text.replace(p + os.sep, "").replace(p, Path(path).name)
+    return text
 
 
 def _check_dimensions(name: str, dims) -> None:

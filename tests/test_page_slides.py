@@ -20,6 +20,16 @@ def library(tmp_path, monkeypatch, tiny_registry):
     root.mkdir()
     make_pyramid(root / "synthetic.tif", width=2048, height=1536, levels=2)
     (root / "broken.svs").write_text("not a slide")
+    (root / "zero.svs").write_bytes(b"")
+    data = (root / "synthetic.tif").read_bytes()
+    (root / "cut.tif").write_bytes(data[: len(data) // 2])
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(root / "huge.tif", np.full((256, 256, 3), 200, np.uint8), photometric="rgb", tile=(256, 256))
+    with tifffile.TiffFile(root / "huge.tif", mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(4_000_000_000)
+        tif.pages[0].tags["ImageLength"].overwrite(4_000_000_000)
     for name in ("CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs"):
         if (SHARED_DATA / "wsi" / name).exists():
             shutil.copy(SHARED_DATA / "wsi" / name, root / name)
@@ -111,10 +121,21 @@ def test_broken_upload_keeps_current_slide(library):
     assert "synthetic.tif" in texts(at, "subheader")  # what the user had stays
 
 
-@pytest.mark.parametrize("name,message", [("broken.svs", "not a slide")])
-def test_broken_library_slide_is_a_message(library, name, message):
-    at = open_library_slide(page(), name)
-    assert message in texts(at, "error")
+BROKEN = [("broken.svs", "not a slide"), ("zero.svs", "is empty"), ("cut.tif", "cut.tif"), ("huge.tif", "huge.tif")]
+
+
+def test_broken_library_slides_are_messages(library):
+    at = open_library_slide(page(), "synthetic.tif")
+    for name, message in BROKEN:
+        at.selectbox(key="lib_pick").set_value(name).run()
+        next(b for b in at.button if b.label == "Open slide").click().run()
+        assert not at.exception, at.exception
+        assert message in texts(at, "error"), (name, texts(at, "error"))
+        assert str(library) not in texts(at, "error")  # no server paths in messages
+    # the page still works: back to the good slide
+    at.selectbox(key="lib_pick").set_value("synthetic.tif").run()
+    next(b for b in at.button if b.label == "Open slide").click().run()
+    assert not at.error and "synthetic.tif" in texts(at, "subheader")
 
 
 def test_tcga_without_mpp_asks_for_it(library):
