@@ -204,8 +204,19 @@ def _tail(path: Path, n: int, max_bytes: int = 256 * 1024) -> str:
     return "\n".join(lines[-n:]) if n > 0 else ""
 
 
-def _pid_alive(pid: int | None, job_dir: Path | None = None) -> bool:
-    """True while process ``pid`` runs (zombies count as dead; with ``/proc``, it must be this job's worker)."""
+def _proc_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22), None without ``/proc``.
+
+    Set at fork and unchanged by exec, so ``(pid, start)`` names one process even after the pid is reused.
+    """
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int | None, start: str | None = None) -> bool:
+    """True while process ``pid`` runs (zombies count as dead; with ``start``, it must be that very process)."""
     if not pid:
         return False
     with contextlib.suppress(ChildProcessError, OSError):
@@ -216,19 +227,18 @@ def _pid_alive(pid: int | None, job_dir: Path | None = None) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by someone else: not our worker
-        return job_dir is None
+    except PermissionError:  # exists, owned by another user: not one of our workers
+        return start is None
     proc = Path(f"/proc/{pid}")
     if proc.exists():
         try:
-            stat = (proc / "stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                return False
-            if job_dir is not None:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-                return str(job_dir.name) in cmdline
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             return False
+        if fields[0] in ("Z", "X"):
+            return False
+        if start is not None and fields[19] != start:
+            return False  # the pid now belongs to another process
     return True
 
 
@@ -397,7 +407,7 @@ class LocalProcessRunner:
                 st.update(state="cancelled", finished=time.time(), error=None)
                 _write_json(job_dir / STATE_FILE, st)
                 _append(job_dir / LOG_FILE, "cancelled before it started")
-            elif st.get("state") == "running" and force and _pid_alive(st.get("pid"), job_dir):
+            elif st.get("state") == "running" and force and _pid_alive(st.get("pid"), st.get("pid_start")):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(st["pid"], signal.SIGTERM)
 
@@ -449,7 +459,7 @@ class LocalProcessRunner:
                 st = _read_json(job_dir / STATE_FILE, {}) or {}
                 state = st.get("state")
                 if state == "running":
-                    if _pid_alive(st.get("pid"), job_dir):
+                    if _pid_alive(st.get("pid"), st.get("pid_start")):
                         running += 1
                     else:
                         self._mark_lost(job_dir)
@@ -464,7 +474,7 @@ class LocalProcessRunner:
     def _mark_lost(self, job_dir: Path) -> None:
         with _locked(job_dir / ".lock"):
             st = _read_json(job_dir / STATE_FILE, {}) or {}
-            if st.get("state") != "running" or _pid_alive(st.get("pid"), job_dir):
+            if st.get("state") != "running" or _pid_alive(st.get("pid"), st.get("pid_start")):
                 return  # it finished (or is alive) after all
             msg = f"The worker process (pid {st.get('pid')}) is gone: it was killed or crashed without reporting (out of memory?)."
             st.update(state="failed", finished=time.time(), error=msg)
@@ -493,7 +503,7 @@ class LocalProcessRunner:
                 _write_json(job_dir / STATE_FILE, st)
                 return False
             _CHILDREN[proc.pid] = proc
-            st.update(state="running", pid=proc.pid, started=time.time())
+            st.update(state="running", pid=proc.pid, pid_start=_proc_start(proc.pid), started=time.time())
             _write_json(job_dir / STATE_FILE, st)
             return True
 
@@ -536,7 +546,7 @@ def run_worker(job_dir: Path | str) -> int:
         st = _read_json(job_dir / STATE_FILE, {}) or {}
         if st.get("state") in FINISHED:
             return 0
-        st.update(state="running", pid=os.getpid(), started=st.get("started") or time.time())
+        st.update(state="running", pid=os.getpid(), pid_start=_proc_start(os.getpid()), started=st.get("started") or time.time())
         _write_json(job_dir / STATE_FILE, st)
     # SIGTERM (cancel with force, or a shutdown) → cancelled, with the log kept
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -140,12 +140,19 @@ def test_restart_recovery_a_new_runner_sees_the_right_states(runner, tmp_path):
     (ghost / "job.json").write_text(json.dumps({"id": ghost.name, "kind": "sleep", "params": {}, "created": 1.0}))
     (ghost / "state.json").write_text(json.dumps({"state": "running", "pid": 2**22 + 12345, "started": 2.0}))
 
+    # …and one whose pid was reused by another process (this one) after a reboot
+    reused = tmp_path / "jobs" / "sleep-20000101-000001-abcdef"
+    reused.mkdir()
+    (reused / "job.json").write_text(json.dumps({"id": reused.name, "kind": "sleep", "params": {}, "created": 1.5}))
+    (reused / "state.json").write_text(json.dumps({"state": "running", "pid": os.getpid(), "pid_start": "1", "started": 2.0}))
+
     fresh = LocalProcessRunner(tmp_path / "jobs", slots=1)  # the dashboard restarted
     states = {r.id: r.state for r in fresh.list()}
     assert states[done] == "succeeded"
     assert states[long] == "running"
     assert states[queued] == "queued"
     assert states[ghost.name] == "failed" and "gone" in fresh.get(ghost.name).error
+    assert states[reused.name] == "failed"
     assert fresh.get(done).result == {"steps": 1, "workdir_exists": True}
     fresh.cancel(long)
     assert fresh.wait(long, timeout=10).state == "cancelled"
@@ -195,7 +202,10 @@ def test_cli_jobs_list_show_cancel(runner, capsys, monkeypatch):
 
     monkeypatch.setenv("HISTODASH_JOBS_DIR", str(runner.root))
     job_id = runner.submit("sleep", {"steps": 1000, "step_s": 0.05})
-    wait_for(lambda: runner.get(job_id).progress.get("done"))
+    try:
+        wait_for(lambda: runner.get(job_id).progress.get("done"))
+    except AssertionError:
+        raise AssertionError(f"{runner.get(job_id)}\n{runner.log_tail(job_id)}") from None
     assert main(["jobs", "list"]) == 0
     assert job_id in capsys.readouterr().out
     assert main(["jobs", "show", job_id]) == 0
