@@ -83,8 +83,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from engine.training.config import Augmentation
-    from engine.training.datasets import discover, prepare  # noqa: F401 - discover documents the real path
-    from engine.training.datasets import TileDataset
+    from engine.training.datasets import TileDataset, prepare
 
     load_before = load_avg()
     with tempfile.TemporaryDirectory(prefix="histodash-bench-train-") as tmp:

@@ -15,7 +15,7 @@ The embedded default, :class:`LocalProcessRunner`, needs no server. Every job is
 ``settings.jobs_dir``::
 
     <job id>/job.json        kind, target, params, owner, created           (written once, at submit)
-    <job id>/state.json      state, pid, started, finished, result, error   (read-modify-write under a file lock)
+    <job id>/state.json      state, pid (+ its start time), started, finished, result, error (under a file lock)
     <job id>/progress.json   done, total, message, eta_s, …                 (the worker only, throttled)
     <job id>/metrics.jsonl   one JSON row per ``ctx.metric`` call           (the worker only, appended)
     <job id>/log.txt         ``ctx.log`` lines + the worker's stdout/stderr (tracebacks included)
