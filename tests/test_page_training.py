@@ -74,6 +74,25 @@ def test_form_renders_and_a_bad_path_is_an_error_not_a_crash(runner, tmp_path):
     assert runner.list() == []
 
 
+def test_submitting_the_form_queues_a_job_and_shows_it(runner, monkeypatch, tmp_path):
+    from tests.test_training import make_folder_dataset
+
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
+    data = make_folder_dataset(tmp_path / "tiles", per_class=4, patients=2)
+    at = page()
+    next(t for t in at.text_input if t.label.startswith("Dataset")).set_value(str(data))
+    next(t for t in at.text_input if t.label.startswith("Positive classes")).set_value("tumour")
+    next(n for n in at.number_input if n.label == "Epochs").set_value(2)
+    next(b for b in at.button if b.label == "Start training").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert "queued: 8 tiles in 2 classes" in texts(at, "success")
+    [rec] = runner.list()
+    assert rec.params["epochs"] == 2 and rec.params["positive_classes"] == ["tumour"] and rec.params["data"] == str(data)
+    assert at.query_params["job"] == [rec.id] or at.query_params["job"] == rec.id
+    assert runner.wait(rec.id, timeout=30).state == "succeeded"
+
+
 def test_finished_job_is_listed_with_metrics_and_can_be_used(runner, monkeypatch):
     monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
     job_id = runner.submit("train", {"data": "x", "architecture": "small_cnn"})

@@ -80,9 +80,10 @@ with st.expander("New training job", expanded=not records or not st.query_params
     lr_patience = c2.number_input("LR-on-plateau patience", 0, 100, 2)
     seed = c3.number_input("Seed", 0, 2**31 - 1, 42)
     max_images = c4.number_input("Max images (0 = all)", 0, 10**7, 1500 if demo else 0, help="A stratified random subset, for quick trials.")
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns([2, 2, 1])
     model_id = c1.text_input("Model id (optional)", placeholder="automatic: <architecture>-<date>-<time>")
     name = c2.text_input("Model name (optional)")
+    freeze = c3.checkbox("Freeze backbone", False, help="ResNet50 / InceptionV3 / EfficientNetB0 heads: train only the head.")
     submitted = st.form_submit_button("Start training", type="primary")
 
 if submitted:
@@ -101,7 +102,7 @@ if submitted:
             "positive_classes": positive, "seed": int(seed), "max_images": int(max_images) or None,
             "augmentation": {"flip": flip, "rotate90": rotate90, "rotation": rotation, "zoom": zoom, "shift": shift, "color_jitter": jitter},
             "split": {"method": method, "val": val, "test": test, "folds": int(folds)},
-            "early_stopping_patience": int(patience), "reduce_lr_patience": int(lr_patience), "model_id": model_id.strip() or None, "name": name.strip(),
+            "early_stopping_patience": int(patience), "reduce_lr_patience": int(lr_patience), "model_id": model_id.strip() or None, "name": name.strip(), "freeze_backbone": freeze,
         }
         cfg = parse_config(config)
         found = discover(cfg.data, label_column=cfg.label_column, path_column=cfg.path_column, group_column=cfg.group_column, classes=cfg.classes)
