@@ -146,3 +146,53 @@ def test_page_never_imports_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_train_on_demo_data_survives_refresh_and_restart_then_predicts(tmp_path):
+    """Done-when of issue 7 in a real Chromium: page defaults on the demo data, refresh, dashboard restart, use, predict."""
+    import re
+
+    from tests.browser import chromium, require_browser, streamlit_server
+    from tests.conftest import shared_path
+
+    require_browser()
+    demo = shared_path("lc25000-lung-224")
+    env = {"HISTODASH_HOME": str(tmp_path / "home"), "HISTODASH_MODELS_DIR": str(tmp_path / "models"), "HISTODASH_JOBS_DIR": str(tmp_path / "home" / "jobs")}
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        try:
+            with streamlit_server(env, tmp_path / "streamlit-a.log") as url:
+                page.goto(url, wait_until="domcontentloaded")
+                page.get_by_role("link", name=re.compile("^Training$")).first.click()
+                page.get_by_role("button", name="Start training").click()  # the form's defaults
+                page.get_by_text(re.compile(r"queued: \d+ tiles in 3 classes")).first.wait_for(timeout=60_000)
+                page.wait_for_url(re.compile(r"job=train-"), timeout=30_000)
+                job_id = re.search(r"job=([\w-]+)", page.url).group(1)
+                page.reload(wait_until="domcontentloaded")  # a browser refresh re-attaches through ?job=
+                page.get_by_text(f"Job {job_id}").first.wait_for(timeout=60_000)
+                page.get_by_text(re.compile(r"epoch \d+/\d+")).first.wait_for(timeout=120_000)
+            with streamlit_server(env, tmp_path / "streamlit-b.log") as url:  # the dashboard restarted; the job went on
+                page.goto(f"{url}/training?job={job_id}", wait_until="domcontentloaded")
+                page.get_by_text(f"Job {job_id}").first.wait_for(timeout=60_000)
+                done = page.get_by_text("Registered model").first
+                done.wait_for(timeout=300_000)
+                model_id = re.search(r"Registered model (\S+)", done.inner_text()).group(1)
+                assert model_id in [p.name for p in (tmp_path / "models").iterdir()]
+                page.get_by_role("button", name=re.compile("Use this model")).click()
+                page.get_by_text("is the selected model on every page").first.wait_for(timeout=30_000)
+                page.get_by_role("link", name=re.compile("^upload$", re.I)).first.click()
+                page.locator("input[type=file]").first.set_input_files(str(sorted((demo / "images").glob("lungaca*.jpeg"))[0]))
+                page.get_by_text("1 tile(s) in this session").wait_for(timeout=60_000)
+                page.get_by_role("link", name=re.compile("^(predict|Tile prediction)$", re.I)).first.click()
+                page.get_by_text(model_id).first.wait_for(timeout=60_000)
+                page.get_by_role("button", name=re.compile(r"Predict 1 tile")).click()
+                page.get_by_role("tab", name="Gallery").click(timeout=120_000)
+                page.get_by_text(re.compile(r"· [01]\.\d{3}")).first.wait_for(timeout=60_000)
+                assert page.get_by_text("Traceback").count() == 0
+        except Exception:
+            out = ROOT / "test-artifacts"
+            out.mkdir(exist_ok=True)
+            page.screenshot(path=str(out / "browser_training_failure.png"), full_page=True)
+            raise
