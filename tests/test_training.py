@@ -293,6 +293,7 @@ def test_fine_tuning_from_a_registered_model_with_macenko(folder_ds, models_dir,
 def test_cli_train_options_and_errors(tmp_path, capsys):
     from engine.cli import main
 
+    before = [r.id for r in jobs.get_runner().list()]
     assert main(["train", "--print-defaults"]) == 0
     defaults = capsys.readouterr().out
     path = tmp_path / "d.yaml"
@@ -303,7 +304,7 @@ def test_cli_train_options_and_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", str(path), "--set", "epochs=0"]) == 2
     assert "epochs must be at least 1" in capsys.readouterr().err
-    assert jobs.get_runner().list() == []  # nothing was submitted
+    assert [r.id for r in jobs.get_runner().list()] == before  # nothing was submitted
 
 
 def test_training_job_cancel_stops_within_a_batch(folder_ds, models_dir, tmp_path):
