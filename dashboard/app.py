@@ -1,7 +1,7 @@
 """HistoDash entry point: ``streamlit run dashboard/app.py``.
 
 A frame only: page setup, navigation and the shared sidebar. Each page is a short script in
-``dashboard/pages/`` that calls the engine.
+``dashboard/views/`` that calls the engine.
 """
 
 import sys
@@ -17,7 +17,7 @@ from dashboard import sidebar  # noqa: E402
 
 st.set_page_config(page_title="HistoDash", page_icon=":material/biotech:", layout="wide")
 
-PAGES = Path(__file__).resolve().parent / "pages"
+PAGES = Path(__file__).resolve().parent / "views"
 
 
 def _page(name: str, title: str, icon: str, **kw):

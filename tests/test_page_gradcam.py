@@ -68,14 +68,14 @@ def open_page(at: AppTest | None = None, **query) -> AppTest:
         for k, v in query.items():
             at.query_params[k] = v
         at.run()
-    at.switch_page("pages/gradcam.py")
+    at.switch_page("views/gradcam.py")
     at.run()
     assert not at.exception, at.exception
     return at
 
 
 def upload_tiles(at: AppTest, *files) -> AppTest:
-    at.switch_page("pages/upload.py")
+    at.switch_page("views/upload.py")
     at.run()
     at.file_uploader[0].set_value([(name, data, "image/png") for name, data in files])
     at.run()
@@ -189,7 +189,7 @@ def test_bad_slide_links_are_messages(query, message):
 
 def test_gallery_of_top_predicted_tiles():
     at = upload_tiles(AppTest.from_file(APP, default_timeout=TIMEOUT), *[(f"t{i}.png", png(10 + i)) for i in range(3)])
-    at.switch_page("pages/predict.py")
+    at.switch_page("views/predict.py")
     at.run()
     at.button[0].click()
     at.run()

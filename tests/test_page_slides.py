@@ -42,7 +42,7 @@ def page(query: dict | None = None) -> AppTest:
     for k, v in (query or {}).items():
         at.query_params[k] = v
     at.run()
-    at.switch_page("pages/slides.py")
+    at.switch_page("views/slides.py")
     at.run()
     assert not at.exception, at.exception
     return at

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the page imports dashboard.* and engine.*
     sys.path.insert(0, str(ROOT))
 
-PAGE = str(ROOT / "dashboard" / "pages" / "survival.py")
+PAGE = str(ROOT / "dashboard" / "views" / "survival.py")
 REF = ROOT / "tests" / "r_reference"
 TIMEOUT = 60
 

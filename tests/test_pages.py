@@ -31,7 +31,7 @@ def app(page: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     if page:
-        at.switch_page(f"pages/{page}.py")
+        at.switch_page(f"views/{page}.py")
         at.run()
     assert not at.exception, at.exception
     return at
@@ -109,7 +109,7 @@ def test_predict_page_without_tiles_points_to_upload():
 def test_predict_page_runs_and_second_run_hits_cache():
     at = app("upload")
     upload(at, [("a.png", png(1)), ("b.png", png(2)), ("c.png", png(3))])
-    at.switch_page("pages/predict.py")
+    at.switch_page("views/predict.py")
     at.run()
     at.button[0].click()  # the form's submit button
     at.run()
@@ -128,7 +128,7 @@ def test_predict_page_runs_and_second_run_hits_cache():
 def test_predict_with_macenko_normalisation():
     at = app("upload")
     upload(at, [("a.png", png(1, 64))])
-    at.switch_page("pages/predict.py")
+    at.switch_page("views/predict.py")
     at.run()
     at.toggle[0].set_value(True)
     at.button[0].click()
@@ -140,7 +140,7 @@ def test_predict_with_macenko_normalisation():
 def test_predict_with_broken_reference_keeps_previous_result():
     at = app("upload")
     upload(at, [("a.png", png(1))])
-    at.switch_page("pages/predict.py")
+    at.switch_page("views/predict.py")
     at.run()
     at.button[0].click()
     at.run()

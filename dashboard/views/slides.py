@@ -302,7 +302,7 @@ if chosen is not None:
         b.metric(card.score_name if card.id == result.model_id else "score", f"{r.score:.3f}")
         b.json({c: round(float(r[c]), 4) for c in frame.columns if c.startswith("p_")})
     if (PAGES / "gradcam.py").exists():
-        b.page_link("pages/gradcam.py", label="Open in Grad-CAM", icon=":material/local_fire_department:",
+        b.page_link("views/gradcam.py", label="Open in Grad-CAM", icon=":material/local_fire_department:",
                     query_params={"slide": slide_id, "x": chosen[0], "y": chosen[1], "size": size})
 
 st.subheader("Most positive tiles")

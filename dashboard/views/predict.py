@@ -17,7 +17,7 @@ if card is None:
     st.stop()
 if not tiles:
     st.info("No tiles yet: add some on the Upload page.")
-    st.page_link("pages/upload.py", label="Go to Upload", icon=":material/upload:")
+    st.page_link("views/upload.py", label="Go to Upload", icon=":material/upload:")
     st.stop()
 
 st.caption(f"Model **{card.id}** — score = {card.score_name} ({' + '.join(card.positive_classes) or card.classes[-1]}); input {card.input_px} px; card threshold {card.threshold:.3f} ({card.threshold_method or 'not stated'}).")

@@ -61,7 +61,7 @@ if state.tiles() and cols[1].button("Remove all tiles"):
 tiles = state.tiles()
 st.subheader(f"{len(tiles)} tile(s) in this session")
 if tiles:
-    st.page_link("pages/predict.py", label="Predict these tiles →", icon=":material/analytics:")
+    st.page_link("views/predict.py", label="Predict these tiles →", icon=":material/analytics:")
     per_row = 6
     for start in range(0, min(len(tiles), 60), per_row):
         row = st.columns(per_row)
