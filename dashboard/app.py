@@ -13,9 +13,13 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts only dash
 
 import streamlit as st  # noqa: E402
 
-from dashboard import sidebar  # noqa: E402
+from dashboard import auth, sessions, sidebar  # noqa: E402
 
 st.set_page_config(page_title="HistoDash", page_icon=":material/biotech:", layout="wide")
+
+if not auth.gate():  # hosting with a login: visitors who have not signed in see the login form only
+    st.stop()
+sessions.housekeeping()  # this session's workspace is marked alive; idle ones are swept
 
 PAGES = Path(__file__).resolve().parent / "views"
 
@@ -37,7 +41,7 @@ sections = {
     "Tiles": available(_page("upload", "Upload", ":material/upload:"), _page("predict", "Tile prediction", ":material/analytics:"), optional("gradcam", "Grad-CAM", ":material/local_fire_department:")),
     "Slides": available(optional("slides", "Slide heatmap", ":material/map:")),
     "Cohorts": available(optional("survival", "Cohort survival", ":material/monitoring:")),
-    "Models": available(optional("training", "Training", ":material/model_training:")),
+    "Models": available(optional("training", "Training", ":material/model_training:"), optional("models", "Models", ":material/inventory_2:")),
 }
 navigation = st.navigation({name: pages for name, pages in sections.items() if pages})
 sidebar.render()

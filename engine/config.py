@@ -13,6 +13,10 @@
 | ``HISTODASH_DEFAULT_MODEL`` | ``lc25000-lung-cnn`` | model selected when the user has not picked one |
 | ``HISTODASH_MAX_PIXELS`` | ``50000000`` | largest image (pixels) decoded as a tile |
 | ``HISTODASH_MAX_UPLOAD_MB`` | ``200`` | largest single tile file / uncompressed zip member |
+| ``HISTODASH_PASSWORD_HASH`` | unset | shared-password login (``python -m engine hash-password`` makes the hash); OIDC via ``st.login`` when ``.streamlit/secrets.toml`` has ``[auth]`` |
+| ``HISTODASH_SESSION_MAX_AGE_H`` | ``24`` | a session workspace idle this long is deleted |
+| ``HISTODASH_MAX_CONCURRENT_INFERENCE`` | ``2`` | heavy inference runs at once across all users (the rest queue) |
+| ``HISTODASH_LOG_NAMES`` | ``0`` | ``1`` lets logs name uploaded files and slides (off: no patient identifiers in logs) |
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ class Settings:
     default_model: str
     max_pixels: int
     max_upload_bytes: int
+    password_hash: str | None = None
+    session_max_age_s: float = 24 * 3600.0
+    max_concurrent_inference: int = 2
+    log_names: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -72,4 +80,8 @@ def get_settings() -> Settings:
         default_model=os.environ.get("HISTODASH_DEFAULT_MODEL", "lc25000-lung-cnn"),
         max_pixels=int(_num("HISTODASH_MAX_PIXELS", 50_000_000)),
         max_upload_bytes=int(_num("HISTODASH_MAX_UPLOAD_MB", 200) * 1024 * 1024),
+        password_hash=os.environ.get("HISTODASH_PASSWORD_HASH") or None,
+        session_max_age_s=_num("HISTODASH_SESSION_MAX_AGE_H", 24.0) * 3600.0,
+        max_concurrent_inference=max(1, int(_num("HISTODASH_MAX_CONCURRENT_INFERENCE", 2))),
+        log_names=os.environ.get("HISTODASH_LOG_NAMES", "0").strip().lower() in ("1", "true", "yes", "on"),
     )
