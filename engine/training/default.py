@@ -376,6 +376,7 @@ def build_card(args, df, idx, counts, n_groups, m_va, m_te, cm_te, threshold, ep
         "class_descriptions": CLASS_DESCRIPTIONS,
         "positive_classes": POSITIVE_CLASSES,
         "score_name": "p(malignant)",
+        "labels": {"positive": "malignant", "negative": "benign"},
         "input_px": int(args.input_px),
         "input_range": "0-255 RGB",
         "mpp": None,
