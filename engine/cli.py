@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "engine.training.run",
     "engine.jobs",
     "engine.training.default",
+    "engine.auth",
 ]
 
 
