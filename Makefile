@@ -33,6 +33,8 @@ test: test-deps
 
 bench: $(VENV)/.test
 	$(PY) bench/macenko.py
+	$(PY) bench/heatmap.py
+	$(PY) bench/train.py
 
 lint: $(VENV)/.test
 	$(PY) -m ruff check engine dashboard tests bench
