@@ -64,5 +64,9 @@ def session_id() -> str:
 def session_workspace() -> Path:
     """This browser session's private upload folder (created on first use)."""
     path = get_settings().work_dir / session_id()
+    if not path.is_dir():
+        from dashboard.sessions import mark_alive  # noqa: PLC0415 - sessions imports this module
+
+        mark_alive(force=True)  # a new workspace is marked alive at once (its session, this server)
     path.mkdir(parents=True, exist_ok=True)
     return path
