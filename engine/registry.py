@@ -12,9 +12,16 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import io
 import json
 import logging
+import os
+import re
+import secrets
+import shutil
 import threading
+import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -146,7 +153,7 @@ class Registry:
         out: list = []
         if not self.root.is_dir():
             return out
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and (p / CARD_FILE).exists()):
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / CARD_FILE).exists()):
             try:
                 out.append(read_card(folder))
             except Exception as err:  # noqa: BLE001 - one broken card must not hide the others
@@ -268,3 +275,200 @@ def validate_model_id(model_id: str) -> str:
     if not model_id or "/" in model_id or "\\" in model_id or model_id.startswith("."):
         raise InvalidInputError(f"'{model_id}' is not a valid model id (letters, digits, '-', '_').")
     return model_id
+
+
+# ----------------------------------------------------------------------------- importing untrusted models
+
+#: what a ``.keras`` archive may hold
+KERAS_MEMBERS = ("config.json", "metadata.json", "model.weights.h5")
+#: Keras' own serialisation markers (not classes)
+KERAS_MARKERS = ("__keras_tensor__", "__tensor__", "__numpy__", "__tuple__")
+#: layers that carry Python code
+CODE_CLASSES = ("Lambda", "__lambda__", "TFOpLambda", "SlicingOpLambda")
+MODEL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_KERAS_UNCOMPRESSED = 4 * 1024**3
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _refuse(message: str, hint: str = "Export the model with model.save('name.keras') from built-in Keras layers only.") -> IncompatibleModelError:
+    return IncompatibleModelError(message, hint)
+
+
+def _keras_object_problem(node: dict) -> str | None:
+    """Why one serialised Keras object is not acceptable (None when it is a known built-in)."""
+    import importlib
+
+    class_name = str(node.get("class_name"))
+    module = node.get("module")
+    if class_name in CODE_CLASSES:
+        return f"a {'Lambda' if 'ambda' in class_name else class_name} layer (Python code inside the model)"
+    if class_name in KERAS_MARKERS and module is None:
+        return None
+    if class_name.startswith("__"):
+        return f"a serialised object of kind '{class_name}'"
+    if not isinstance(module, str) or not (module == "keras" or module.startswith("keras.")):
+        return f"a custom or unknown object '{module}.{class_name}' (only built-in Keras objects are accepted)"
+    registered = node.get("registered_name")
+    if isinstance(registered, str) and ">" in registered:
+        return f"a custom registered object '{registered}'"
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return f"an object from an unknown Keras module '{module}'"
+    if class_name == "function":  # a built-in function by name, e.g. an activation
+        name = node.get("config")
+        return None if isinstance(name, str) and callable(getattr(mod, name, None)) else f"an unknown function '{module}.{name}'"
+    if not isinstance(getattr(mod, class_name, None), type):
+        return f"an unknown class '{module}.{class_name}'"
+    return None
+
+
+def inspect_keras_archive(raw: bytes, name: str = "model.keras") -> dict:
+    """Check a ``.keras`` file's structure and config *without loading it*; returns its config.
+
+    Refused (:class:`IncompatibleModelError`): anything that is not a zip with Keras' members, legacy
+    HDF5 or pickled models, SavedModel folders, Lambda layers, custom or unknown classes. Nothing is
+    unpickled or executed: only ``config.json`` is parsed (as JSON).
+    """
+    if not raw:
+        raise _refuse(f"'{name}' is empty (0 bytes).")
+    if raw.startswith(_HDF5_MAGIC) or name.lower().endswith((".h5", ".hdf5")):
+        raise _refuse(
+            f"'{name}' is a legacy Keras 2 HDF5 file: it cannot be imported here.",
+            "HDF5 weights can only be loaded by layer name into one of HistoDash's named architectures "
+            "(engine.architectures.load_legacy_h5_by_name, by an administrator), or re-saved as .keras with Keras 3.",
+        )
+    if raw[:1] == b"\x80" or name.lower().endswith((".pkl", ".pickle", ".joblib", ".pt", ".pth")):
+        raise _refuse(f"'{name}' looks like a pickled model: pickles can run code when loaded and are never opened.")
+    io_bytes = io.BytesIO(raw)
+    if not zipfile.is_zipfile(io_bytes):
+        raise _refuse(f"'{name}' is not a Keras model file (a .keras file is a zip archive).")
+    try:
+        with zipfile.ZipFile(io_bytes) as zf:
+            infos = zf.infolist()
+            names = [i.filename for i in infos]
+            if any(n.endswith("saved_model.pb") for n in names):
+                raise _refuse(f"'{name}' holds a TensorFlow SavedModel: SavedModels can run graph code and are not imported.", "Re-save the model with Keras 3 as .keras.")
+            unexpected = [n for n in names if n not in KERAS_MEMBERS and not n.startswith("assets/")]
+            if "config.json" not in names or "model.weights.h5" not in names or unexpected:
+                extra = f" (unexpected: {', '.join(unexpected[:5])})" if unexpected else ""
+                raise _refuse(f"'{name}' is a zip archive but not a Keras 3 model file{extra}.")
+            if any(".." in n.split("/") or n.startswith("/") for n in names):
+                raise _refuse(f"'{name}' has members that point outside the archive.")
+            if sum(i.file_size for i in infos) > MAX_KERAS_UNCOMPRESSED or zf.getinfo("config.json").file_size > MAX_CONFIG_BYTES:
+                raise _refuse(f"'{name}' expands to an unreasonable size.")
+            config_text = zf.read("config.json")
+    except IncompatibleModelError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as exc:
+        raise _refuse(f"'{name}' is a damaged zip archive ({type(exc).__name__}).") from exc
+    try:
+        config = json.loads(config_text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _refuse(f"'{name}' has an unreadable config.json ({exc}).") from exc
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "class_name" in node:
+                problem = _keras_object_problem(node)
+                if problem:
+                    raise _refuse(f"'{name}' was refused: it contains {problem}. Models with code or custom objects are not imported, for safety.")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise _refuse(f"'{name}' has no model in its config.json.")
+    return config
+
+
+def card_from_fields(fields: dict, sha256: str, *, file_name: str = "") -> dict:
+    """A complete card from the import form's fields (validated; raises InvalidInputError / IncompatibleModelError)."""
+    model_id = str(fields.get("id") or "").strip()
+    if not MODEL_ID_RE.fullmatch(model_id):
+        raise InvalidInputError(f"'{model_id}' is not a valid model id: 1–64 letters, digits, '.', '_' or '-', starting with a letter or digit.")
+    classes = fields.get("classes") or []
+    if isinstance(classes, str):
+        classes = [c.strip() for c in classes.split(",")]
+    classes = [str(c).strip() for c in classes if str(c).strip()]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise InvalidInputError("List at least two classes, each once, in the order of the model's outputs.")
+    positive = fields.get("positive_classes") or []
+    if isinstance(positive, str):
+        positive = [c.strip() for c in positive.split(",")]
+    positive = [str(c).strip() for c in positive if str(c).strip()]
+    try:
+        input_px = int(fields.get("input_px"))
+        threshold = float(fields.get("threshold", 0.5))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError("Input size and threshold must be numbers.") from exc
+    if not 8 <= input_px <= 4096:
+        raise InvalidInputError(f"Input size {input_px} px must be between 8 and 4096.")
+    mpp = fields.get("mpp")
+    if mpp in ("", 0, 0.0):
+        mpp = None
+    if mpp is not None:
+        try:
+            mpp = float(mpp)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"Microns per pixel '{mpp}' is not a number.") from exc
+        if not 0.01 <= mpp <= 100:
+            raise InvalidInputError(f"{mpp} µm/px is not a plausible resolution (0.01–100).")
+    card = {
+        "id": model_id, "name": str(fields.get("name") or model_id), "task": "tile-classification", "architecture": "imported",
+        "classes": classes, "positive_classes": positive, "score_name": f"p({' + '.join(positive) or classes[-1]})",
+        "input_px": input_px, "mpp": mpp, "normalization": str(fields.get("normalization") or "none"), "threshold": threshold,
+        "threshold_method": str(fields.get("threshold_method") or "stated by the importer"), "metrics": [],
+        "training_data": str(fields.get("training_data") or "not stated (imported model)"),
+        "intended_use": str(fields.get("intended_use") or ""), "limitations": "Imported through the Models page; not validated by HistoDash.",
+        "weights_file": "model.keras", "weights_sha256": sha256,
+        "imported": {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "file": Path(file_name).name if file_name else None},
+    }
+    ModelCard.from_dict(card)  # positive ⊆ classes, threshold in [0, 1]
+    return card
+
+
+def import_model(raw: bytes, card_fields: dict, models_dir: Path | str | None = None, *, file_name: str = "model.keras") -> ModelCard:
+    """Import an untrusted ``.keras`` upload as a new registered model; returns its card.
+
+    Steps: refuse non-Keras files and inspect ``config.json`` (:func:`inspect_keras_archive`), validate
+    the card fields, load in Keras safe mode from a hidden staging folder, check the input shape
+    against the declared px and the outputs against the classes, run one blank tile through it, write
+    ``model.keras`` + ``card.json`` (with the sha256) and move the folder into place. On any failure
+    nothing is left in the models folder.
+    """
+    root = Path(models_dir) if models_dir is not None else get_settings().models_dir
+    config = inspect_keras_archive(raw, file_name)
+    sha = hashlib.sha256(raw).hexdigest()
+    card = card_from_fields(card_fields, sha, file_name=file_name)
+    final = root / card["id"]
+    if final.exists() or card["id"] in Registry(root).ids():
+        raise InvalidInputError(f"A model with id '{card['id']}' is already registered.", "Choose another id.")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".incoming-{secrets.token_hex(6)}"
+    staging.mkdir()
+    try:
+        weights = staging / "model.keras"
+        weights.write_bytes(raw)
+        model = load_keras_file(weights)
+        check_shapes(model, card["input_px"], len(card["classes"]), name=file_name)
+        import numpy as np
+
+        out = np.asarray(model(np.zeros((1, card["input_px"], card["input_px"], 3), np.float32), training=False))
+        if not np.all(np.isfinite(out)):
+            raise _refuse(f"'{file_name}' gives non-finite outputs on a blank tile.")
+        card["keras_config_class"] = config.get("class_name")
+        tmp = staging / f".{CARD_FILE}.tmp"
+        tmp.write_text(json.dumps(card, indent=2))
+        os.replace(tmp, staging / CARD_FILE)
+        try:
+            os.rename(staging, final)
+        except OSError as exc:
+            raise InvalidInputError(f"A model with id '{card['id']}' is already registered.", "Choose another id.") from exc
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("imported model %s (sha256 %s)", card["id"], sha[:12])
+    return read_card(final)
