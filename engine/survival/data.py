@@ -8,6 +8,7 @@ that had missing values dropped and counted. Every problem a user can fix raises
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import math
@@ -84,9 +85,10 @@ def read_table(source: str | Path | bytes | io.IOBase, name: str | None = None) 
     if suffix not in {".csv", ".tsv", ".txt", ".tab", ""}:
         raise UnsupportedFormatError(f"{name}: unsupported table format {suffix!r}.",
                                      "Upload a CSV, TSV or Excel (.xlsx) file.", path=name)
-    sep = "\t" if suffix in {".tsv", ".tab"} else None  # None: sniff comma / semicolon / tab
+    sep = "\t" if suffix in {".tsv", ".tab"} else _sniff_delimiter(data)
     try:
-        df = pd.read_csv(io.BytesIO(data), sep=sep, engine="python", na_values=["NA", "na", "N/A", ".", ""])
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which must not become part of the first column's name
+        df = pd.read_csv(io.BytesIO(data), sep=sep, engine="python", encoding="utf-8-sig", na_values=["NA", "na", "N/A", ".", ""])
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise CorruptFileError(f"{name} could not be read as a delimited text table ({exc}).",
                                "Check it is plain CSV/TSV text with one header row.", path=name) from exc
@@ -95,6 +97,19 @@ def read_table(source: str | Path | bytes | io.IOBase, name: str | None = None) 
                                 "Check the delimiter (comma, semicolon or tab) and the header row.", path=name)
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def _sniff_delimiter(data: bytes) -> str:
+    """Comma, semicolon, tab, pipe or space (R's write.table), whichever the first lines use consistently (comma when none does).
+
+    Only these are considered: pandas' own sniffing (``sep=None``) accepts any character, so a one-column
+    table such as ``time\\n5\\n6`` was split on the letter ``t``.
+    """
+    sample = data[:65536].decode("utf-8-sig", errors="replace")
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t| ").delimiter
+    except csv.Error:
+        return ","
 
 
 # --------------------------------------------------------------------------------------------------
