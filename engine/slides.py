@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from engine.config import get_settings
-from engine.errors import CorruptFileError, InvalidInputError, TooLargeError, UnsupportedFormatError
+from engine.errors import CorruptFileError, HistoDashError, InvalidInputError, TooLargeError, UnsupportedFormatError
 
 # Formats OpenSlide reads, plus plain images (opened as one-level slides).
 SLIDE_SUFFIXES = (
@@ -170,7 +170,7 @@ class Slide:
             raise TooLargeError(f"A region of {w}×{h} pixels is too large to read at once.")
         try:
             return self._read((int(location[0]), int(location[1])), level, (w, h))
-        except (TooLargeError, InvalidInputError):
+        except HistoDashError:  # already a message naming the file (an image slide's decoder): not wrapped again
             raise
         except Exception as exc:  # noqa: BLE001 - OpenSlideError, OSError, decoder errors
             raise CorruptFileError(
