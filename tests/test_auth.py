@@ -345,3 +345,29 @@ def test_oidc_allow_list_refuses_other_accounts(no_login):
     assert "not allowed" in texts(at, "error")
     assert not at.title and not at.selectbox and len(at.sidebar.children) == 0
     assert_home(oidc_app({"is_logged_in": True, "email": "Pat@Lab.Example.org"}, access))
+
+
+def test_secrets_example_is_valid_and_the_real_file_is_ignored(no_login):
+    import tomllib
+
+    example = tomllib.loads((ROOT / ".streamlit" / "secrets.toml.example").read_text())
+    assert {"redirect_uri", "cookie_secret", "client_id", "client_secret", "server_metadata_url"} <= set(example["auth"])
+    assert example["auth"]["redirect_uri"].endswith("/oauth2callback")
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".streamlit/secrets.toml"], cwd=ROOT)
+    assert ignored.returncode == 0, ".streamlit/secrets.toml must be git-ignored"
+    # The example, used as it stands, gives the sign-in button and nothing else; its allow-list works.
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for section, values in example.items():
+        at.secrets[section] = values
+    at.user = {}
+    run(at=at)
+    assert [b.label for b in at.button] == ["Sign in"] and not at.title
+    at.user = {"is_logged_in": True, "email": "x@elsewhere.org"}
+    run(at=at)
+    assert "not allowed" in texts(at, "error") and not at.title
+
+
+def test_authlib_is_installed_for_st_login():
+    from streamlit.auth_util import is_authlib_installed
+
+    assert is_authlib_installed(), "st.login needs Authlib>=1.3.2 (pinned in requirements.txt)"
