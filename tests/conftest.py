@@ -93,3 +93,11 @@ def tiny_registry(tiny_models_dir, monkeypatch):
 def rgb_tile(seed: int = 0, size: int = 48) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (``item.rep_call.failed``): browser fixtures screenshot failed tests."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
