@@ -431,3 +431,60 @@ def test_eight_concurrent_sessions_each_see_only_their_own_tiles(server, suite_d
     by_session = [sorted(re.sub(r"^[0-9a-f]{12}_", "", p.name) for p in (d / "tiles").iterdir()) for d in workspaces]
     for i in range(N_SESSIONS):
         assert sum(names == sorted(f.name for f in files[i]) for names in by_session) == 1, by_session
+
+
+# ----------------------------------------------------------------------------------------------- login
+def password_box(page):
+    return main(page).locator('input[type=password][aria-label="Password"]')
+
+
+def login_form_only(page) -> None:
+    """The visitor sees the sign-in form and nothing of the app."""
+    password_box(page).wait_for()
+    main(page).get_by_role("button", name="Sign in").wait_for()
+    page.wait_for_timeout(1000)  # anything a broken gate let through would be drawn after the form
+    assert page.get_by_test_id("stSidebarNav").count() == 0
+    assert model_picker(page).count() == 0
+    assert page.locator("input[type=file]").count() == 0
+    text = page.locator("body").inner_text()
+    for app_text in ("Research use only", "Upload tiles", "tile(s) in this session", DEFAULT_MODEL, "Cache"):
+        assert app_text not in text, app_text
+
+
+def test_login_on_and_off(server, new_page, suite_dir, models_dir):
+    from engine.auth import hash_password
+
+    password = "browser suite passphrase"
+    # off: without HISTODASH_PASSWORD_HASH the home page shows directly
+    page = new_page()
+    open_app(page, server)
+    main(page).get_by_text("Research use only").wait_for()
+    assert page.locator("input[type=password]").count() == 0
+    # on
+    env = server_env(suite_dir / "home-login", models_dir, HISTODASH_PASSWORD_HASH=hash_password(password))
+    with streamlit_server(env, suite_dir / "streamlit-login.log") as url:
+        visitor = new_page()
+        for path in ("", "upload", "predict"):  # direct URLs too
+            visitor.goto(f"{url}/{path}", wait_until="domcontentloaded")
+            login_form_only(visitor)
+            no_exception(visitor)
+        box = password_box(visitor)
+        box.fill("not the password")
+        main(visitor).get_by_role("button", name="Sign in").click()
+        error = main(visitor).get_by_text("Wrong password")
+        error.wait_for()
+        login_form_only(visitor)
+        wait_s = int(re.search(r"Wait (\d+) s", error.inner_text()).group(1))
+        time.sleep(wait_s + 0.5)  # the throttle's wait after one failure
+        box.fill(password)
+        main(visitor).get_by_role("button", name="Sign in").click()
+        main(visitor).get_by_text("Research use only").wait_for()
+        assert title(visitor).endswith("HistoDash")
+        assert model_picker(visitor).get_by_role("combobox").input_value() == DEFAULT_MODEL
+        nav(visitor, "Upload")  # signed in for the whole session
+        main(visitor).locator("input[type=file]").first.wait_for(state="attached")
+        no_exception(visitor)
+        # another browser (a new session) still sees only the form
+        other = new_page()
+        other.goto(url, wait_until="domcontentloaded")
+        login_form_only(other)
