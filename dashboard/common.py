@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import traceback
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, Stop
 
 from engine.config import get_settings
 from engine.errors import HistoDashError
+from engine.privacy import loggable_name
 
 log = logging.getLogger("histodash.dashboard")
 
@@ -39,8 +41,18 @@ def show_error(err: BaseException, *, context: str = "") -> None:
         if err.hint:
             st.caption(err.hint)
     else:
-        log.exception("unexpected error %s", context, exc_info=err)
+        _log_unexpected(err, context)
         st.error(f"{prefix}Something went wrong ({type(err).__name__}). The details were written to the server log.")
+
+
+def _log_unexpected(err: BaseException, context: str) -> None:
+    """Log a bug with its traceback; without ``HISTODASH_LOG_NAMES`` the context and the exception's message
+    (which may name an uploaded file or a slide) are left out: only the exception type and the code frames."""
+    if get_settings().log_names:
+        log.error("unexpected error %s", context, exc_info=err)
+        return
+    frames = "".join(traceback.format_tb(err.__traceback__))
+    log.error("unexpected error %s (%s; message hidden, set HISTODASH_LOG_NAMES=1 to log it)\n%s", loggable_name(context) if context else "", type(err).__name__, frames)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import streamlit as st
 
 from engine.cache import shared_cache
 from engine.errors import HistoDashError
+from engine.privacy import strip_server_paths
 from engine.registry import ModelCard, Registry
 
 MODEL_KEY = "model_id"
@@ -43,7 +44,7 @@ def render() -> None:
             if m:
                 st.caption(" · ".join(f"{k} {_fmt(v)}" for k, v in m.items() if isinstance(v, float))[:300] + f" ({m.get('split', '')})")
             with st.expander("Full model card"):
-                st.json(card.to_dict(), expanded=False)
+                st.json(strip_server_paths(card.to_dict()), expanded=False)
         for folder, problem in registry.problems().items():
             st.caption(f":material/warning: {folder}: {problem}")
         st.subheader("Cache")

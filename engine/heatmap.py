@@ -45,6 +45,8 @@ import pandas as pd
 
 from engine.cache import make_key
 from engine.errors import HistoDashError, InvalidInputError
+from engine.limits import inference_slot, wait_message
+from engine.privacy import loggable_name
 from engine.slides import Slide, open_slide
 from engine.tissue import DEFAULT_MIN_TISSUE, TissueMask, TissueMasker
 
@@ -279,6 +281,30 @@ class HeatmapResult:
         paths["summary.json"].write_text(json.dumps(self.summary(threshold), indent=2))
         paths["manifest.json"].write_text(json.dumps(self.manifest(), indent=2, default=str))
         return paths
+
+    def anonymised(self) -> "HeatmapResult":
+        """The same result with the slide's name replaced by a stable pseudonym (``slide-<8 hex>``, see
+        :func:`engine.privacy.pseudonym`): its CSV, GeoJSON, summary and manifest then carry no name."""
+        from dataclasses import replace
+
+        from engine.privacy import pseudonym
+
+        return replace(self, slide_name=pseudonym(self.slide_name, "slide"))
+
+    def export_files(self, *, thumbnail: np.ndarray | None = None, threshold: float | None = None, anonymise: bool = False, png: bytes | None = None) -> dict[str, bytes]:
+        """What the page offers for download: ``{file name: bytes}`` (tiles CSV, heatmap PNG, GeoJSON, summary, manifest).
+
+        File names start with the slide's stem, or with its pseudonym when ``anonymise``. No server paths.
+        """
+        result = self.anonymised() if anonymise else self
+        stem = Path(result.slide_name).stem
+        return {
+            f"{stem}_tiles.csv": result.to_csv().encode(),
+            f"{stem}_heatmap.png": png if png is not None else png_bytes(render_overlay(result, thumbnail)),
+            f"{stem}_tiles.geojson": json.dumps(result.to_geojson(threshold)).encode(),
+            f"{stem}_summary.json": json.dumps(result.summary(threshold), indent=2).encode(),
+            f"{stem}_manifest.json": json.dumps(result.manifest(), indent=2, default=str).encode(),
+        }
 
     @classmethod
     def load(cls, out_dir: Path | str) -> "HeatmapResult":
@@ -692,7 +718,14 @@ def compute_heatmap(
                 "Check the tissue mask preview; lower the minimum tissue fraction if the tissue is very pale.",
                 path=str(slide_path),
             )
-        result = run.run(slide, grid, mask=mask, progress=progress, cancelled=cancelled)
+        def on_wait(place: int) -> None:
+            if cancelled is not None and cancelled():
+                raise Cancelled("cancelled while waiting for an inference slot")
+            if progress:
+                progress(0, 0, wait_message(place))
+
+        with inference_slot(on_wait=on_wait):  # one global limit on heavy inference (HISTODASH_MAX_CONCURRENT_INFERENCE)
+            result = run.run(slide, grid, mask=mask, progress=progress, cancelled=cancelled)
         params = dict(result.params, level=level, tile_px=tile_px, stride_fraction=stride_fraction, user_mpp=user_mpp, use_mpp=use_mpp, mpp_source=slide.info.mpp_source)
         object.__setattr__(result, "params", params)
     result.timings["wall_s"] = time.perf_counter() - t_start  # open + thumbnail/mask + tiles (the model load included)
@@ -711,7 +744,7 @@ def run_job(params: dict, ctx) -> dict:
     if not slide_path:
         raise InvalidInputError("The heatmap job needs a 'slide_path'.")
     out_dir = Path(params.get("out_dir") or ctx.workdir)
-    ctx.log(f"heatmap of {Path(slide_path).name} with model {kwargs.get('model_id') or '(default)'}")
+    ctx.log(f"heatmap of {loggable_name(Path(slide_path).name)} with model {kwargs.get('model_id') or '(default)'}")
 
     def progress(done, total, message=""):
         ctx.progress(done, total, message)

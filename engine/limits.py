@@ -14,7 +14,8 @@ Waiting is a fair (first come, first served) queue: a waiter creates a ticket fi
 may take a free slot. Tickets whose lock can be taken belong to dead waiters and are removed.
 Ticket creation, the position check and the slot attempt happen under one short lock
 (``queue.lock``), so they are atomic with respect to other processes. ``on_wait(place)`` is called
-with the 1-based place in line whenever it changes.
+with the 1-based place in line whenever it changes and about once a second while waiting (so a
+caller can check for cancellation; an exception it raises abandons the wait cleanly).
 
 Nested use on one thread is re-entrant (the inner block does not take a second slot), so a
 function that takes a slot may call another that takes one too.
@@ -35,6 +36,7 @@ from engine.config import get_settings
 from engine.errors import HistoDashError
 
 DEFAULT_POLL_S = 0.1
+REPEAT_S = 1.0  # on_wait is called again this often while the place stays the same
 
 
 class SlotTimeoutError(HistoDashError):
@@ -158,7 +160,7 @@ class InferenceLimiter:
                 ticket_fd = os.open(self.queue_dir / ticket, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 fcntl.flock(ticket_fd, fcntl.LOCK_EX)
             deadline = None if timeout is None else time.monotonic() + timeout
-            reported = None
+            reported, last_call = None, 0.0
             while True:
                 with self._guard():
                     tickets = self._live_tickets(mine=ticket)
@@ -166,10 +168,10 @@ class InferenceLimiter:
                     fd = self._try_slot() if place == 1 else None
                     if fd is not None:
                         return fd
-                if place != reported:
-                    reported = place
+                if place != reported or time.monotonic() - last_call >= REPEAT_S:
+                    reported, last_call = place, time.monotonic()
                     if on_wait is not None:
-                        on_wait(place)
+                        on_wait(place)  # may raise (a cancelled job, a Streamlit rerun): the ticket is removed
                 if deadline is not None and time.monotonic() >= deadline:
                     raise SlotTimeoutError(f"No inference slot became free within {timeout:.0f} s ({self.slots} run at once).")
                 time.sleep(self.poll_s)

@@ -26,6 +26,7 @@ import pandas as pd
 from engine.cache import ResultCache, make_key, shared_cache
 from engine.errors import HistoDashError, InvalidInputError
 from engine.imageio import is_tile_name, pixel_hash, read_image, resize_tile
+from engine.limits import inference_slot, wait_message
 from engine.registry import ModelCard, Registry, load_model_for_card
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if not args.quiet and sys.stderr.isatty():
             print(f"\r{done}/{total} tiles", end="", file=sys.stderr, flush=True)
 
-    result = predictor.predict_paths(paths, progress=progress)
+    def on_wait(place: int) -> None:
+        if not args.quiet:
+            print(f"\r{wait_message(place)}", end="", file=sys.stderr, flush=True)
+
+    with inference_slot(on_wait=on_wait):  # one global limit on heavy inference (HISTODASH_MAX_CONCURRENT_INFERENCE)
+        result = predictor.predict_paths(paths, progress=progress)
     frame = result.to_frame()
     if args.out:
         frame.to_csv(args.out, index=False)

@@ -13,8 +13,12 @@ from engine.limits import InferenceLimiter, SlotTimeoutError, inference_slot, or
 CTX = mp.get_context("spawn")  # no inherited locks or threads: each worker is a fresh process
 
 
-def _worker(root: str, slots: int, name: str, hold_s: float, log: str, places: str) -> None:
+def _worker(root: str, slots: int, name: str, hold_s: float, log: str, places: str, go: str | None = None) -> None:
     limiter = InferenceLimiter(root, slots, poll_s=0.02)
+    if go:  # all workers start contending at once, however slowly each process started
+        Path(f"{go}.{name}").touch()
+        while not Path(go).exists():
+            time.sleep(0.01)
 
     def on_wait(place: int) -> None:
         with open(places, "a") as fh:
@@ -53,9 +57,15 @@ def test_at_most_two_of_four_processes_inside(tmp_path):
     log, places = tmp_path / "log.txt", tmp_path / "places.txt"
     log.touch()
     places.touch()
-    procs = [CTX.Process(target=_worker, args=(str(tmp_path / "locks"), 2, f"w{i}", 0.6, str(log), str(places))) for i in range(4)]
+    go = tmp_path / "go"
+    procs = [CTX.Process(target=_worker, args=(str(tmp_path / "locks"), 2, f"w{i}", 0.6, str(log), str(places), str(go))) for i in range(4)]
     for p in procs:
         p.start()
+    deadline = time.monotonic() + 60
+    while not all(Path(f"{go}.w{i}").exists() for i in range(4)):
+        assert time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.02)
+    go.touch()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
@@ -156,3 +166,20 @@ def test_default_slots_come_from_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("HISTODASH_MAX_CONCURRENT_INFERENCE", "3")
     limiter = InferenceLimiter()
     assert limiter.slots == 3 and limiter.root == tmp_path / "locks" / "inference"
+
+
+def test_a_callback_that_raises_abandons_the_wait(tmp_path):
+    limiter = InferenceLimiter(tmp_path / "locks", 1, poll_s=0.02)
+    fd = limiter.acquire()
+    seen = []
+
+    def on_wait(place):
+        seen.append(place)
+        raise KeyboardInterrupt("user left the page")
+
+    with pytest.raises(KeyboardInterrupt):
+        with inference_slot(on_wait=on_wait, limiter=limiter):
+            pass
+    assert seen == [1] and limiter.waiting() == 0
+    limiter.release(fd)
+    assert limiter.busy() == 0

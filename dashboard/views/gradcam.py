@@ -17,6 +17,7 @@ from dashboard.common import disclaimer, guarded, session_id, session_workspace,
 from engine.errors import InvalidInputError
 from engine.gradcam import COLORMAPS, METHOD_LABELS, METHODS, PREDICTED, SCORE
 from engine.imageio import read_image, to_png_bytes
+from engine.limits import inference_slot, ordinal
 
 RESULT_KEY, GALLERY_KEY, PREDICT_KEY = "gradcam_result", "gradcam_gallery", "predict_result"
 SOURCES = {"session": "This session's tiles", "upload": "Upload a tile", "predict": "Prediction results", "slide": "Slide region"}
@@ -159,10 +160,19 @@ opacity = v1.slider("Opacity", 0.0, 1.0, 0.45, 0.05)
 cmap = v2.selectbox("Colour map", COLORMAPS)
 
 
-def run(rgb: np.ndarray, name: str):
+def run(rgb: np.ndarray, name: str, waiting=None):
     if explainer is None:
         raise InvalidInputError(f"Model '{card.id}' could not be loaded (see the message above).")
-    return explainer.explain(rgb, method=method, layer=None if not layers else layer, target=target, name=name)
+    slot = st.empty() if waiting is None else waiting
+
+    def on_wait(place: int) -> None:
+        slot.info(f"Waiting for a free inference slot: {ordinal(place)} in line (other users' work is running)…", icon=":material/hourglass_top:")
+
+    try:
+        with inference_slot(on_wait=on_wait):  # one global limit on heavy inference across all users
+            return explainer.explain(rgb, method=method, layer=None if not layers else layer, target=target, name=name)
+    finally:
+        slot.empty()
 
 
 if submitted and tile_rgb is not None:

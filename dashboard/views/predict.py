@@ -6,6 +6,8 @@ import streamlit as st
 from dashboard import sidebar, state
 from dashboard.common import disclaimer, guarded, show_error
 from engine.imageio import read_image
+from engine.limits import inference_slot, ordinal
+from engine.privacy import anonymise_frame
 
 RESULT_KEY = "predict_result"
 
@@ -48,7 +50,11 @@ if submitted:
         def progress(done: int, total: int) -> None:
             bar.progress(done / max(total, 1), text=f"{done}/{total} tiles")
 
-        result = predictor.predict_paths([t.path for t in tiles], progress=progress)
+        def on_wait(place: int) -> None:
+            bar.progress(0.0, text=f"Waiting for a free inference slot: {ordinal(place)} in line (other users' work is running)…")
+
+        with inference_slot(on_wait=on_wait):  # one global limit on heavy inference across all users
+            result = predictor.predict_paths([t.path for t in tiles], progress=progress)
         # Show the user's file names, not server paths.
         names = {t.path: t.name for t in tiles}
         frame = result.to_frame()
@@ -92,7 +98,9 @@ with table:
             **{c: st.column_config.NumberColumn(c, format="%.3f") for c in prob_cols},
         },
     )
-    st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name=f"histodash_predictions_{result.model_id}.csv", mime="text/csv")
+    anonymise = st.toggle("Anonymise names", key="predict_anonymise", help="The CSV names each tile by a stable pseudonym (tile-…) instead of its file name; the same tile name always gets the same pseudonym on this server.")
+    export = anonymise_frame(view, "path", "tile") if anonymise else view
+    st.download_button("Download CSV", export.to_csv(index=False).encode(), file_name=f"histodash_predictions_{result.model_id}.csv", mime="text/csv")
 with gallery:
     paths = dict(zip(frame["path"], saved["paths"]))
     per_row = 5
@@ -100,7 +108,7 @@ with gallery:
     for start in range(0, len(rows), per_row):
         cols = st.columns(per_row)
         for col, (_, row) in zip(cols, rows.iloc[start : start + per_row].iterrows()):
-            col.image(paths[row["path"]], width="stretch")
+            col.image(state.preview_file(paths[row["path"]], row["path"]), width="stretch")
             col.caption(f"**{row['label']}** · {row['score']:.3f}\n\n{row['path']}")
 
 if saved["normalize"] and saved["normalizer"] is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -312,11 +311,11 @@ with guarded("Gallery"):
         cols[i % 6].image(read_tile((int(r.x), int(r.y)), min(size, 512)), caption=f"{r.score:.3f} · ({r.x}, {r.y})", width="stretch")
 
 st.subheader("Downloads")
-stem = Path(result.slide_name).stem
+anonymise = st.toggle("Anonymise names", key="hm_anonymise", help="Exports name the slide by a stable pseudonym (slide-…) instead of its file name. The same slide always gets the same pseudonym on this server.")
+png = png_bytes(render_overlay(result, base, mode=mode, colormap=cmap, opacity=opacity, blur_sigma=blur, threshold=threshold))
+files = list(result.export_files(threshold=threshold, anonymise=anonymise, png=png).items())
+labels = [("Tiles CSV", "text/csv"), ("Heatmap PNG", "image/png"), ("GeoJSON (QuPath)", "application/geo+json"), ("Summary JSON", "application/json"), ("Run manifest", "application/json")]
 d = st.columns(5)
-d[0].download_button("Tiles CSV", result.to_csv().encode(), f"{stem}_tiles.csv", "text/csv")
-d[1].download_button("Heatmap PNG", png_bytes(render_overlay(result, base, mode=mode, colormap=cmap, opacity=opacity, blur_sigma=blur, threshold=threshold)), f"{stem}_heatmap.png", "image/png")
-d[2].download_button("GeoJSON (QuPath)", json.dumps(result.to_geojson(threshold)).encode(), f"{stem}_tiles.geojson", "application/geo+json")
-d[3].download_button("Summary JSON", json.dumps(summary, indent=2).encode(), f"{stem}_summary.json", "application/json")
-d[4].download_button("Run manifest", (out_dir / "manifest.json").read_bytes(), f"{stem}_manifest.json", "application/json")
+for col, (label, mime), (file_name, data) in zip(d, labels, files, strict=True):
+    col.download_button(label, data, file_name, mime, key=f"dl_{label}")
 disclaimer()

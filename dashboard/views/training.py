@@ -16,6 +16,7 @@ from dashboard.common import disclaimer, guarded, session_workspace, show_error
 from engine.config import REPO_ROOT
 from engine.errors import HistoDashError
 from engine.jobs import describe_progress, format_duration, get_runner
+from engine.privacy import strip_server_paths
 from engine.registry import Registry
 from engine.training.config import ARCHITECTURE_LABELS, ARCHITECTURES, OPTIMIZERS, parse_config
 from engine.training.datasets import discover
@@ -125,7 +126,7 @@ st.dataframe(pd.DataFrame([{
     "job": r.id, "state": r.state, "progress": describe_progress(r) if r.active else "",
     "architecture": r.params.get("architecture"), "data": Path(str(r.params.get("data", ""))).name,
     "model": (r.result or {}).get("model_id", ""), "AUC": ((r.result or {}).get("headline") or {}).get("auc"),
-    "time": format_duration(r.elapsed_s), "error": (r.error or "")[:120],
+    "time": format_duration(r.elapsed_s), "error": strip_server_paths(r.error or "")[:120],
 } for r in records]), hide_index=True, width="stretch")
 
 ids = [r.id for r in records]
@@ -156,7 +157,7 @@ def curves(metrics: list[dict]):
 
 
 def show_log(job_id: str, n: int = 25):
-    st.code(runner.log_tail(job_id, n) or "(empty log)", language=None)
+    st.code(strip_server_paths(runner.log_tail(job_id, n)) or "(empty log)", language=None)
 
 
 @st.fragment(run_every=2)
@@ -228,10 +229,10 @@ with guarded("Job"):
             show_log(rec.id, 200)
     else:
         if rec.state == "failed":
-            st.error(f"The job failed: {rec.error}")
+            st.error(f"The job failed: {strip_server_paths(rec.error or '')}")
         else:
             st.warning("The job was cancelled. Its log is kept below.")
         show_log(rec.id, 60)
     with st.expander("Configuration"):
-        st.json(rec.params, expanded=False)
+        st.json(strip_server_paths(rec.params), expanded=False)  # the user's file names, never server paths
 disclaimer()

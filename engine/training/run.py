@@ -40,6 +40,7 @@ import numpy as np
 from engine.config import REPO_ROOT, get_settings
 from engine.errors import IncompatibleModelError, InvalidInputError, JobError
 from engine.jobs import JobCancelled, JobContext, get_runner
+from engine.privacy import loggable_name
 from engine.training.config import TrainConfig, defaults_yaml, load_config, parse_config
 from engine.training.datasets import PreparedData, describe_skipped, discover, prepare, split_holdout, split_kfold, subsample
 from engine.training.metrics import evaluate, f1_optimal_threshold, mean_sd, roc_points
@@ -59,7 +60,8 @@ def run_job(params: dict, ctx: JobContext) -> dict:
 def train(cfg: TrainConfig, ctx: JobContext) -> dict:
     """Run one training configuration; returns the job result (model id, metrics, curves)."""
     t_start = time.time()
-    ctx.log(f"config: {json.dumps(cfg.to_dict(), default=str)}")
+    logged = dict(cfg.to_dict(), data=loggable_name(Path(str(cfg.data)).name))  # no dataset paths/names in logs (HISTODASH_LOG_NAMES)
+    ctx.log(f"config: {json.dumps(logged, default=str)}")
 
     # 1-2. data
     ctx.progress(0, 1, "checking the dataset")
