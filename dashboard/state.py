@@ -9,16 +9,21 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import streamlit as st
+from PIL import Image
 
 from dashboard.common import session_workspace
 from engine.archive import ZipReport, iter_zip_tiles
 from engine.errors import HistoDashError
-from engine.imageio import read_image_with_info
+from engine.imageio import read_image, read_image_with_info, to_png_bytes
 
 TILES_KEY = "tiles"
 PROCESSED_KEY = "processed_upload_ids"
+PREVIEW_SUFFIX = ".preview.png"
+PREVIEW_PX = 512  # thumbnails only
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,32 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base)[:120] or "tile"
 
 
+def _preview_png(rgb) -> bytes:
+    img = Image.fromarray(rgb)
+    img.thumbnail((PREVIEW_PX, PREVIEW_PX))
+    return to_png_bytes(np.asarray(img))
+
+
+def _preview_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + PREVIEW_SUFFIX)
+
+
+def preview_file(path: str | Path, name: str | None = None) -> str:
+    """An 8-bit RGB PNG thumbnail (≤ 512 px) of a stored tile, for ``st.image`` (written once, next to the tile).
+
+    ``st.image`` cannot show every tile HistoDash reads: given a 16-bit PNG it raised "cannot write
+    mode I;16 as JPEG", and as the tile stayed in the session, every later run of the page failed.
+    """
+    out = _preview_path(path)
+    if not out.exists():
+        out.write_bytes(_preview_png(read_image(path, name=name)))
+    return str(out)
+
+
 def add_tile_bytes(name: str, raw: bytes) -> TileRecord:
     """Validate one tile and store it in the workspace; raises a HistoDashError naming the file."""
-    _, info = read_image_with_info(raw, name=name)
+    rgb, info = read_image_with_info(raw, name=name)
     digest = hashlib.sha256(raw).hexdigest()
     existing = {t.sha256: t for t in tiles()}
     if digest in existing:
@@ -56,6 +84,7 @@ def add_tile_bytes(name: str, raw: bytes) -> TileRecord:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{digest[:12]}_{_safe_name(name)}"
     path.write_bytes(raw)
+    _preview_path(path).write_bytes(_preview_png(rgb))
     record = TileRecord(name, str(path), info.format, info.width, info.height, len(raw), digest)
     st.session_state[TILES_KEY] = [*tiles(), record]
     return record

@@ -66,7 +66,7 @@ if tiles:
     for start in range(0, min(len(tiles), 60), per_row):
         row = st.columns(per_row)
         for col, tile in zip(row, tiles[start : start + per_row]):
-            col.image(tile.path, width="stretch")
+            col.image(state.preview_file(tile.path, tile.name), width="stretch")
             col.caption(f"{tile.name}\n\n{tile.width}×{tile.height} {tile.format}, {tile.bytes / 1024:.0f} KB")
     if len(tiles) > 60:
         st.caption(f"… and {len(tiles) - 60} more (thumbnails of the first 60 shown).")
