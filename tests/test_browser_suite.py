@@ -426,11 +426,13 @@ def test_eight_concurrent_sessions_each_see_only_their_own_tiles(server, suite_d
         assert all(0.0 <= s <= 1.0 for s in r["predicted"].values())
     # the sessions overlapped in time (driven concurrently, not one after the other)
     assert max(r["start"] for r in results) < min(r["end"] for r in results)
-    # on the server, every session's workspace holds only its own two files
+    # on the server, each session's tiles (and anything derived from them) are in one workspace, with no other session's
     workspaces = [d for d in (suite_dir / "home" / "sessions").iterdir() if (d / "tiles").is_dir()]
-    by_session = [sorted(re.sub(r"^[0-9a-f]{12}_", "", p.name) for p in (d / "tiles").iterdir()) for d in workspaces]
+    by_session = [{m.group(0) for p in (d / "tiles").rglob("*") if (m := re.search(r"s\d+_\w+?\.png", p.name))} for d in workspaces]
     for i in range(N_SESSIONS):
-        assert sum(names == sorted(f.name for f in files[i]) for names in by_session) == 1, by_session
+        own = {f.name for f in files[i]}
+        holders = [names for names in by_session if names & own]
+        assert holders == [own], (i, holders)
 
 
 # ----------------------------------------------------------------------------------------------- login
