@@ -46,7 +46,7 @@ def test_unicode_password():
 
 
 def _fields(**change) -> str:
-    parts = dict(zip(["scheme", "n", "r", "p", "salt", "key"], HASH.split("$")))
+    parts = dict(zip(["scheme", "n", "r", "p", "salt", "key"], HASH.split("$"), strict=True))
     parts.update(change)
     return "$".join(parts.values())
 
