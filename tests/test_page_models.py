@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from engine.registry import Registry
 from tests.conftest import ROOT
 from tests.test_model_import import _keras_bytes
+from tests.test_page_slides_privacy import _capture_media, _downloads  # noqa: F401 - fixture (records download bytes)
 from tests.test_pages import png, texts, upload
 
 APP = str(ROOT / "dashboard" / "app.py")
@@ -142,3 +143,13 @@ def test_predict_page_has_anonymise_option(models):
     at.run()
     assert not at.exception and not at.error
     assert set(at.dataframe[0].value["path"]) == {"SMITH_John.png"}  # the page still shows the user's names
+    (name, data), = _downloads(at).items()
+    assert name.endswith(".csv") and b"SMITH_John" not in data and b"/tmp/" not in data
+    from engine.privacy import pseudonym
+
+    assert pseudonym("SMITH_John.png").encode() in data  # stable: the same pseudonym the engine gives
+    toggle = next(t for t in at.toggle if t.label == "Anonymise names")
+    toggle.set_value(False)
+    at.run()
+    (_, plain), = _downloads(at).items()
+    assert b"SMITH_John.png" in plain
