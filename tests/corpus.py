@@ -322,7 +322,9 @@ TABLE_CASES = [
     table_case("onecolumn.csv", csv("time\n5\n6\n7\n"), InvalidInputError, "has only 1 column", step="read"),
     table_case("cohort.json", csv('{"time": [1, 2]}'), UnsupportedFormatError, "unsupported table format", step="read"),
     table_case("broken.xlsx", lambda: b"PK\x03\x04 not a workbook", (CorruptFileError, UnsupportedFormatError), "Excel", step="read"),
-    table_case("nostatus.csv", csv("time,outcome\n5,1\n6,0\n"), InvalidInputError, "'status' is not in the table", step="prepare"),
+    # (the page offers only the table's columns: it maps the event to the second column, which here reads as 0/1)
+    table_case("nostatus.csv", csv("time,outcome\n5,1\n6,0\n"), InvalidInputError, "'status' is not in the table", step="prepare",
+               page_loads=True, n=2, events=1),
     table_case("nontime.csv", csv("time,status,arm\n5,1,a\nsoon,0,a\n7,1,b\n9,1,b\n"), InvalidInputError, "non-numeric value(s), e.g. 'soon' in row 2",
                step="prepare", group="arm"),
     table_case("negtime.csv", csv("time,status,arm\n5,1,a\n-2,0,a\n7,1,b\n9,1,b\n"), InvalidInputError, "negative value(s), e.g. -2 in row 2",

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import HistoDashError
+from engine.errors import HistoDashError, IncompatibleModelError, InvalidInputError
 from tests.corpus import ALL_CASES, CANARY, Case, cases
 
 GROUPS = ("image", "archive", "slide", "table", "training", "model")
@@ -224,3 +224,28 @@ def test_model(case, tmp_path, monkeypatch):
     if case.options.get("canary"):
         assert CANARY not in sys.modules and "HISTODASH_CANARY_IMPORTED" not in os.environ, "safe mode imported a module named by the file"
     assert not (Path.cwd() / "pwned").exists()
+
+
+@pytest.mark.parametrize("case", cases("model"), ids=lambda c: c.name)
+def test_model_import_refused_and_registry_unchanged(case, tmp_path, monkeypatch):
+    """The same files through ``import_model`` (what the Models page calls): refused, nothing written."""
+    from engine.registry import import_model
+
+    path = case.make(tmp_path)
+    if case.options.get("canary"):
+        monkeypatch.syspath_prepend(str(path.parent))
+        monkeypatch.delenv("HISTODASH_CANARY_IMPORTED", raising=False)
+    models = tmp_path / "models"
+    models.mkdir()
+    fields = {"id": "corpus-import", "classes": "benign, tumour", "input_px": 8, "threshold": 0.5}
+    try:
+        import_model(path.read_bytes(), fields, models, file_name=case.name)
+    except HistoDashError as err:
+        assert isinstance(err, (IncompatibleModelError, InvalidInputError)), type(err)
+        assert case.name in str(err) and "Traceback" not in str(err)
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"{case.id}: bare {type(exc).__name__} escaped import_model: {exc}")
+    else:
+        pytest.fail(f"{case.id}: imported")
+    assert list(models.iterdir()) == []
+    assert CANARY not in sys.modules and "HISTODASH_CANARY_IMPORTED" not in os.environ
