@@ -794,7 +794,7 @@ def _kwargs(args) -> dict:
 def _progress(args):
     def progress(done, total, message=""):
         if not args.quiet and sys.stderr.isatty():
-            print(f"\r{done}/{total} tiles", end="", file=sys.stderr, flush=True)
+            print(f"\r{done}/{total} tiles" if total else f"\r{message}", end="", file=sys.stderr, flush=True)
     return progress
 
 
