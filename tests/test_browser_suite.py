@@ -145,11 +145,11 @@ def no_exception(page) -> None:
     assert page.get_by_text("Traceback").count() == 0
 
 
-def gallery_scores(page) -> dict[str, float]:
+def gallery_scores(page, n: int) -> dict[str, float]:
     """Tile prediction's gallery captions ('**label** · 0.123' then the file name) as {name: score}."""
     main(page).get_by_role("tab", name="Gallery").click()
     captions = main(page).get_by_test_id("stCaptionContainer").filter(has_text=SCORE)
-    captions.first.wait_for()
+    captions.nth(n - 1).wait_for()
     out = {}
     for text in captions.all_inner_texts():
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -161,14 +161,18 @@ def model_picker(page):
     return page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox")
 
 
-def images_loaded(imgs, n: int, timeout_s: float = 30) -> bool:
-    """True once the locator holds n images that the browser has decoded (a broken or missing image never is)."""
+def images_loaded(imgs, n: int, timeout_s: float = 30) -> list:
+    """Waits until the locator holds n images the browser has decoded; returns [(complete, naturalWidth, src)] as last seen."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if imgs.count() == n and all(imgs.evaluate_all("es => es.map(i => i.complete && i.naturalWidth > 0)")):
-            return True
+    while True:
+        state = imgs.evaluate_all("es => es.map(i => [i.complete, i.naturalWidth, i.src])")
+        if (len(state) == n and all(c and w for c, w, _ in state)) or time.monotonic() > deadline:
+            return state
         time.sleep(0.25)
-    return False
+
+
+def all_loaded(state: list, n: int) -> bool:
+    return len(state) == n and all(c and w for c, w, _ in state)
 
 
 # ----------------------------------------------------------------------------------------------- pages
@@ -208,13 +212,13 @@ def test_upload_tiles_zip_and_a_broken_file(server, new_page, tmp_path):
     page = new_page()
     open_app(page, server)
     upload_tiles(page, [a, b, zpath, broken], expect=4)
+    for name in ("alpha.png", "beta.jpg", "batch.zip/gamma.png", "batch.zip/sub/delta.png"):  # captions under the thumbnails
+        main(page).get_by_test_id("stCaptionContainer").filter(has_text=re.compile(rf"^{re.escape(name)}\s")).wait_for()
     text = main(page).inner_text()
     assert "broken.png was not loaded" in text
     assert "skipped 1 non-tile entries (notes.txt)" in text
-    for name in ("alpha.png", "beta.jpg", "batch.zip/gamma.png", "batch.zip/sub/delta.png"):
-        assert name in text, name
-    thumbs = main(page).get_by_test_id("stImage").locator("img")
-    assert images_loaded(thumbs, 4)
+    thumbs = images_loaded(main(page).get_by_test_id("stImage").locator("img"), 4)
+    assert all_loaded(thumbs, 4), thumbs
     no_exception(page)
 
 
@@ -227,7 +231,7 @@ def test_tile_prediction_scores_and_csv_download(server, new_page, tmp_path):
     main(page).get_by_text(f"Model {DEFAULT_MODEL}").wait_for()
     main(page).get_by_role("button", name="Predict 2 tile(s)").click()
     main(page).get_by_test_id("stMetric").filter(has_text="From cache").wait_for(timeout=120_000)
-    scores = gallery_scores(page)
+    scores = gallery_scores(page, 2)
     assert set(scores) == {"one.png", "two.png"}
     main(page).get_by_role("tab", name="Table").click()
     with page.expect_download() as dl:
@@ -258,7 +262,8 @@ def test_gradcam_overlay_for_an_uploaded_tile(server, new_page, tmp_path):
     main(page).get_by_role("heading", name="explain-me.png").wait_for(timeout=120_000)
     overlay = main(page).get_by_test_id("stImage").filter(has_text="Overlay")
     overlay.wait_for()
-    assert images_loaded(overlay.locator("img"), 1)
+    shown = images_loaded(overlay.locator("img"), 1)
+    assert all_loaded(shown, 1), shown
     assert main(page).get_by_test_id("stMetric").filter(has_text="Predicted class").count() == 1
     with page.expect_download() as dl:
         main(page).get_by_role("button", name="PNG: overlay").click()
@@ -316,7 +321,7 @@ def test_cohort_survival_demo_km_and_logrank(server, new_page):
     nav(page, "Cohort survival")
     km = main(page).get_by_test_id("stPlotlyChart").first
     km.locator(".main-svg").first.wait_for(timeout=120_000)
-    assert km.locator(".scatterlayer .trace").count() >= 2  # one step curve per sex, at least
+    km.locator(".scatterlayer .trace").nth(1).wait_for()  # one step curve per sex, at least
     main(page).get_by_role("tab", name="Tests").click()
     metric = main(page).get_by_test_id("stMetric").filter(has_text="Log-rank")
     metric.wait_for()
@@ -336,7 +341,7 @@ def test_models_page_lists_the_registry_and_imports_a_model(server, new_page, mo
     main(page).get_by_role("heading", name=re.compile(r"\d+ registered model")).wait_for()
     listed = main(page).get_by_test_id("stExpander")
     listed.filter(has_text="tiny-test").wait_for()
-    assert listed.filter(has_text=DEFAULT_MODEL).count() == 1
+    listed.filter(has_text=DEFAULT_MODEL).wait_for()
     # import: the tiny model's .keras file under a new id; it is in the sidebar's picker at once
     main(page).locator("input[type=file]").first.set_input_files(str(models_dir / "tiny-test" / "model.keras"))
     main(page).get_by_role("textbox", name="Model id").fill("browser-import")
