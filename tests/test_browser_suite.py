@@ -371,10 +371,19 @@ async def _one_session(browser, url: str, files: list[Path], i: int, pages: list
     await page.goto(url, wait_until="domcontentloaded")
     await page.get_by_test_id("stSidebarNav").get_by_role("link", name=re.compile("Upload$")).click()
     await m.locator("input[type=file]").first.set_input_files([str(f) for f in files])
-    await m.get_by_text(f"{len(files)} tile(s) in this session").wait_for()
-    uploaded = set(re.findall(r"s\d+_\w+\.png", await m.inner_text()))
+    for f in files:  # its own thumbnails' captions
+        await m.get_by_test_id("stCaptionContainer").filter(has_text=re.compile(rf"^{re.escape(f.name)}\s")).wait_for()
+    text = await m.inner_text()
+    uploaded = set(re.findall(r"s\d+_\w+\.png", text))
+    count = re.search(r"(\d+) tile\(s\) in this session", text)
+    if uploaded != {f.name for f in files} or not count or int(count.group(1)) != len(files):  # fail fast: another session's tiles
+        return {"uploaded": uploaded, "predicted": {}, "tiles_metric": None, "exceptions": None, "start": t0, "end": time.monotonic()}
     await page.get_by_test_id("stSidebarNav").get_by_role("link", name=re.compile("Tile prediction$")).click()
-    await m.get_by_role("button", name=f"Predict {len(files)} tile(s)").click()
+    button = m.get_by_role("button", name=re.compile(r"^Predict \d+ tile\(s\)$"))
+    if (await button.inner_text()).strip() != f"Predict {len(files)} tile(s)":  # fail fast: the page counts other tiles
+        return {"uploaded": uploaded, "predicted": {}, "tiles_metric": (await button.inner_text()).strip(), "exceptions": None,
+                "start": t0, "end": time.monotonic()}
+    await button.click()
     await m.get_by_test_id("stMetric").filter(has_text="From cache").wait_for()
     await m.get_by_role("tab", name="Gallery").click()
     captions = m.get_by_test_id("stCaptionContainer").filter(has_text=SCORE)
@@ -426,8 +435,9 @@ def test_eight_concurrent_sessions_each_see_only_their_own_tiles(server, suite_d
     for i, r in enumerate(results):
         own = {f.name for f in files[i]}
         assert r["uploaded"] == own, (i, r["uploaded"])  # no other session's tiles on its Upload page
-        assert set(r["predicted"]) == own, (i, r["predicted"])  # nor in its prediction gallery
-        assert r["tiles_metric"] == "2" and r["exceptions"] == 0, (i, r)
+        assert r["tiles_metric"] == "2", (i, r)  # the Predict button and the result count its own two tiles
+        assert set(r["predicted"]) == own, (i, r["predicted"])  # no other session's tiles in its prediction gallery
+        assert r["exceptions"] == 0, (i, r)
         assert all(0.0 <= s <= 1.0 for s in r["predicted"].values())
     # the sessions overlapped in time (driven concurrently, not one after the other)
     assert max(r["start"] for r in results) < min(r["end"] for r in results)
