@@ -274,7 +274,7 @@ def markdown(r: dict) -> str:
              "This VM's speed drifts (the same model-only pass took 1.4 s or 2.9 s minutes apart), so each end-to-end pass is compared with the",
              "model-only pass just before it and the headline is the median of those paired ratios (ratio of medians, of bests, and every pair shown).", "",
              "| slide | tiles | model-only tiles/s median (best) | end-to-end tiles/s median (best) | efficiency: median of paired ratios (goal) | ratio of medians · of bests · per pair | cold s (median) | cached re-run s (median) | speed-up (goal ≥ 50×) |", "|---|---|---|---|---|---|---|---|---|"]
-    for i, e in enumerate(r.get("efficiency", [])):
+    for e in r.get("efficiency", []):
         goal = "≥ 0.90" if e["slide"].lower().startswith("cmu") else "≥ 0.95"
         size = f"{e['level0'][0]:,}×{e['level0'][1]:,}"
         per = ", ".join(f"{v:.3f}" for v in e["efficiency_per_repeat"])

@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         model = build_model("small_cnn", args.px, 2)
         model.compile(optimizer=k.optimizers.Adam(1e-3), loss=k.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
         datasets = {name: make() for name, make in pipes.items()}
-        for name, d in datasets.items():  # warm-up: tracing
+        for d in datasets.values():  # warm-up: tracing
             model.fit(d, epochs=1, verbose=0, shuffle=False)
         rates = {name: [] for name in datasets}
         for _ in range(args.epochs):
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
 
     result = {
         "benchmark": "training images/s: tf.data from cached PNG files vs from in-memory uint8 arrays",
-        "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "date": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         "data": source,
         "n_tiles": len(data.files),
         "model": "small_cnn",

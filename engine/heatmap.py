@@ -35,8 +35,8 @@ import queue
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -117,7 +117,7 @@ class TileGrid:
     def for_slide(
         cls, slide: Slide, input_px: int, *, model_mpp: float | None = None, level: int | None = None,
         tile_px: int | None = None, stride_fraction: float = 1.0, use_mpp: bool = True,
-    ) -> "TileGrid":
+    ) -> TileGrid:
         """Tiles for ``slide``: at the model's µm/px when both it and the slide's are known, else at ``level``.
 
         Args:
@@ -282,7 +282,7 @@ class HeatmapResult:
         paths["manifest.json"].write_text(json.dumps(self.manifest(), indent=2, default=str))
         return paths
 
-    def anonymised(self) -> "HeatmapResult":
+    def anonymised(self) -> HeatmapResult:
         """The same result with the slide's name replaced by a stable pseudonym (``slide-<8 hex>``, see
         :func:`engine.privacy.pseudonym`): its CSV, GeoJSON, summary and manifest then carry no name."""
         from dataclasses import replace
@@ -307,7 +307,7 @@ class HeatmapResult:
         }
 
     @classmethod
-    def load(cls, out_dir: Path | str) -> "HeatmapResult":
+    def load(cls, out_dir: Path | str) -> HeatmapResult:
         """Read back a result written by :meth:`save` (the page shows finished jobs this way)."""
         out = Path(out_dir)
         manifest = json.loads((out / "manifest.json").read_text())
@@ -698,7 +698,7 @@ def compute_heatmap(
 
     def load():
         try:
-            predictor.model
+            predictor.model  # noqa: B018 - the property loads the model (on this thread)
         except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
             load_error.append(exc)
 

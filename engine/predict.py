@@ -127,7 +127,7 @@ class TilePredictor:
             raise InvalidInputError("batch_size must be at least 1.")
 
     @classmethod
-    def from_registry(cls, model_id: str | None = None, *, registry: Registry | None = None, **kwargs) -> "TilePredictor":
+    def from_registry(cls, model_id: str | None = None, *, registry: Registry | None = None, **kwargs) -> TilePredictor:
         return cls((registry or Registry()).get(model_id), **kwargs)
 
     @property

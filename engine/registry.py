@@ -63,7 +63,7 @@ class ModelCard:
     folder: Path | None = field(default=None, compare=False)
 
     @classmethod
-    def from_dict(cls, data: dict, folder: Path | None = None) -> "ModelCard":
+    def from_dict(cls, data: dict, folder: Path | None = None) -> ModelCard:
         missing = [k for k in REQUIRED_KEYS if k not in data]
         if missing:
             raise IncompatibleModelError(f"Model card in '{folder}' lacks {', '.join(missing)}.", path=str(folder))
@@ -227,9 +227,18 @@ def load_keras_file(path: str | Path):
                 "Rebuild the model from built-in Keras layers only.",
                 path=str(path),
             ) from exc
-        raise IncompatibleModelError(f"'{path.name}' cannot be loaded as a Keras model ({text[:300]}).", path=str(path)) from exc
+        raise IncompatibleModelError(f"'{path.name}' cannot be loaded as a Keras model ({_without_paths(text, path)[:300]}).", path=str(path)) from exc
     except Exception as exc:  # noqa: BLE001 - zip/h5 errors, TypeError for unknown classes, …
-        raise IncompatibleModelError(f"'{path.name}' cannot be loaded as a Keras model ({type(exc).__name__}: {str(exc)[:300]}).", path=str(path)) from exc
+        detail = _without_paths(str(exc), path)[:300]
+        raise IncompatibleModelError(f"'{path.name}' cannot be loaded as a Keras model ({type(exc).__name__}: {detail}).", path=str(path)) from exc
+
+
+def _without_paths(text: str, path: Path) -> str:
+    """Keras quotes the full server path in its errors; users see the file name only."""
+    for form in sorted({str(path), str(path.resolve()), str(path.parent), str(path.resolve().parent)}, key=len, reverse=True):
+        if form and form not in (".", "/"):
+            text = text.replace(form, path.name if form.endswith(path.name) else "…")
+    return text
 
 
 def check_shapes(model, input_px: int, n_classes: int, *, name: str = "model") -> None:

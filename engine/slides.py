@@ -494,7 +494,7 @@ class SlideLibrary:
     suffixes: tuple[str, ...] = field(default=SLIDE_SUFFIXES)
 
     @classmethod
-    def configured(cls) -> "SlideLibrary | None":
+    def configured(cls) -> SlideLibrary | None:
         root = get_settings().slides_dir
         return cls(root) if root is not None and Path(root).is_dir() else None
 

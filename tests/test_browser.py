@@ -1,6 +1,5 @@
 """End to end in a real headless Chromium: upload a tile, predict, read the score off the page."""
 
-import io
 import re
 
 import pytest

@@ -184,7 +184,7 @@ def test_home_disclaimer_and_links(server, new_page):
     assert "must not guide patient care" in main(page).inner_text()
     links = main(page).locator("[data-testid=stPageLink] a")
     pages = {"Upload": ("Upload tiles", "upload"), "Tile prediction": ("Tile prediction", "predict"), "Grad-CAM": ("Grad-CAM", "gradcam"),
-             "Slide heatmap": ("Slide heatmap", "slides"), "Cohort survival": ("Cohort survival", "survival"), "Training": ("Training", "training")}
+             "Slide heatmap": ("Slide heatmap", "slides"), "Cohort survival": ("Cohort survival", "survival"), "Training": ("Training", "training"), "Models": ("Models", "models")}
     links.nth(len(pages) - 1).wait_for()  # page links are drawn after the text around them
     names = [re.sub(r"^\S+\s+", "", t.strip()) for t in links.all_inner_texts()]  # drop the icon ligature
     assert names == list(pages), names

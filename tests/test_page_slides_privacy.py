@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.test_page_slides import library, open_library_slide, page, wait_for_job  # noqa: F401 - fixture
+from tests.test_page_slides import library, open_library_slide, page, wait_for_job  # noqa: F401, F811 - fixture
 from tests.test_slides import make_pyramid
 
 PATIENT = "DOE_Jane_1961_S99-0001"
@@ -39,7 +39,7 @@ def _downloads(at) -> dict[str, bytes]:
     return out
 
 
-def test_anonymised_heatmap_downloads(library):
+def test_anonymised_heatmap_downloads(library):  # noqa: F811 - the imported fixture
     make_pyramid(library / f"{PATIENT}.tif", width=2048, height=1536, levels=2)
     at = open_library_slide(page(), f"{PATIENT}.tif")
     at.selectbox(key="hm_level").set_value(1).run()

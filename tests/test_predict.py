@@ -1,6 +1,5 @@
 """Batched cached prediction: numbers equal a plain per-tile forward pass; cache hits; errors become rows."""
 
-import io
 
 import numpy as np
 import pytest

@@ -1,16 +1,12 @@
 """Patient data: names out of logs, label/macro images unreachable, exports without server paths, stable pseudonyms."""
 
-import io
 import json
 import logging
-import os
 import re
 import stat
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from engine.privacy import anonymise_frame, installation_secret, loggable_name, pseudonym, strip_server_paths
 from tests.conftest import shared_path

@@ -1,7 +1,6 @@
 """Model registry: cards are checked against their weights (sha256, shapes); unsafe models are refused."""
 
 import json
-import shutil
 
 import pytest
 
@@ -117,3 +116,16 @@ def test_committed_card_matches_weights(folder):
     assert card.metrics and any(m.get("split") == "test" for m in card.metrics)
     _, model = Registry(folder.parent).load(card.id)  # sha256 and shapes checked on load
     assert model.input_shape[1:] == (card.input_px, card.input_px, 3)
+
+
+def test_keras_load_errors_name_the_file_not_the_server_path(tmp_path):
+    from engine.errors import IncompatibleModelError
+    from engine.registry import load_keras_file
+
+    path = tmp_path / "secret-folder" / "bad.keras"
+    path.parent.mkdir()
+    path.write_text("not a zip")
+    with pytest.raises(IncompatibleModelError) as info:
+        load_keras_file(path)
+    assert "bad.keras" in info.value.message
+    assert "secret-folder" not in info.value.message and str(tmp_path) not in info.value.message

@@ -23,6 +23,7 @@ LINKS = [
     ("slides", ":material/map: Slide heatmap", "Tissue detection, tiling and batched inference over a whole-slide image."),
     ("survival", ":material/monitoring: Cohort survival", "Kaplan–Meier curves, log-rank tests, Cox models and pathology risk scores."),
     ("training", ":material/model_training: Training", "Launch, watch and cancel background training jobs; finished models appear in the model picker."),
+    ("models", ":material/inventory_2: Models", "Every registered model's card; import a .keras model of your own (checked for code before it is loaded)."),
 ]
 for name, label, text in LINKS:
     if (PAGES / f"{name}.py").exists():

@@ -158,11 +158,25 @@ def schoenfeld_figure(cox: CoxResult, term: str, time_unit: str = "") -> go.Figu
     return fig
 
 
-def image_export_available() -> bool:
-    """True when static export (kaleido >= 1, which drives a local Chrome/Chromium) is installed."""
-    import importlib.util
+BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
-    return importlib.util.find_spec("kaleido") is not None
+
+def image_export_available() -> bool:
+    """True when static export can run: kaleido >= 1 installed and a local Chrome/Chromium to drive.
+
+    kaleido never downloads a browser here; without one (the Docker image ships none) the pages offer
+    the figure's own camera button and the HTML download instead of a button that would fail.
+    """
+    import importlib.util
+    import os
+    import shutil
+
+    if importlib.util.find_spec("kaleido") is None:
+        return False
+    explicit = os.environ.get("BROWSER_PATH")
+    if explicit:
+        return os.path.isfile(explicit) and os.access(explicit, os.X_OK)
+    return any(shutil.which(name) for name in BROWSER_NAMES)
 
 
 def figure_image(fig: go.Figure, image_format: str = "png", *, width: int = 1000, height: int | None = None, scale: float = 2) -> bytes:
@@ -172,7 +186,7 @@ def figure_image(fig: go.Figure, image_format: str = "png", *, width: int = 1000
     if image_format not in ("png", "svg", "pdf"):
         raise UnsupportedFormatError(f"Cannot export a figure as {image_format!r}.", "Choose png, svg or pdf.")
     if not image_export_available():
-        raise UnsupportedFormatError("Static image export is not installed on this server (kaleido).",
+        raise UnsupportedFormatError("Static image export is not available on this server (it needs kaleido and a local Chromium).",
                                      "Use the camera button on the figure (PNG), or the HTML download (SVG from its camera button).")
     try:
         return fig.to_image(format=image_format, width=width, height=height or fig.layout.height or 600, scale=scale)

@@ -439,7 +439,7 @@ def build_card(args, df, idx, counts, n_groups, m_va, m_te, cm_te, threshold, ep
         "weights_file": "model.keras",
         "weights_sha256": _sha256(model_path),
         "reproduce": REPRODUCE,
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "created": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
         "intended_use": (
             "Research use only; not a medical device and not for diagnosis. Demonstrates tile classification, "
             "thresholding and saliency in HistoDash on LC25000-like lung H&E patches."

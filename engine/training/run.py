@@ -572,7 +572,7 @@ def _register(cfg, data: PreparedData, model, positive, threshold, metrics, spli
             "config": stored.to_dict(),
             "git_commit": git_commit(),
             "reproduce": f"python -m engine train {models_dir / model_id / 'train_config.yaml'}",
-            "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "created": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
             "weights_file": "model.keras",
             "weights_sha256": sha256_file(tmp / "model.keras"),
             "intended_use": "Research use only; not a medical device and not for diagnosis.",
