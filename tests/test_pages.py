@@ -106,7 +106,8 @@ def test_predict_page_without_tiles_points_to_upload():
     assert "No tiles yet" in texts(at, "info")
 
 
-def test_predict_page_runs_and_second_run_hits_cache():
+def test_predict_page_runs_and_second_run_hits_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HISTODASH_CACHE_DIR", str(tmp_path / "cache"))  # other tests predict the same tiles
     at = app("upload")
     upload(at, [("a.png", png(1)), ("b.png", png(2)), ("c.png", png(3))])
     at.switch_page("views/predict.py")
