@@ -26,11 +26,12 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
-    """Every test writes its cache, sessions and jobs under a temporary HistoDash home."""
+def _isolated_home(tmp_path_factory, tmp_path, monkeypatch):
+    """Every test writes its sessions and jobs under a temporary HistoDash home, and has a cache of its own
+    (a test that expects a first run to miss must not depend on which other tests predicted the same tiles)."""
     home = tmp_path_factory.getbasetemp() / "histodash-home"
     monkeypatch.setenv("HISTODASH_HOME", str(home))
-    monkeypatch.setenv("HISTODASH_CACHE_DIR", str(home / "cache"))
+    monkeypatch.setenv("HISTODASH_CACHE_DIR", str(tmp_path / "histodash-cache"))
     monkeypatch.setenv("HISTODASH_WORK_DIR", str(home / "sessions"))
     monkeypatch.setenv("HISTODASH_JOBS_DIR", str(home / "jobs"))
     yield
