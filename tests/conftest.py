@@ -102,3 +102,33 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def media_downloads(monkeypatch):
+    """``downloads(at) -> {file name: bytes}`` for every download button on an AppTest page.
+
+    AppTest's media storage is discarded after each run, so what download buttons store is recorded here.
+    """
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    captured: dict[str, tuple[str, bytes]] = {}
+
+    class Recording(MemoryMediaFileStorage):
+        def load_and_get_id(self, path_or_data, mimetype, kind, filename=None):
+            file_id = super().load_and_get_id(path_or_data, mimetype, kind, filename)
+            if isinstance(path_or_data, (bytes, bytearray)):
+                captured[file_id] = (filename or "", bytes(path_or_data))
+            return file_id
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
+
+    def downloads(at) -> dict[str, bytes]:
+        out = {}
+        for el in at.get("download_button"):
+            name, data = captured[el.proto.url.rsplit("/", 1)[-1].split(".")[0]]
+            out[name] = data
+        return out
+
+    return downloads

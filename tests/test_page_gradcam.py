@@ -206,3 +206,18 @@ def test_gallery_of_top_predicted_tiles():
     gallery = at.session_state["gradcam_gallery"]
     assert [g["name"] for g in gallery] == list(frame.sort_values("score", ascending=False)["path"])
     assert shown(at) == 3 + 3
+
+
+def test_anonymised_download_names(media_downloads):
+    from engine.privacy import pseudonym
+
+    at = upload_tiles(AppTest.from_file(APP, default_timeout=TIMEOUT), ("patient-smith.png", png(4)))
+    at = open_page(at)
+    compute(at)
+    assert sorted(media_downloads(at)) == ["patient-smith_map.png", "patient-smith_original.png", "patient-smith_overlay.png"]
+    next(t for t in at.toggle if t.label == "Anonymise names").set_value(True)
+    at.run()
+    assert not at.exception, at.exception
+    alias = pseudonym("patient-smith.png")
+    assert alias.startswith("tile-")
+    assert sorted(media_downloads(at)) == [f"{alias}_map.png", f"{alias}_original.png", f"{alias}_overlay.png"]

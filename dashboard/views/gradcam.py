@@ -18,6 +18,7 @@ from engine.errors import InvalidInputError
 from engine.gradcam import COLORMAPS, METHOD_LABELS, METHODS, PREDICTED, SCORE
 from engine.imageio import read_image, to_png_bytes
 from engine.limits import inference_slot, ordinal
+from engine.privacy import pseudonym
 
 RESULT_KEY, GALLERY_KEY, PREDICT_KEY = "gradcam_result", "gradcam_gallery", "predict_result"
 SOURCES = {"session": "This session's tiles", "upload": "Upload a tile", "predict": "Prediction results", "slide": "Slide region"}
@@ -86,9 +87,14 @@ def label_of(score: float) -> str:
     return positive if score >= card.threshold else negative
 
 
+def download_stem(name: str) -> str:
+    """The file-name stem of a download: the tile's own name, or its stable pseudonym when anonymising."""
+    return pseudonym(name) if st.session_state.get("gradcam_anonymise") else Path(name).stem
+
+
 def panels(rgb: np.ndarray, result, cmap: str, opacity: float, key: str) -> None:
     """Original / map / overlay side by side, each with a PNG download."""
-    stem = Path(key).stem
+    stem = download_stem(key)
     images = [
         ("Original", to_png_bytes(rgb), "original"),
         (f"{result.method_label} map", result.map_png(cmap), "map"),
@@ -155,9 +161,10 @@ with st.form("gradcam_form"):
     layer = c2.selectbox("Layer", layer_paths, index=layer_paths.index(default_layer) if default_layer else 0, help="Default: the last convolutional feature map. Not used by integrated gradients.")
     target = c3.selectbox("Class", targets, format_func=lambda t: {PREDICTED: "predicted class", SCORE: f"score ({' + '.join(card.positive_classes) or card.classes[-1]})"}.get(t, t))
     submitted = st.form_submit_button("Compute", type="primary", disabled=tile_rgb is None)
-v1, v2 = st.columns(2)
+v1, v2, v3 = st.columns([2, 2, 1])
 opacity = v1.slider("Opacity", 0.0, 1.0, 0.45, 0.05)
 cmap = v2.selectbox("Colour map", COLORMAPS)
+v3.toggle("Anonymise names", key="gradcam_anonymise", help="Downloads are named by a stable pseudonym (tile-…) instead of the tile's file name.")
 
 
 def run(rgb: np.ndarray, name: str, waiting=None):
@@ -230,7 +237,7 @@ else:
             res = item["result"]
             png = res.overlay_png(read_image(item["path"]), cmap=cmap, opacity=opacity)
             st.image(png, caption=f"{item['name']} · p({res.target_class}) {res.score:.3f}", width="stretch")
-            st.download_button("PNG", png, file_name=f"{Path(item['name']).stem}_overlay.png", mime="image/png", key=f"dl_gallery_{i}")
+            st.download_button("PNG", png, file_name=f"{download_stem(item['name'])}_overlay.png", mime="image/png", key=f"dl_gallery_{i}")
 
 with st.expander("What Grad-CAM can and cannot tell a clinician", expanded=False):
     st.markdown(NOTE)
