@@ -13,7 +13,6 @@ from streamlit.testing.v1 import AppTest
 from engine.registry import Registry
 from tests.conftest import ROOT
 from tests.test_model_import import _keras_bytes
-from tests.test_page_slides_privacy import _capture_media, _downloads  # noqa: F401 - fixture (records download bytes)
 from tests.test_pages import png, texts, upload
 
 APP = str(ROOT / "dashboard" / "app.py")
@@ -128,7 +127,7 @@ def test_predict_page_waits_for_a_slot_and_reports_its_place(models, monkeypatch
     assert holder.busy() == 0  # released after the run
 
 
-def test_predict_page_has_anonymise_option(models):
+def test_predict_page_has_anonymise_option(models, media_downloads):
     at = AppTest.from_file(APP, default_timeout=90)
     at.run()
     at.switch_page("views/upload.py")
@@ -143,7 +142,7 @@ def test_predict_page_has_anonymise_option(models):
     at.run()
     assert not at.exception and not at.error
     assert set(at.dataframe[0].value["path"]) == {"SMITH_John.png"}  # the page still shows the user's names
-    (name, data), = _downloads(at).items()
+    (name, data), = media_downloads(at).items()
     assert name.endswith(".csv") and b"SMITH_John" not in data and b"/tmp/" not in data
     from engine.privacy import pseudonym
 
@@ -151,5 +150,5 @@ def test_predict_page_has_anonymise_option(models):
     toggle = next(t for t in at.toggle if t.label == "Anonymise names")
     toggle.set_value(False)
     at.run()
-    (_, plain), = _downloads(at).items()
+    (_, plain), = media_downloads(at).items()
     assert b"SMITH_John.png" in plain
