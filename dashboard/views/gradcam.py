@@ -17,7 +17,7 @@ from dashboard.common import disclaimer, guarded, session_id, session_workspace,
 from engine.errors import InvalidInputError
 from engine.gradcam import COLORMAPS, METHOD_LABELS, METHODS, PREDICTED, SCORE
 from engine.imageio import read_image, to_png_bytes
-from engine.limits import inference_slot, ordinal
+from engine.limits import inference_slot, wait_message
 from engine.privacy import pseudonym
 
 RESULT_KEY, GALLERY_KEY, PREDICT_KEY = "gradcam_result", "gradcam_gallery", "predict_result"
@@ -173,7 +173,7 @@ def run(rgb: np.ndarray, name: str, waiting=None):
     slot = st.empty() if waiting is None else waiting
 
     def on_wait(place: int) -> None:
-        slot.info(f"Waiting for a free inference slot: {ordinal(place)} in line (other users' work is running)…", icon=":material/hourglass_top:")
+        slot.info(f"{wait_message(place).capitalize()} (other users' work is running)…", icon=":material/hourglass_top:")
 
     try:
         with inference_slot(on_wait=on_wait):  # one global limit on heavy inference across all users

@@ -6,7 +6,7 @@ import streamlit as st
 from dashboard import sidebar, state
 from dashboard.common import disclaimer, guarded, show_error
 from engine.imageio import read_image
-from engine.limits import inference_slot, ordinal
+from engine.limits import inference_slot, wait_message
 from engine.privacy import anonymise_frame
 
 RESULT_KEY = "predict_result"
@@ -51,7 +51,7 @@ if submitted:
             bar.progress(done / max(total, 1), text=f"{done}/{total} tiles")
 
         def on_wait(place: int) -> None:
-            bar.progress(0.0, text=f"Waiting for a free inference slot: {ordinal(place)} in line (other users' work is running)…")
+            bar.progress(0.0, text=f"{wait_message(place).capitalize()} (other users' work is running)…")
 
         with inference_slot(on_wait=on_wait):  # one global limit on heavy inference across all users
             result = predictor.predict_paths([t.path for t in tiles], progress=progress)
