@@ -393,21 +393,21 @@ def inspect_keras_archive(raw: bytes, name: str = "model.keras") -> dict:
     return config
 
 
+def _name_list(value) -> list[str]:
+    """A form field of names, as a list or as comma-separated text: stripped, blanks dropped."""
+    items = value.split(",") if isinstance(value, str) else (value or [])
+    return [str(c).strip() for c in items if str(c).strip()]
+
+
 def card_from_fields(fields: dict, sha256: str, *, file_name: str = "") -> dict:
     """A complete card from the import form's fields (validated; raises InvalidInputError / IncompatibleModelError)."""
     model_id = str(fields.get("id") or "").strip()
     if not MODEL_ID_RE.fullmatch(model_id):
         raise InvalidInputError(f"'{model_id}' is not a valid model id: 1–64 letters, digits, '.', '_' or '-', starting with a letter or digit.")
-    classes = fields.get("classes") or []
-    if isinstance(classes, str):
-        classes = [c.strip() for c in classes.split(",")]
-    classes = [str(c).strip() for c in classes if str(c).strip()]
+    classes = _name_list(fields.get("classes"))
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise InvalidInputError("List at least two classes, each once, in the order of the model's outputs.")
-    positive = fields.get("positive_classes") or []
-    if isinstance(positive, str):
-        positive = [c.strip() for c in positive.split(",")]
-    positive = [str(c).strip() for c in positive if str(c).strip()]
+    positive = _name_list(fields.get("positive_classes"))
     try:
         input_px = int(fields.get("input_px"))
         threshold = float(fields.get("threshold", 0.5))
