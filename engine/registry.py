@@ -212,6 +212,7 @@ def _load_checked(path: str, _mtime: int, _size: int, sha256: str, input_px: int
 
 def load_keras_file(path: str | Path):
     """Load a ``.keras`` file in safe mode; unsafe or unreadable files raise :class:`IncompatibleModelError`."""
+    from engine.privacy import strip_server_paths  # Keras quotes the full server path in its errors
     from engine.runtime import keras
 
     path = Path(path)
@@ -227,18 +228,10 @@ def load_keras_file(path: str | Path):
                 "Rebuild the model from built-in Keras layers only.",
                 path=str(path),
             ) from exc
-        raise IncompatibleModelError(f"'{path.name}' cannot be loaded as a Keras model ({_without_paths(text, path)[:300]}).", path=str(path)) from exc
+        raise IncompatibleModelError(f"'{path.name}' cannot be loaded as a Keras model ({strip_server_paths(text)[:300]}).", path=str(path)) from exc
     except Exception as exc:  # noqa: BLE001 - zip/h5 errors, TypeError for unknown classes, …
-        detail = _without_paths(str(exc), path)[:300]
+        detail = strip_server_paths(str(exc))[:300]
         raise IncompatibleModelError(f"'{path.name}' cannot be loaded as a Keras model ({type(exc).__name__}: {detail}).", path=str(path)) from exc
-
-
-def _without_paths(text: str, path: Path) -> str:
-    """Keras quotes the full server path in its errors; users see the file name only."""
-    for form in sorted({str(path), str(path.resolve()), str(path.parent), str(path.resolve().parent)}, key=len, reverse=True):
-        if form and form not in (".", "/"):
-            text = text.replace(form, path.name if form.endswith(path.name) else "…")
-    return text
 
 
 def check_shapes(model, input_px: int, n_classes: int, *, name: str = "model") -> None:
