@@ -270,16 +270,25 @@ class HeatmapResult:
             "versions": versions,
         }
 
+    def files(self, *, thumbnail: np.ndarray | None = None, threshold: float | None = None, png: bytes | None = None) -> dict[str, bytes]:
+        """The five result files as ``{name: bytes}``: ``tiles.csv``, ``heatmap.png``, ``tiles.geojson``,
+        ``summary.json``, ``manifest.json`` (``png``: an already rendered heatmap PNG to use as is)."""
+        return {
+            "tiles.csv": self.to_csv().encode(),
+            "heatmap.png": png if png is not None else png_bytes(render_overlay(self, thumbnail)),
+            "tiles.geojson": json.dumps(self.to_geojson(threshold)).encode(),
+            "summary.json": json.dumps(self.summary(threshold), indent=2).encode(),
+            "manifest.json": json.dumps(self.manifest(), indent=2, default=str).encode(),
+        }
+
     def save(self, out_dir: Path | str, *, thumbnail: np.ndarray | None = None, threshold: float | None = None) -> dict[str, Path]:
-        """Write ``tiles.csv``, ``heatmap.png``, ``tiles.geojson``, ``summary.json``, ``manifest.json``."""
+        """Write :meth:`files` into ``out_dir``; returns their paths."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {name: out / name for name in ("tiles.csv", "heatmap.png", "tiles.geojson", "summary.json", "manifest.json")}
-        self.to_csv(paths["tiles.csv"])
-        paths["heatmap.png"].write_bytes(png_bytes(render_overlay(self, thumbnail)))
-        paths["tiles.geojson"].write_text(json.dumps(self.to_geojson(threshold)))
-        paths["summary.json"].write_text(json.dumps(self.summary(threshold), indent=2))
-        paths["manifest.json"].write_text(json.dumps(self.manifest(), indent=2, default=str))
+        paths = {}
+        for name, data in self.files(thumbnail=thumbnail, threshold=threshold).items():
+            paths[name] = out / name
+            paths[name].write_bytes(data)
         return paths
 
     def anonymised(self) -> HeatmapResult:
@@ -298,13 +307,7 @@ class HeatmapResult:
         """
         result = self.anonymised() if anonymise else self
         stem = Path(result.slide_name).stem
-        return {
-            f"{stem}_tiles.csv": result.to_csv().encode(),
-            f"{stem}_heatmap.png": png if png is not None else png_bytes(render_overlay(result, thumbnail)),
-            f"{stem}_tiles.geojson": json.dumps(result.to_geojson(threshold)).encode(),
-            f"{stem}_summary.json": json.dumps(result.summary(threshold), indent=2).encode(),
-            f"{stem}_manifest.json": json.dumps(result.manifest(), indent=2, default=str).encode(),
-        }
+        return {f"{stem}_{name}": data for name, data in result.files(thumbnail=thumbnail, threshold=threshold, png=png).items()}
 
     @classmethod
     def load(cls, out_dir: Path | str) -> HeatmapResult:
