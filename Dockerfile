@@ -59,7 +59,7 @@ EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4).read() != b'ok')"]
 
-# The README's start (`make run`: python -m streamlit run dashboard/app.py --server.address=$(HOST)
+# The README's start (`make run`: python -m streamlit run dashboard/server.py --server.address=$(HOST)
 # --server.port=$(PORT)), listening on all interfaces inside the container: publish the port on the
 # host's loopback behind a TLS reverse proxy, and set a login (else every page shows a warning banner).
-CMD ["python", "-m", "streamlit", "run", "dashboard/app.py", "--server.address=0.0.0.0", "--server.port=8501"]
+CMD ["python", "-m", "streamlit", "run", "dashboard/server.py", "--server.address=0.0.0.0", "--server.port=8501"]

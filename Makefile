@@ -21,7 +21,7 @@ $(VENV)/.test: $(VENV)/.runtime requirements-test.txt
 
 ## Install the dashboard's dependencies and start it (http://$(HOST):$(PORT)).
 run: $(VENV)/.runtime
-	$(PY) -m streamlit run dashboard/app.py --server.address=$(HOST) --server.port=$(PORT)
+	$(PY) -m streamlit run dashboard/server.py --server.address=$(HOST) --server.port=$(PORT)
 
 ## System packages the tests use: Debian's chromium (browser tests) and R's survival package (reference numbers).
 test-deps: $(VENV)/.test

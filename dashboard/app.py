@@ -1,4 +1,4 @@
-"""HistoDash entry point: ``streamlit run dashboard/app.py``.
+"""HistoDash page frame, run by ``dashboard/server.py`` (``streamlit run dashboard/server.py``) for every browser session.
 
 A frame only: page setup, navigation and the shared sidebar. Each page is a short script in
 ``dashboard/views/`` that calls the engine.
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts only dashboard/ on the path
+if str(ROOT) not in sys.path:  # the script runs with only dashboard/ on the path
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402

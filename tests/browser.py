@@ -40,11 +40,11 @@ def free_port() -> int:
 
 @contextmanager
 def streamlit_server(env_overrides: dict[str, str | None], log_path: Path):
-    """A ``streamlit run dashboard/app.py`` on a free port; yields its URL. An override of None unsets that variable."""
+    """A ``streamlit run dashboard/server.py`` (the app as `make run` starts it) on a free port; yields its URL. An override of None unsets that variable."""
     port = free_port()
     env = {**os.environ, **env_overrides, "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if v is not None}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.headless=true",
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "server.py"), "--server.headless=true",
            f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false"]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

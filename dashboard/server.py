@@ -1,0 +1,28 @@
+"""HistoDash's web server: ``streamlit run dashboard/server.py`` (what ``make run`` starts).
+
+An ``st.App`` (Streamlit's ASGI app, Starlette underneath) around the page frame ``app.py``, plus
+HistoDash's own HTTP routes and middleware, served by the same process as the pages:
+
+* :data:`ROUTES` — extra HTTP endpoints (e.g. Deep Zoom tiles for the slide viewer);
+* :data:`MIDDLEWARE` — ASGI middleware that sees every request before Streamlit does (e.g. the
+  browser-session cookie, the sign-in gate).
+
+Each feature contributes its routes or middleware from its own module; this file only assembles them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:  # `streamlit run dashboard/server.py` puts only dashboard/ on the path
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+ROUTES: list = []
+MIDDLEWARE: list = []
+
+app = st.App(HERE / "app.py", routes=ROUTES, middleware=MIDDLEWARE)
