@@ -298,6 +298,7 @@ def run_cohort(spec: CohortSpec | dict, out_dir: str | Path, *, executor=None, p
     by_index = {p.index: p for p in usable}
     heat = HeatmapRun(predictor)
     feature_layer: list[str | None] = [None]
+    per_node: dict[str, int] = {}  # tiles scored per node (Ray node id, or host)
     say(f"{len(usable)} slides, {total} tissue tiles; {pending_tiles} to score in {len(jobs)} chunk(s), the rest from the store")
 
     def on_result(job: ChunkJob, result: ChunkResult) -> None:
@@ -312,7 +313,10 @@ def run_cohort(spec: CohortSpec | dict, out_dir: str | Path, *, executor=None, p
             store.complete(plan.key, plan.n, chunk)
             slides_done[0] += 1
         done[0] += job.n
-        report(done[0], total, f"{slides_done[0]} of {len(usable)} slides scored", slides_done=slides_done[0], slides_total=len(usable))
+        node = (result.node or {}).get("node_id") or (result.node or {}).get("host") or "?"
+        per_node[node] = per_node.get(node, 0) + job.n
+        report(done[0], total, f"{slides_done[0]} of {len(usable)} slides scored", slides_done=slides_done[0], slides_total=len(usable),
+               nodes=dict(per_node))
 
     def on_error(job: ChunkJob, exc: BaseException) -> bool:
         plan = by_index[job.slide]

@@ -132,3 +132,41 @@ def composition_error(truth: list[dict], tiles: list[dict], n_classes: int) -> d
     errors = np.array(errors)
     return {"mae": float(errors.mean()), "max_error": float(errors.max()), "purity": float((name[all_cl] == all_true).mean()),
             "ari": float(adjusted_rand_score(all_true, all_cl)), "n_tiles": int(len(all_cl)), "n_slides": len(truth)}
+
+
+def write_cohort(folder: str | Path, patches: dict[str, list[Path]], n_patients: int, *, slides_per_patient: int = 1, rows: int = 4,
+                 cols: int = 4, seed: int = 0, risk_class: str = "lung_scc", beta: float = 4.0, base_hazard: float = 1 / 700,
+                 follow_up_days: float = 2500.0) -> dict:
+    """A cohort of mosaic slides and a clinical table whose outcome depends on the slides' composition.
+
+    Patient ``P<nnn>`` gets a composition drawn from a flat Dirichlet; its slides (``slides/P<nnn>_s<j>.tiff``)
+    are mosaics of it. Survival time is exponential with hazard ``base_hazard · exp(beta · share of risk_class)``,
+    censored at a uniform follow-up up to ``follow_up_days``; ``clinical.csv`` has ``patient_id, time, event, age``
+    (age is noise). Returns ``{"slide_dir", "clinical", "truth" (per slide, sorted by name), "patients" (frame with the
+    true shares, time and event)}``.
+    """
+    folder = Path(folder)
+    slide_dir = folder / "slides"
+    slide_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    classes = sorted(patches)
+    truth, rows_out = [], []
+    for i in range(n_patients):
+        pid = f"P{i:03d}"
+        comp = dict(zip(classes, rng.dirichlet(np.ones(len(classes)))))
+        for j in range(slides_per_patient):
+            truth.append(write_composition_slide(slide_dir / f"{pid}_s{j + 1}.tiff", patches, comp, rows=rows, cols=cols,
+                                                 seed=seed * 100_003 + i * 101 + j))
+        share = float(np.mean([t["fractions"][risk_class] for t in truth[-slides_per_patient:]]))
+        t_event = rng.exponential(1.0 / (base_hazard * np.exp(beta * share)))
+        t_cens = rng.uniform(0.3, 1.0) * follow_up_days
+        rows_out.append({"patient_id": pid, "time": round(float(min(t_event, t_cens)), 1), "event": int(t_event <= t_cens),
+                         "age": int(rng.integers(40, 85)), **{f"true_{c}": float(np.mean([t["fractions"][c] for t in truth[-slides_per_patient:]]))
+                                                              for c in classes}})
+    import pandas as pd
+
+    patients = pd.DataFrame(rows_out)
+    clinical = folder / "clinical.csv"
+    patients[["patient_id", "time", "event", "age"]].to_csv(clinical, index=False)
+    truth.sort(key=lambda t: Path(t["path"]).name)
+    return {"slide_dir": str(slide_dir), "clinical": str(clinical), "truth": truth, "patients": patients}
