@@ -153,7 +153,7 @@ class LocalRayCluster:
     def start_node2(self, timeout: float = 120.0) -> None:
         """Start (or restart after :meth:`kill_node2`) the second node; returns once the cluster sees it."""
         t0 = time.monotonic()
-        alive = self.alive_nodes()
+        before = {(n.get("raylet") or {}).get("nodeId") for n in self._nodes()}  # a killed node 2 may still look alive for a while
         lo, hi = free_port_range()
         self.node2 = self._spawn("node2", [
             f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1", f"--num-cpus={self.num_cpus}",
@@ -163,7 +163,7 @@ class LocalRayCluster:
             f"--metrics-export-port={self.n2_metrics}", f"--runtime-env-agent-port={self.n2_rtenv}",
             f"--min-worker-port={lo}", f"--max-worker-port={hi}",
         ])
-        self._wait_nodes(alive + 1, timeout, want_resource="node2")
+        self._wait_nodes(1, timeout, want_resource="node2", exclude=before)
         self.timings["node2_s"] = time.monotonic() - t0
 
     def kill_node2(self) -> None:
@@ -197,14 +197,23 @@ class LocalRayCluster:
             return []
         return (data.get("data") or {}).get("summary") or []
 
+    def node_id(self, resource: str) -> str | None:
+        """The id of the live node that offers ``resource`` (``"head"``, ``"node2"``)."""
+        for n in self._nodes():
+            raylet = n.get("raylet") or {}
+            if raylet.get("state") == "ALIVE" and resource in (raylet.get("resourcesTotal") or {}):
+                return raylet.get("nodeId")
+        return None
+
     def alive_nodes(self) -> int:
         return sum(1 for n in self._nodes() if (n.get("raylet") or {}).get("state") == "ALIVE")
 
-    def _wait_nodes(self, n: int, timeout: float, want_resource: str | None = None) -> None:
+    def _wait_nodes(self, n: int, timeout: float, want_resource: str | None = None, exclude: set | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_running()
-            nodes = [x for x in self._nodes() if (x.get("raylet") or {}).get("state") == "ALIVE"]
+            nodes = [x for x in self._nodes() if (x.get("raylet") or {}).get("state") == "ALIVE"
+                     and (x.get("raylet") or {}).get("nodeId") not in (exclude or set())]
             if len(nodes) >= n and (want_resource is None or any(want_resource in ((x.get("raylet") or {}).get("resourcesTotal") or {}) for x in nodes)):
                 return
             time.sleep(0.5)

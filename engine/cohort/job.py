@@ -26,7 +26,7 @@ def make_executor(spec: CohortSpec, backend: str):
         from engine.cohort.ray_executor import RayExecutor
 
         return RayExecutor(ModelSpec.from_card(card), ModelSpec.from_card(fcard), batch_size=spec.batch_size, workers=spec.workers,
-                           num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, pin=spec.pin)
+                           num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, pin=spec.pin, start_together_s=spec.start_together_s)
     from engine.cohort.executor import LocalExecutor
 
     return LocalExecutor(ModelSpec.from_card(card), ModelSpec.from_card(fcard), batch_size=spec.batch_size)

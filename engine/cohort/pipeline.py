@@ -91,6 +91,7 @@ class CohortSpec:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     pin: str | None = None
+    start_together_s: float = 0.0
 
     @classmethod
     def from_params(cls, params: dict) -> CohortSpec:

@@ -63,13 +63,16 @@ class RayExecutor:
         pin: a custom resource the actors must run where it exists (e.g. ``"node2"``, ``"gpu-pool"``).
         depth: chunks in flight per actor; poll_s: how often the driver looks at results, cancel and nodes.
         worker_wait_s: give up when no actor has been able to start for this long while work waits.
+        start_together_s: wait up to this long for all the first actors to be up before handing out work (0: start
+            with the first one up). Benchmarks and tests use it so every node takes part from the start.
     """
 
     name = "ray"
 
     def __init__(self, score: ModelSpec, features: ModelSpec | None = None, *, batch_size: int = 32, workers: int | None = None,
                  num_cpus: float = 1.0, num_gpus: float = 0.0, pin: str | None = None, depth: int = 2, poll_s: float = 0.25,
-                 max_restarts: int = 2, max_task_retries: int = 2, worker_wait_s: float = 600.0, decode_workers: int = 2):
+                 max_restarts: int = 2, max_task_retries: int = 2, worker_wait_s: float = 600.0, decode_workers: int = 2,
+                 start_together_s: float = 0.0):
         self.score, self.features = score, features
         self.batch_size = batch_size
         self.workers = workers
@@ -80,6 +83,7 @@ class RayExecutor:
         self.max_restarts, self.max_task_retries = int(max_restarts), int(max_task_retries)
         self.worker_wait_s = float(worker_wait_s)
         self.decode_workers = decode_workers
+        self.start_together_s = float(start_together_s)
 
     # -- actors
     def _n_workers(self) -> int:
@@ -181,7 +185,13 @@ class RayExecutor:
                 elif time.monotonic() - last_up > self.worker_wait_s:
                     raise JobError(f"No tile worker could start on the Ray cluster within {self.worker_wait_s:.0f} s.",
                                    "Check that the workers have free CPUs (or the pinned resource) and the same HistoDash image.")
-                # hand out work
+                # hand out work (after the first actors are all up, or waited long enough for them)
+                if self.start_together_s and not stats.get("started_at"):
+                    if len(live) < n and time.monotonic() - t_start < self.start_together_s:
+                        live = []
+                    else:
+                        stats["started_at"] = time.time()
+                        stats["workers_up_s"] = time.monotonic() - t_start
                 for slot in live:
                     while len(slot.inflight) < self.depth and queue:
                         job = queue.popleft()
