@@ -27,9 +27,10 @@ from engine.config import get_settings
 SECRET_FILE = Path("secret") / "pseudonym.key"
 
 
-def installation_secret(home: Path | None = None) -> bytes:
-    """This installation's secret key (created atomically on first use; never logged or exported)."""
-    path = (home or get_settings().home) / SECRET_FILE
+def installation_secret(home: Path | None = None, *, name: str = SECRET_FILE.name) -> bytes:
+    """This installation's secret key ``<home>/secret/<name>`` (created atomically on first use; never logged
+    or exported). One file per purpose: ``pseudonym.key`` for pseudonyms, ``session.key`` for browser cookies."""
+    path = (home or get_settings().home) / SECRET_FILE.parent / name
     try:
         data = path.read_bytes()
         if len(data) >= 32:
