@@ -130,7 +130,7 @@ def test_slide(case, tmp_path):
             assert info.vendor == case.options["vendor"] and info.mpp == (case.options["mpp"], case.options["mpp"])
         thumb, _ = slide.get_thumbnail(512)
         assert thumb.dtype == np.uint8 and thumb.shape[2] == 3
-        mask = TissueMasker().fit_rgb(thumb, info.dimensions[0] / thumb.shape[1], info.dimensions[1] / thumb.shape[0])
+        mask = TissueMasker().thumbnail_mask(thumb, info.dimensions[0] / thumb.shape[1], info.dimensions[1] / thumb.shape[0])
         if "tissue" in case.options:
             assert mask.tissue_fraction == pytest.approx(case.options["tissue"], abs=0.01)
         rgb = slide.read_region((0, 0), 0, (64, 64))

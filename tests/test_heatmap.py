@@ -27,6 +27,7 @@ from engine.predict import TilePredictor
 from engine.registry import ModelCard
 from engine.slides import open_slide
 from tests.conftest import shared_path
+from tests.fakes import FakeContext
 from tests.test_slides import COLOUR, PATTERN, make_pyramid
 
 
@@ -188,38 +189,16 @@ def test_exports_round_trip(pyramid, tmp_path):
     assert [t.type for t in fig.data] == ["image", "heatmap"] and "level 0" in fig.data[1].hovertemplate
 
 
-class FakeContext:
-    """The JobContext interface of engine.jobs, recorded in memory."""
-
-    def __init__(self, workdir: Path, cancel_at: int | None = None):
-        self.job_id, self.workdir, self.params = "test", workdir, {}
-        self.progress_calls, self.metrics, self.logs = [], {}, []
-        self.cancel_at = cancel_at
-
-    def progress(self, done, total, message=""):
-        self.progress_calls.append((done, total, message))
-
-    def metric(self, **values):
-        self.metrics.update(values)
-
-    def log(self, msg):
-        self.logs.append(msg)
-
-    def cancelled(self):
-        return self.cancel_at is not None and len(self.progress_calls) >= self.cancel_at
-
-    def raise_if_cancelled(self):
-        if self.cancelled():
-            raise RuntimeError("JobCancelled")
-
-
 def test_run_job_writes_exports(tiny_registry, pyramid, tmp_path):
     ctx = FakeContext(tmp_path / "job")
     params = {"slide_path": str(pyramid), "model_id": "tiny-test", "level": 2, "tile_px": 64, "batch_size": 8}
     result = run_job(params, ctx)
     assert result["n_tiles"] == 16 and Path(result["files"]["tiles.csv"]).exists()
-    assert (tmp_path / "job" / "thumbnail.png").exists() and json.dumps(result)
-    assert ctx.progress_calls[-1][0] == ctx.progress_calls[-1][1] == 16 and "mean_score" in ctx.metrics
+    assert (ctx.workdir / "thumbnail.png").exists() and json.dumps(result)
+    last = ctx.recorded.progress[-1]
+    assert last[0] == last[1] == 16 and "mean_score" in ctx.recorded.last_metrics
+    assert "16 tissue tiles to score" in ctx.recorded.statuses  # the message channel, not progress(0, 0, text)
+    assert all(total in (0, 16) for _, total, _, _ in ctx.recorded.progress)
     again = run_job(params, FakeContext(tmp_path / "job2"))
     assert again["n_cached"] == 16
 

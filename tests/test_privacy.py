@@ -54,14 +54,14 @@ def test_unexpected_page_errors_are_logged_without_names(monkeypatch, caplog):
 
 def test_heatmap_job_log_hides_the_slide_name(tiny_registry, tmp_path, monkeypatch):
     from engine.heatmap import run_job
-    from tests.test_heatmap import FakeContext
+    from tests.fakes import FakeContext
     from tests.test_slides import make_pyramid
 
     monkeypatch.delenv("HISTODASH_LOG_NAMES", raising=False)
     slide = make_pyramid(tmp_path / f"{PATIENT}.tif", noise=3)
     ctx = FakeContext(tmp_path / "job")
     run_job({"slide_path": str(slide), "model_id": "tiny-test", "level": 2, "tile_px": 64, "batch_size": 8}, ctx)
-    assert ctx.logs and not any(PATIENT in line for line in ctx.logs)
+    assert ctx.recorded.logs and not any(PATIENT in line for line in ctx.recorded.logs)
 
 
 # -- server paths ---------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def slide_overview(path: str, _mtime: int, user_mpp: float | None):
         thumb, _ = slide.get_thumbnail(1024)
         info = slide.info
     masker = TissueMasker()
-    mask = masker.fit_rgb(thumb, info.dimensions[0] / thumb.shape[1], info.dimensions[1] / thumb.shape[0])
+    mask = masker.thumbnail_mask(thumb, info.dimensions[0] / thumb.shape[1], info.dimensions[1] / thumb.shape[0])
     return thumb, info, mask
 
 
