@@ -138,7 +138,7 @@ def test_slide(case, tmp_path):
 
 
 def test_slide_upload_of_a_broken_file_leaves_nothing_behind(tmp_path, monkeypatch):
-    from engine.slides import save_upload, uploads_dir
+    from engine.uploads import save_upload, uploads_dir
 
     monkeypatch.setenv("HISTODASH_WORK_DIR", str(tmp_path / "sessions"))
     for case in cases("slide"):

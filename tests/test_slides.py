@@ -13,18 +13,9 @@ import tifffile
 from PIL import Image
 
 from engine.errors import CorruptFileError, InvalidInputError, TooLargeError, UnsupportedFormatError
-from engine.slides import (
-    ImageSlide,
-    OpenSlideSlide,
-    SlideLibrary,
-    open_slide,
-    rect_painter,
-    resolve_mpp,
-    resolve_slide_id,
-    save_upload,
-    slide_id_for,
-    write_pyramid_tiff,
-)
+from engine.slides import ImageSlide, OpenSlideSlide, SlideLibrary, open_slide, resolve_mpp
+from engine.synthetic import rect_painter, write_pyramid_tiff
+from engine.uploads import resolve_slide_id, save_upload, slide_id_for
 from tests.conftest import shared_path
 
 PATTERN = (1024, 512, 2048, 1536)  # level-0 rectangle of "tissue" in the synthetic slide
@@ -229,6 +220,6 @@ def test_slide_ids_round_trip(library, tmp_path, pyramid):
 def test_broken_upload_leaves_nothing(tmp_path):
     with pytest.raises(CorruptFileError, match="broken.svs"):
         save_upload(io.BytesIO(b"not a slide at all"), "broken.svs", "sess2")
-    from engine.slides import uploads_dir
+    from engine.uploads import uploads_dir
 
     assert list(uploads_dir("sess2").iterdir()) == []
