@@ -24,6 +24,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine.cache import sha256_file
 from engine.config import get_settings
 from engine.errors import IncompatibleModelError, InvalidInputError, ModelNotFoundError
 
@@ -113,14 +114,6 @@ class ModelCard:
             if isinstance(m, dict) and m.get("split") == "test":
                 return m
         return self.metrics[0] if self.metrics else {}
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_card(folder: Path) -> ModelCard:

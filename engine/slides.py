@@ -27,8 +27,6 @@ Uploads and the slide ids pages pass around live in :mod:`engine.uploads`; gener
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -38,8 +36,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.cache import sha256_file
 from engine.config import get_settings
 from engine.errors import CorruptFileError, HistoDashError, InvalidInputError, TooLargeError, UnsupportedFormatError
+from engine.privacy import strip_server_paths
 
 # Formats OpenSlide reads, plus plain images (opened as one-level slides).
 SLIDE_SUFFIXES = (
@@ -151,7 +151,7 @@ class Slide:
         """OpenSlide's quickhash where present, else the file's sha256 (computed once)."""
         if self._hash is None:
             quick = self.properties.get("openslide.quickhash-1")
-            self._hash = f"quickhash1:{quick}" if quick else f"sha256:{_sha256(self.path)}"
+            self._hash = f"quickhash1:{quick}" if quick else f"sha256:{sha256_file(self.path)}"
         return self._hash
 
     # -- pixels ------------------------------------------------------------------------------
@@ -391,10 +391,7 @@ def open_slide(path: str | Path, *, user_mpp: float | None = None, max_image_pix
 
 def _clean(exc: BaseException, path: Path) -> str:
     """An exception's text without server paths (messages are shown to users): the file name only."""
-    text = str(exc)
-    for p in {str(path), str(Path(path).resolve()), str(Path(path).parent), str(Path(path).resolve().parent)}:
-        text = text.replace(p + os.sep, "").replace(p, Path(path).name)
-    return text
+    return strip_server_paths(str(exc), known=(path,))
 
 
 def _check_dimensions(name: str, dims) -> None:
@@ -431,14 +428,6 @@ def _tiff_is_tiled(path: Path) -> bool:
             return bool(tf.pages[0].is_tiled)
     except Exception:  # noqa: BLE001
         return True  # let OpenSlide judge
-
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _float(value) -> float | None:

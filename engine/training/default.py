@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cache import sha256_file
 from engine.errors import InvalidInputError
 
 MODEL_ID = "lc25000-lung-cnn"
@@ -207,14 +207,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def train(args) -> int:
@@ -436,7 +428,7 @@ def build_card(args, df, idx, counts, n_groups, m_va, m_te, cm_te, threshold, ep
             "resize": "PIL bilinear (antialiased) from 224 px to input_px",
         },
         "weights_file": "model.keras",
-        "weights_sha256": _sha256(model_path),
+        "weights_sha256": sha256_file(model_path),
         "reproduce": REPRODUCE,
         "created": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
         "intended_use": (

@@ -38,6 +38,7 @@ import numpy as np
 from engine.config import REPO_ROOT, get_settings
 from engine.errors import Cancelled, IncompatibleModelError, InvalidInputError
 from engine.jobs import JobContext
+from engine.predict import probabilities_from_output
 from engine.privacy import loggable_name
 from engine.training.config import TrainConfig, parse_config
 from engine.training.datasets import PreparedData, describe_skipped, discover, prepare, split_holdout, split_kfold, subsample
@@ -245,7 +246,7 @@ class _Trainer:
 
     def predict(self, model, idx: np.ndarray) -> np.ndarray:
         probs = model.predict(self.dataset(idx, training=False), verbose=0, callbacks=[_CancelCheck(self.ctx, self.keras)])
-        return _probabilities(probs, len(self.data.classes))
+        return probabilities_from_output(probs, len(self.data.classes))
 
     def fit(self, train_idx: np.ndarray, val_idx: np.ndarray | None, *, epochs: int, label: str, fold: int | None = None):
         """Fit one model; returns ``(model with the best weights, per-epoch rows, best epoch)``."""
@@ -279,14 +280,6 @@ def _set_bn_momentum(model, momentum: float, keras) -> int:
         elif hasattr(layer, "layers"):
             count += _set_bn_momentum(layer, momentum, keras)
     return count
-
-
-def _probabilities(out, n_classes: int) -> np.ndarray:
-    out = np.asarray(out, dtype=np.float64)
-    if out.ndim == 1 or out.shape[1] == 1:
-        p = out.reshape(-1)
-        return np.stack([1 - p, p], axis=1)
-    return out
 
 
 def make_dataset(files, y, *, px: int, batch_size: int, training: bool, augmentation=None, seed: int = 0, workers: int = 2):
