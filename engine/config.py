@@ -42,24 +42,22 @@ def _path(name: str, default: Path) -> Path:
     return Path(value).expanduser() if value else default
 
 
-def _num(name: str, default: float) -> float:
+def _parsed(name: str, default, convert, what: str):
     value = os.environ.get(name)
     if not value:
         return default
     try:
-        return float(value)
+        return convert(value)
     except ValueError as exc:  # a bad setting is the admin's error: say which one
-        raise ValueError(f"{name}={value!r} is not a number") from exc
+        raise InvalidInputError(f"{name}={value!r} is not {what}.") from exc
+
+
+def _num(name: str, default: float) -> float:
+    return _parsed(name, default, float, "a number")
 
 
 def _whole(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise InvalidInputError(f"{name}={value!r} is not a whole number.") from exc
+    return _parsed(name, default, int, "a whole number")
 
 
 @dataclass(frozen=True)

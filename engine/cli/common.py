@@ -1,8 +1,15 @@
-"""What the commands print while they work: progress and status lines on a terminal's stderr."""
+"""What several commands share: the model options, and progress/status lines on a terminal's stderr."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--models-dir`` (every command that runs a registered model)."""
+    p.add_argument("--model", default=None, help="model id (default: the configured default model)")
+    p.add_argument("--models-dir", default=None, help="models folder (default: $HISTODASH_MODELS_DIR or ./models)")
 
 
 class ConsoleProgress:

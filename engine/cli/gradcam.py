@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cli.common import add_model_arguments
 from engine.errors import InvalidInputError
 from engine.gradcam import COLORMAPS, METHODS, Explainer
 from engine.imageio import read_image
@@ -46,8 +47,7 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gradcam", help="saliency map (Grad-CAM, Grad-CAM++, integrated gradients) of one tile")
     p.add_argument("image", nargs="?", metavar="IMAGE", help="tile file (JPEG, PNG, TIFF)")
-    p.add_argument("--model", default=None, help="model id (default: the configured default model)")
-    p.add_argument("--models-dir", default=None, help="models folder (default: $HISTODASH_MODELS_DIR or ./models)")
+    add_model_arguments(p)
     p.add_argument("--method", default="gradcam", choices=METHODS)
     p.add_argument("--layer", default=None, help="feature map path or name (default: the last convolutional map; see --list-layers)")
     p.add_argument("--class", dest="target", default=None, help="class to explain: a class name, 'score' (positive classes summed) or 'predicted' (default)")

@@ -6,15 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.cli.console import ConsoleProgress
+from engine.cli.common import ConsoleProgress, add_model_arguments
 from engine.heatmap import compute_heatmap
 from engine.tissue import DEFAULT_MIN_TISSUE
 
 
 def add_tiling_arguments(p: argparse.ArgumentParser) -> None:
     """The model, tiling and run options shared by ``heatmap`` and ``cohort-scores``."""
-    p.add_argument("--model", default=None, help="model id (default: the configured default model)")
-    p.add_argument("--models-dir", default=None, help="models folder (default: $HISTODASH_MODELS_DIR or ./models)")
+    add_model_arguments(p)
     p.add_argument("--level", type=int, default=None, help="pyramid level to tile when the µm/px is unknown (default 0)")
     p.add_argument("--tile-px", type=int, default=None, help="tile side at --level (default: the model's input size)")
     p.add_argument("--stride", type=float, default=1.0, help="stride as a fraction of the tile (1 = no overlap)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli.console import ConsoleProgress
+from engine.cli.common import ConsoleProgress, add_model_arguments
 from engine.errors import InvalidInputError
 from engine.imageio import read_image
 from engine.limits import inference_slot, wait_message
@@ -49,8 +49,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict tiles (files or folders) with a registered model")
     p.add_argument("paths", nargs="+", metavar="PATH", help="tile files or folders of tiles")
-    p.add_argument("--model", default=None, help="model id (default: the configured default model)")
-    p.add_argument("--models-dir", default=None, help="models folder (default: $HISTODASH_MODELS_DIR or ./models)")
+    add_model_arguments(p)
     p.add_argument("--normalize", action="store_true", help="stain-normalise tiles before prediction")
     p.add_argument("--method", default="macenko", choices=["macenko", "vahadane"], help="stain normalisation method")
     p.add_argument("--reference", default=None, help="reference tile for normalisation (default: published Macenko target)")
