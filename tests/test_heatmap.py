@@ -26,9 +26,8 @@ from engine.heatmap import (
 from engine.predict import TilePredictor
 from engine.registry import ModelCard
 from engine.slides import open_slide
-from tests.conftest import shared_path
+from tests.conftest import COLOUR, PATTERN, make_pyramid, shared_path
 from tests.fakes import FakeContext
-from tests.test_slides import COLOUR, PATTERN, make_pyramid
 
 
 class ColourModel:
@@ -265,3 +264,42 @@ def test_real_runner_cancel_then_resume(tiny_registry, tmp_path):
     second = runner.wait(again, timeout=180)
     assert second.state == "succeeded", (second.error, runner.log_tail(again))
     assert 0 < second.result["n_cached"] < 4096 and second.result["n_tiles"] == 4096
+
+
+def test_result_is_truly_frozen(pyramid):
+    import pickle
+    from dataclasses import FrozenInstanceError, replace
+
+    with open_slide(pyramid) as slide:
+        grid = TileGrid.for_slide(slide, 32, level=2, tile_px=64)
+        result = HeatmapRun(colour_predictor(), min_tissue=0.5).run(slide, grid)
+    with pytest.raises(FrozenInstanceError):
+        result.threshold = 0.1
+    for name in ("x", "y", "tissue", "probabilities", "scores", "cached"):
+        with pytest.raises(ValueError):
+            getattr(result, name)[0] = 0
+    with pytest.raises(TypeError, match="read-only"):
+        result.params["min_tissue"] = 0.0
+    with pytest.raises(TypeError, match="read-only"):
+        result.timings.update(wall_s=0)
+    back = pickle.loads(pickle.dumps(result))  # jobs and caches can still carry it
+    np.testing.assert_array_equal(back.scores, result.scores)
+    assert back.params == result.params and isinstance(back.params, type(result.params))
+    changed = replace(result, slide_name="other.tif")
+    assert changed.slide_name == "other.tif" and result.slide_name == "synthetic.tif"
+    with pytest.raises(ValueError, match="entries for"):
+        replace(result, scores=result.scores[:-1])
+
+
+def test_png_and_figure_use_the_render_colour_table(pyramid):
+    from engine.render import colour_lut, plotly_colorscale
+
+    with open_slide(pyramid) as slide:
+        grid = TileGrid.for_slide(slide, 32, level=2, tile_px=64)
+        result = HeatmapRun(colour_predictor(), min_tissue=0.5).run(slide, grid)
+    img = render_overlay(result, None, mode="binarise", threshold=0.5, opacity=1.0, colormap="plasma", max_side=256)
+    x0, y0, x1, y1 = (np.array(PATTERN) / 16).astype(int)  # 4096 px → 256 px
+    assert (img[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2] == colour_lut("plasma")[255]).all()  # every scored tile is 1 → last entry
+    from engine.heatmap import heatmap_figure
+
+    assert list(heatmap_figure(result, colormap="plasma").data[-1].colorscale[-1]) == plotly_colorscale("plasma")[-1]

@@ -54,8 +54,8 @@ def test_unexpected_page_errors_are_logged_without_names(monkeypatch, caplog):
 
 def test_heatmap_job_log_hides_the_slide_name(tiny_registry, tmp_path, monkeypatch):
     from engine.heatmap import run_job
+    from tests.conftest import make_pyramid
     from tests.fakes import FakeContext
-    from tests.test_slides import make_pyramid
 
     monkeypatch.delenv("HISTODASH_LOG_NAMES", raising=False)
     slide = make_pyramid(tmp_path / f"{PATIENT}.tif", noise=3)
@@ -126,7 +126,7 @@ def test_label_and_macro_images_are_never_exposed(tmp_path):
 
 def test_heatmap_exports_carry_no_server_paths_and_anonymise_the_slide(tiny_registry, tmp_path):
     from engine.heatmap import HeatmapResult, compute_heatmap
-    from tests.test_slides import make_pyramid
+    from tests.conftest import make_pyramid
 
     (tmp_path / "server-only-folder").mkdir()
     slide = make_pyramid(tmp_path / "server-only-folder" / f"{PATIENT}.tif", noise=3)

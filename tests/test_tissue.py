@@ -7,8 +7,7 @@ import pytest
 
 from engine.slides import open_slide
 from engine.tissue import TissueMask, TissueMasker
-from tests.conftest import shared_path
-from tests.test_slides import PATTERN, make_pyramid
+from tests.conftest import PATTERN, make_pyramid, shared_path
 
 
 def test_synthetic_slide_mask_matches_pattern(tmp_path):
@@ -54,3 +53,14 @@ def test_real_slides_have_tissue():
         with open_slide(shared_path("wsi", name)) as slide:
             mask = TissueMasker(max_side=512).fit(slide).mask_
         assert low < mask.tissue_fraction < high, (name, mask.tissue_fraction)
+
+
+def test_fit_returns_the_masker_with_fitted_attributes(tmp_path):
+    path = make_pyramid(tmp_path / "s.tif", noise=4)
+    masker = TissueMasker(max_side=256)
+    with open_slide(path) as slide:
+        fitted = masker.fit(slide)
+        direct = masker.slide_mask(slide)
+    assert fitted is masker and fitted.threshold_ == fitted.mask_.threshold
+    np.testing.assert_array_equal(fitted.mask_.mask, direct.mask)
+    assert masker.cache_key() == TissueMasker(max_side=256).cache_key()  # fitting does not change the parameters
