@@ -563,17 +563,17 @@ def run_worker(job_dir: Path | str) -> int:
             result = json.loads(json.dumps(result if result is not None else {}, default=_jsonable))
         except (TypeError, ValueError) as exc:
             raise JobError(f"The job's result is not JSON-serialisable ({exc}).") from exc
+        ctx.log("succeeded")  # the log line first: whoever sees the final state sees the whole log
         _finish(job_dir, state="succeeded", result=result, error=None)
-        ctx.log("succeeded")
     except Cancelled as exc:
-        _finish(job_dir, state="cancelled", error=None)
         ctx.log(f"cancelled ({exc})")
+        _finish(job_dir, state="cancelled", error=None)
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded, with its traceback in the log
         message = str(exc) if isinstance(exc, HistoDashError) else f"{type(exc).__name__}: {exc}"
         with open(job_dir / LOG_FILE, "a") as fh:
             fh.write(traceback.format_exc())
-        _finish(job_dir, state="failed", error=message)
         ctx.log(f"FAILED: {message}")
+        _finish(job_dir, state="failed", error=message)
         code = 1
     finally:
         sys.stdout.flush()
