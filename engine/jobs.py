@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 JOB_KINDS: dict[str, str] = {
     "train": "engine.training.run:run_job",
     "heatmap": "engine.heatmap:run_job",
+    "cohort": "engine.cohort.job:run_job",
 }
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -519,7 +520,14 @@ def _append(path: Path, line: str) -> None:
 
 
 def get_runner() -> JobRunner:
-    """The configured runner: the embedded :class:`LocalProcessRunner` on ``settings.jobs_dir``."""
+    """The configured runner (``settings.runner``, ``HISTODASH_RUNNER``): the embedded :class:`LocalProcessRunner` on
+    ``settings.jobs_dir`` (default), or :class:`engine.ray_runner.RayRunner` on the cluster at ``settings.ray_address``
+    (imported only then: the local runner needs no Ray)."""
+    settings = get_settings()
+    if settings.runner == "ray":
+        from engine.ray_runner import RayRunner
+
+        return RayRunner(settings.ray_address)
     return LocalProcessRunner()
 
 

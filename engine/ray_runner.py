@@ -47,7 +47,7 @@ import traceback
 from pathlib import Path
 
 from engine.config import REPO_ROOT, get_settings
-from engine.errors import HistoDashError, JobError
+from engine.errors import Cancelled, HistoDashError, JobError, JobNotFoundError
 from engine.jobs import (
     CANCEL_FILE,
     FINISHED,
@@ -57,9 +57,7 @@ from engine.jobs import (
     METRICS_FILE,
     PROGRESS_FILE,
     STATE_FILE,
-    JobCancelled,
     JobContext,
-    JobNotFoundError,
     JobRecord,
     _jsonable,
     _locked,
@@ -89,8 +87,9 @@ class RayUnavailableError(JobError):
 
 
 def configured_address() -> str | None:
-    """The Jobs/dashboard address of the cluster: ``HISTODASH_RAY_ADDRESS``, else None (Ray's ``RAY_ADDRESS`` then applies)."""
-    return os.environ.get("HISTODASH_RAY_ADDRESS") or None
+    """The Jobs/dashboard address of the cluster: ``settings.ray_address`` (``HISTODASH_RAY_ADDRESS``), else None
+    (Ray's ``RAY_ADDRESS`` then applies)."""
+    return get_settings().ray_address
 
 
 @contextlib.contextmanager
@@ -109,7 +108,8 @@ def _ray_address_env_masked(active: bool):
 
 
 def job_environment() -> dict[str, str]:
-    """What the driver and the workers of a job get: this checkout on ``PYTHONPATH`` and the ``HISTODASH_*`` settings."""
+    """What the driver and the workers of a job get: this checkout on ``PYTHONPATH`` and the ``HISTODASH_*`` variables
+    of this process, passed through unread (the driver's own :func:`~engine.config.get_settings` reads them)."""
     env = {k: v for k, v in os.environ.items() if k.startswith("HISTODASH_") or k in PASSED_ENV}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONPATH"] = str(REPO_ROOT)
@@ -399,7 +399,7 @@ def run_driver(job_dir: Path | str) -> int:
         ctx.log("succeeded")
     except BaseException as exc:  # noqa: BLE001 - every ending is recorded
         cause = _cause(exc)
-        if isinstance(cause, JobCancelled) or _is_cancelled(cause) or ctx.cancelled():  # also what a cancel broke on its way
+        if isinstance(cause, Cancelled) or ctx.cancelled():  # also what a cancel broke on its way
             _update_state(job_dir, state="cancelled", finished=time.time(), error=None)
             ctx.log(f"cancelled ({cause})")
         else:
@@ -429,14 +429,6 @@ def _cause(exc: BaseException) -> BaseException:
     while getattr(exc, "cause", None) is not None and isinstance(exc.cause, BaseException) and seen < 5:
         exc, seen = exc.cause, seen + 1
     return exc
-
-
-def _is_cancelled(exc: BaseException) -> bool:
-    try:
-        from engine.errors import Cancelled  # the one cancellation exception once the engine layout lands
-    except ImportError:
-        return False
-    return isinstance(exc, Cancelled)
 
 
 # ----------------------------------------------------------------------------- other kinds: one Ray task
@@ -496,7 +488,7 @@ class RemoteContext:
 
     def raise_if_cancelled(self) -> None:
         if self.cancelled():
-            raise JobCancelled(f"job {self.job_id} was cancelled")
+            raise Cancelled(f"job {self.job_id} was cancelled")
 
 
 class _Relay:
@@ -541,7 +533,7 @@ def _task_body(target: str, params: dict, relay, job_id: str):
         ctx.log(f"running on node {socket.gethostname()} in pid {os.getpid()}")
         return _resolve(target)(params, ctx)
     except BaseException as exc:
-        if not (isinstance(exc, JobCancelled) or _is_cancelled(exc)):
+        if not (isinstance(exc, Cancelled)):
             relay.text.remote(traceback.format_exc())  # the job's own traceback, into its log
         raise
     finally:

@@ -3,7 +3,6 @@ of known composition (LC25000 patches) with a synthetic outcome, checked against
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
@@ -219,8 +218,6 @@ def test_an_interrupted_cohort_resumes_and_a_rerun_scores_only_new_slides(cohort
 
 
 def test_cli_cohort_of_generated_and_real_slides(cohort, tmp_path, capsys):
-    from engine.cohort.cli import register
-
     slides = tmp_path / "lib"
     (slides / "real").mkdir(parents=True)
     for name in ("P000_s1.tiff", "P001_s1.tiff"):
@@ -230,17 +227,10 @@ def test_cli_cohort_of_generated_and_real_slides(cohort, tmp_path, capsys):
     clinical = tmp_path / "clinical.csv"
     pd.DataFrame({"case": ["P000", "P001", "CMU-1", "TCGA-CR-7395", "P999"], "time": [5, 8, 3, 9, 1], "event": [1, 0, 1, 1, 0]}).to_csv(clinical, index=False)
 
-    def cli(*argv) -> int:  # `python -m engine cohort …` (the engine CLI's error handling: `error: …`, exit 2)
-        from engine.errors import HistoDashError
+    def cli(*argv) -> int:
+        from engine.cli import main
 
-        parser = argparse.ArgumentParser(prog="python -m engine")
-        register(parser.add_subparsers(dest="command"))
-        args = parser.parse_args(list(argv))
-        try:
-            return int(args.func(args) or 0)
-        except HistoDashError as err:
-            print(f"error: {err}", file=__import__("sys").stderr)
-            return 2
+        return main(list(argv))
 
     out = tmp_path / "out"
     code = cli("cohort", str(slides), "--clinical", str(clinical), "--clinical-id", "case", "--patient-pattern", r"^(P\d+|CMU-1|TCGA-\w\w-\d{4})",

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine import jobs
 from tests.conftest import shared_path
 from tests.ray_cluster import session_cluster
 
@@ -39,10 +38,9 @@ def small_cohort(tmp_path_factory):
 
 
 @pytest.fixture
-def ray_runner(ray_cluster, tmp_path, monkeypatch):
+def ray_runner(ray_cluster, tmp_path):
     from engine.ray_runner import RayRunner
 
-    monkeypatch.setitem(jobs.JOB_KINDS, "cohort", "engine.cohort.job:run_job")
     return RayRunner(ray_cluster.jobs_address, root=tmp_path / "jobs")
 
 

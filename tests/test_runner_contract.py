@@ -197,3 +197,37 @@ def test_the_local_runner_never_imports_ray():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_the_remote_context_of_a_ray_task_has_the_job_context_surface():
+    import inspect
+
+    from engine.jobs import JobContext
+    from engine.ray_runner import DriverContext, RemoteContext
+
+    def public(cls):
+        return {n: inspect.signature(f) for n, f in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")}
+
+    real, remote = public(JobContext), public(RemoteContext)
+    assert set(remote) == set(real)
+    for name, sig in real.items():
+        assert list(remote[name].parameters) == list(sig.parameters), name
+    assert issubclass(DriverContext, JobContext) and DriverContext.backend == "ray"
+
+
+def test_get_runner_follows_the_settings(monkeypatch, tmp_path):
+    from engine.errors import InvalidInputError
+
+    monkeypatch.setenv("HISTODASH_JOBS_DIR", str(tmp_path / "j"))
+    monkeypatch.delenv("HISTODASH_RUNNER", raising=False)
+    assert isinstance(jobs.get_runner(), LocalProcessRunner)
+    pytest.importorskip("ray")
+    from engine.ray_runner import RayRunner
+
+    monkeypatch.setenv("HISTODASH_RUNNER", "ray")
+    monkeypatch.setenv("HISTODASH_RAY_ADDRESS", "http://head.example:8265")
+    runner = jobs.get_runner()
+    assert isinstance(runner, RayRunner) and runner.address == "http://head.example:8265" and runner.root == tmp_path / "j" / "ray"
+    monkeypatch.setenv("HISTODASH_RUNNER", "dask")
+    with pytest.raises(InvalidInputError, match="HISTODASH_RUNNER='dask' is not a job runner"):
+        jobs.get_runner()

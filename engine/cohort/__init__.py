@@ -10,7 +10,7 @@ join → Cox / risk score / Kaplan–Meier on the Cohort survival page.
 * :mod:`engine.cohort.executor` / :mod:`engine.cohort.ray_executor` — in process, or Ray actors;
 * :mod:`engine.cohort.store` (embeddings per slide), :mod:`engine.cohort.clusters`,
   :mod:`engine.cohort.patients`, :mod:`engine.cohort.synthetic` (slides of known composition);
-* :mod:`engine.cohort.job` — job kind ``cohort``; :mod:`engine.cohort.cli` — ``python -m engine cohort``.
+* :mod:`engine.cohort.job` — job kind ``cohort``; :mod:`engine.cli.cohort` — ``python -m engine cohort``.
 
 Nothing here imports Ray or TensorFlow at import time.
 """

@@ -14,16 +14,7 @@ import time
 from collections.abc import Callable
 
 from engine.cohort.worker import ChunkJob, ChunkResult, ModelSpec, TileWorker
-from engine.errors import HistoDashError
-
-
-def cancelled_error(message: str) -> BaseException:
-    """The engine's cancellation exception (the job ends ``cancelled``)."""
-    try:
-        from engine.errors import Cancelled
-    except ImportError:  # before the engine layout: the jobs module's own
-        from engine.jobs import JobCancelled as Cancelled
-    return Cancelled(message)
+from engine.errors import Cancelled, HistoDashError
 
 
 class LocalExecutor:
@@ -49,7 +40,7 @@ class LocalExecutor:
         try:
             for job in jobs:
                 if cancelled is not None and cancelled():
-                    raise cancelled_error(f"cancelled after {stats['chunks']} of {len(jobs)} chunks")
+                    raise Cancelled(f"cancelled after {stats['chunks']} of {len(jobs)} chunks")
                 if job.slide in skip:
                     continue
                 try:

@@ -49,7 +49,7 @@ from engine.cohort.patients import (
 )
 from engine.cohort.store import EmbeddingStore, slide_key
 from engine.cohort.worker import ChunkJob, ChunkResult, ModelSpec
-from engine.errors import HistoDashError, InvalidInputError
+from engine.errors import Cancelled, HistoDashError, InvalidInputError
 from engine.heatmap import HeatmapResult, HeatmapRun, TileGrid, thumbnail_and_mask
 from engine.slides import SLIDE_SUFFIXES, SlideLibrary, open_slide
 from engine.tissue import DEFAULT_MIN_TISSUE, TissueMasker
@@ -273,9 +273,7 @@ def run_cohort(spec: CohortSpec | dict, out_dir: str | Path, *, executor=None, p
     threshold = float(card.threshold if spec.threshold is None else spec.threshold)
     for i, plan in enumerate(todo):
         if stop():
-            from engine.cohort.executor import cancelled_error
-
-            raise cancelled_error("cancelled while planning")
+            raise Cancelled("cancelled while planning")
         report(0, 0, f"planning slide {i + 1} of {len(todo)}")
         plan_slide(plan, spec, predictor, feature_card, cache)
     timings["plan_s"] = time.perf_counter() - t0

@@ -25,9 +25,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine.cohort.executor import cancelled_error
 from engine.cohort.worker import ChunkJob, ChunkResult, ModelSpec, TileWorker
-from engine.errors import HistoDashError, JobError
+from engine.errors import Cancelled, HistoDashError, JobError
 
 
 @dataclass
@@ -166,7 +165,7 @@ class RayExecutor:
         try:
             while any(j.id not in finished and j.slide not in skipped for j in jobs):
                 if cancelled is not None and cancelled():
-                    raise cancelled_error(f"cancelled after {stats['chunks']} of {len(jobs)} chunks")
+                    raise Cancelled(f"cancelled after {stats['chunks']} of {len(jobs)} chunks")
                 # actors coming up
                 for slot in slots:
                     if slot.dead or slot.info is not None:

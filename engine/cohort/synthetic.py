@@ -19,14 +19,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import InvalidInputError
-
-
-def _writer():
-    try:
-        from engine.synthetic import write_pyramid_tiff  # after the engine layout (issue 14)
-    except ImportError:
-        from engine.slides import write_pyramid_tiff
-    return write_pyramid_tiff
+from engine.synthetic import write_pyramid_tiff
 
 
 def load_patches(folder: str | Path, column: str = "tissue_class") -> dict[str, list[Path]]:
@@ -90,7 +83,7 @@ def write_composition_slide(path: str | Path, patches: dict[str, list[Path]], co
         full[:hh, :ww] = np.clip(np.rint(out), 0, 255).astype(np.uint8)
         return full
 
-    _writer()(path, mosaic.shape[1], mosaic.shape[0], paint, levels=levels, mpp=mpp)
+    write_pyramid_tiff(path, mosaic.shape[1], mosaic.shape[0], paint, levels=levels, mpp=mpp)
     labels = cells.reshape(rows, cols)
     return {"path": str(path), "classes": classes, "labels": labels, "counts": {c: int(counts.get(c, 0)) for c in classes},
             "fractions": {c: counts.get(c, 0) / n for c in classes}, "patch_px": patch_px}

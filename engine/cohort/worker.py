@@ -19,7 +19,7 @@ import socket
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,24 +186,29 @@ class TileWorker:
 
             def read(i: int):
                 rgb = slide.read_region((int(job.x[i]), int(job.y[i])), job.level, size)
-                a = self.predictor._preprocess(rgb)[0]
-                return a, (None if self.same else self.feature_predictor._preprocess(rgb)[0])
+                a = self.predictor.prepare(rgb).tensor
+                return a, (None if self.same else self.feature_predictor.prepare(rgb).tensor)
 
             n = len(job.x)
             batches = [range(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
             probs, feats = [], []
             ahead = [self.pool.submit(read, i) for i in batches[0]] if batches else []
-            for b in range(len(batches)):
-                current = [f.result() for f in ahead]
-                ahead = [self.pool.submit(read, i) for i in batches[b + 1]] if b + 1 < len(batches) else []
-                x = np.stack([c[0] for c in current]).astype(np.float32)
-                if self.same:
-                    f, out = self.fmodel.predict_on_batch(x)
-                else:
-                    out = self.model.predict_on_batch(x)
-                    f = self.fmodel.predict_on_batch(np.stack([c[1] for c in current]).astype(np.float32))
-                probs.append(self._probs(out, self.n_classes).astype(np.float32))
-                feats.append(np.asarray(f, np.float32).reshape(len(current), -1))
+            try:
+                for b in range(len(batches)):
+                    current = [f.result() for f in ahead]
+                    ahead = [self.pool.submit(read, i) for i in batches[b + 1]] if b + 1 < len(batches) else []
+                    x = np.stack([c[0] for c in current]).astype(np.float32)
+                    if self.same:
+                        f, out = self.fmodel.predict_on_batch(x)
+                    else:
+                        out = self.model.predict_on_batch(x)
+                        f = self.fmodel.predict_on_batch(np.stack([c[1] for c in current]).astype(np.float32))
+                    probs.append(self._probs(out, self.n_classes).astype(np.float32))
+                    feats.append(np.asarray(f, np.float32).reshape(len(current), -1))
+            finally:  # never leave a reader inside the slide (closing it under a read crashes OpenSlide)
+                for fut in ahead:
+                    fut.cancel()
+                wait(ahead)
         dim = feats[0].shape[1] if feats else 0
         return ChunkResult(
             probabilities=np.concatenate(probs) if probs else np.zeros((0, self.n_classes), np.float32),
@@ -212,7 +217,7 @@ class TileWorker:
         )
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
         if self._slide is not None:
             self._slide.close()
             self._slide = None
