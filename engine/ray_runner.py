@@ -130,6 +130,8 @@ class RayRunner:
         client: an already connected ``JobSubmissionClient`` (tests).
     """
 
+    backend = "ray"
+
     def __init__(self, address: str | None = None, root: Path | str | None = None, *, client=None):
         self.address = address if address is not None else configured_address()
         self.root = Path(root) if root is not None else get_settings().jobs_dir / RAY_SUBDIR

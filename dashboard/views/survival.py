@@ -13,6 +13,7 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
+from dashboard import handoff  # the Cohort page's "Open in Cohort survival" (branch cohort)
 from dashboard.common import disclaimer, guarded, show_error
 from engine import survival as sv
 from engine.errors import InvalidInputError
@@ -33,6 +34,7 @@ def table_id(name: str, df: pd.DataFrame) -> str:
     return hashlib.sha1(f"{name}|{df.shape}|{list(df.columns)}".encode()).hexdigest()[:8]
 
 
+handoff.receive()  # --- cohort hand-off: a patient table sent from the Cohort page becomes the uploaded table
 source = st.radio("Cohort", ["Demo cohort", "Upload a table"], horizontal=True, key="survival_source")
 if source == "Demo cohort":
     demo_key = st.selectbox("Demo cohort", list(sv.DEMO_COHORTS), format_func=lambda k: sv.DEMO_COHORTS[k].title,
@@ -82,6 +84,7 @@ if joined and joined["base"] == table_name:
 
 tid = table_id(table_name, table)
 columns = list(table.columns)
+handoff.preselect(tid, table_name, columns)  # --- cohort hand-off: its time, event and cluster features pre-selected
 numeric = [c for c in columns if pd.api.types.is_numeric_dtype(table[c])]
 
 

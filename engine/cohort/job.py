@@ -8,11 +8,53 @@ slots); under :class:`engine.ray_runner.RayRunner` this function runs in the job
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
 from engine.cohort.pipeline import CohortSpec, run_cohort
 from engine.cohort.worker import ModelSpec
+from engine.config import get_settings
+from engine.errors import InvalidInputError
 from engine.limits import inference_slot, wait_message
+
+STAGING = ".histodash-uploads"  # hidden folder of the slide library (the library's listing skips it)
+
+
+def stage_uploads(paths: list[str | Path], library_root: str | Path | None) -> list[str]:
+    """Uploaded slides copied into the slide library (``<library>/.histodash-uploads/<sha12>_<name>``), the one folder
+    every Ray node mounts; a file already there is not copied again. Returns the copies' paths."""
+    if library_root is None:
+        raise InvalidInputError("Uploaded slides can go to the cluster only through the slide library, and none is configured.",
+                                "Set HISTODASH_SLIDES_DIR to the folder every node mounts, or put the slides there.")
+    folder = Path(library_root) / STAGING
+    out = []
+    for p in map(Path, paths):
+        digest = hashlib.sha256(f"{p.name}|{p.stat().st_size}|{p.stat().st_mtime_ns}".encode()).hexdigest()[:12]
+        target = folder / f"{digest}_{p.name}"
+        try:
+            if not target.exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.part")
+                shutil.copyfile(p, tmp)
+                tmp.replace(target)
+        except OSError as exc:
+            raise InvalidInputError(f"'{p.name}' could not be copied into the slide library for the cluster ({exc.strerror or exc}).",
+                                    "The library is read-only here: copy the slides into it directly.") from exc
+        out.append(str(target))
+    return out
+
+
+def submit_cohort(runner, params: dict, *, uploads: list[str | Path] = (), owner: str | None = None) -> str:
+    """Submit a cohort job (the page's one call): this session's uploaded slides join the cohort, copied into the
+    slide library first when the job runs on a Ray cluster."""
+    params = dict(params)
+    if uploads:
+        on_cluster = getattr(runner, "backend", "local") == "ray"
+        staged = stage_uploads(uploads, get_settings().slides_dir) if on_cluster else [str(p) for p in uploads]
+        params["slides"] = [*params.get("slides", []), *staged]
+    CohortSpec.from_params(params)  # a bad setting is a message now, not a failed job later
+    return runner.submit("cohort", params, owner=owner)
 
 
 def make_executor(spec: CohortSpec, backend: str):
@@ -61,3 +103,15 @@ def run_job(params: dict, ctx) -> dict:
 
 
 run_job.runs_on_driver = True  # RayRunner: fans out itself (actors), instead of running as one Ray task
+
+
+def library_folders(root: str | Path, limit: int = 500) -> list[str]:
+    """The slide library's folders (``""`` = the root), sorted, at most ``limit``: what a cohort can be made of."""
+    from engine.slides import SlideLibrary
+
+    library, out, stack = SlideLibrary(Path(root)), [], [""]
+    while stack and len(out) < limit:
+        rel = stack.pop()
+        out.append(rel)
+        stack.extend(sorted((e.relpath for e in library.list(rel) if e.is_dir), reverse=True))
+    return sorted(out)

@@ -39,6 +39,7 @@ from engine.cache import shared_cache
 from engine.cohort.clusters import DEFAULT_K, Clusterer, fit_clusterer
 from engine.cohort.patients import (
     AGGREGATIONS,
+    compile_pattern,
     discovery_patients,
     join_clinical,
     map_by_pattern,
@@ -114,6 +115,8 @@ class CohortSpec:
             raise InvalidInputError("chunk_tiles and batch_size must be at least 1.")
         if not 0.0 <= float(self.min_tissue) <= 1.0:
             raise InvalidInputError(f"Minimum tissue fraction {self.min_tissue} must be between 0 and 1.")
+        if self.patient_pattern:
+            compile_pattern(self.patient_pattern)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -479,3 +482,21 @@ def load_result(out_dir: str | Path) -> dict:
     res["gallery"] = pd.read_csv(out / "gallery.csv") if (out / "gallery.csv").exists() else None
     res["clusterer"] = Clusterer.load(out / "clusterer") if (out / "clusterer" / "card.json").exists() else None
     return res
+
+
+def gallery_tiles(gallery: pd.DataFrame, cluster: int, n: int = 8, max_px: int = 256) -> list[tuple[str, np.ndarray]]:
+    """``(caption, RGB)`` of the ``n`` tiles nearest a cluster's centre (read from their slides, at most ``max_px`` a side)."""
+    from PIL import Image
+
+    out = []
+    rows = gallery[gallery.cluster == int(cluster)].sort_values("rank").head(n)
+    for r in rows.itertuples():
+        try:
+            with open_slide(r.path) as slide:
+                rgb = slide.read_region((int(r.x), int(r.y)), int(r.level), (int(r.read_px), int(r.read_px)))
+        except HistoDashError:
+            continue  # a slide moved away since: its tile is left out of the gallery
+        if max(rgb.shape[:2]) > max_px:
+            rgb = np.asarray(Image.fromarray(rgb).resize((max_px, max_px), Image.BILINEAR))
+        out.append((f"{Path(r.slide).name} · ({r.x}, {r.y}) · d {r.distance:.2f}", rgb))
+    return out
