@@ -586,16 +586,19 @@ def run_as_task(target: str, params: dict, ctx: JobContext, poll_s: float = 0.25
                 print(line, flush=True)
             pending[0] = relay.drain.remote()
 
+    ended = False
     try:
         while True:
             ready, _ = ray.wait([ref], timeout=poll_s)
             echo()
             if ready:
+                ended = True
                 return ray.get(ref)
             ctx.raise_if_cancelled()
     except BaseException:
-        with contextlib.suppress(Exception):
-            ray.cancel(ref, force=True)
+        if not ended:  # cancelling a task that already ended trips a check in Ray's core worker and kills this driver
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
         raise
     finally:
         with contextlib.suppress(Exception):
