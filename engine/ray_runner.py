@@ -34,7 +34,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import shlex
 import shutil
 import signal
@@ -47,15 +46,13 @@ import traceback
 from pathlib import Path
 
 from engine.config import REPO_ROOT, get_settings
-from engine.errors import Cancelled, HistoDashError, JobError, JobNotFoundError
+from engine.errors import Cancelled, JobError, JobNotFoundError
 from engine.jobs import (
     CANCEL_FILE,
     FINISHED,
     JOB_FILE,
     JOB_KINDS,
     LOG_FILE,
-    METRICS_FILE,
-    PROGRESS_FILE,
     STATE_FILE,
     JobContext,
     JobRecord,
@@ -65,7 +62,13 @@ from engine.jobs import (
     _resolve,
     _tail,
     _write_json,
+    check_submission,
+    claim,
+    create_job,
+    execute,
+    read_record,
     validate_job_id,
+    wait_until_done,
 )
 
 log = logging.getLogger(__name__)
@@ -159,23 +162,10 @@ class RayRunner:
     # -- JobRunner
     def submit(self, kind: str, params: dict, *, owner: str | None = None) -> str:
         """Hand one job to the cluster; it starts when Ray has room for its driver. Returns the job id."""
-        if kind not in JOB_KINDS:
-            raise JobError(f"Unknown job kind '{kind}'. Known: {', '.join(sorted(JOB_KINDS))}.")
-        try:
-            params = json.loads(json.dumps(params))
-        except (TypeError, ValueError) as exc:
-            raise JobError(f"Job parameters must be plain JSON values ({exc}).") from exc
+        params = check_submission(kind, params)
         client = self.client  # fail before writing anything when the cluster is away
-        self.root.mkdir(parents=True, exist_ok=True)
-        now = time.time()
-        job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{secrets.token_hex(3)}"
-        job_dir = self.root / job_id
-        job_dir.mkdir()
-        (job_dir / "work").mkdir()
-        (job_dir / LOG_FILE).touch()
-        _write_json(job_dir / STATE_FILE, {"state": "queued"})
-        _write_json(job_dir / JOB_FILE, {"id": job_id, "kind": kind, "target": JOB_KINDS[kind], "params": params, "owner": owner,
-                                         "created": now, "backend": "ray", "address": self.address})
+        job_dir = create_job(self.root, kind, params, owner, backend="ray", address=self.address)
+        job_id = job_dir.name
         entrypoint = f"exec {shlex.quote(sys.executable)} -m engine.ray_runner _driver {shlex.quote(str(job_dir.resolve()))}"
         try:
             client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env={"env_vars": job_environment()},
@@ -245,12 +235,7 @@ class RayRunner:
 
     def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> JobRecord:
         """Block until the job is finished (or ``timeout`` seconds passed); the last record."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            rec = self.get(job_id)
-            if not rec.active or (deadline is not None and time.monotonic() >= deadline):
-                return rec
-            time.sleep(poll_s)
+        return wait_until_done(self, job_id, timeout, poll_s)
 
     # -- internals
     def _status(self, job_id: str) -> str | None:
@@ -271,23 +256,12 @@ class RayRunner:
             return None
 
     def _record(self, job_dir: Path, statuses: dict | None = None) -> JobRecord:
-        job = _read_json(job_dir / JOB_FILE)
-        if not job:
+        if not (job_dir / JOB_FILE).exists():
             raise JobNotFoundError(f"No job '{job_dir.name}'.")
         st = _read_json(job_dir / STATE_FILE, {}) or {}
         if st.get("state") not in FINISHED:
             st = self._reconcile(job_dir, st, statuses)
-        metrics = []
-        with contextlib.suppress(FileNotFoundError):
-            for line in (job_dir / METRICS_FILE).read_text().splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    metrics.append(json.loads(line))
-        return JobRecord(
-            id=job["id"], kind=job["kind"], state=st.get("state", "queued"), params=job.get("params", {}), owner=job.get("owner"),
-            pid=st.get("pid"), created=job.get("created"), started=st.get("started"), finished=st.get("finished"),
-            progress=_read_json(job_dir / PROGRESS_FILE, {}) or {}, metrics=metrics, result=st.get("result"), error=st.get("error"),
-            log_path=str(job_dir / LOG_FILE), cancel_requested=(job_dir / CANCEL_FILE).exists(),
-        )
+        return read_record(job_dir, st)
 
     def _reconcile(self, job_dir: Path, st: dict, statuses: dict | None) -> dict:
         """An unfinished record, brought up to date with Ray's view (and persisted once Ray says it ended)."""
@@ -372,57 +346,29 @@ def run_driver(job_dir: Path | str) -> int:
     if not job:
         print(f"no job in {job_dir}", file=sys.stderr)
         return 2
-    with _locked(job_dir / ".lock"):
-        st = _read_json(job_dir / STATE_FILE, {}) or {}
-        if st.get("state") in FINISHED:
-            return 0
-        st.update(state="running", pid=os.getpid(), node=socket.gethostname(), started=st.get("started") or time.time())
-        _write_json(job_dir / STATE_FILE, st)
+    if not claim(job_dir, node=socket.gethostname()):
+        return 0
     signal.signal(signal.SIGTERM, _on_sigterm)
     ctx = DriverContext(job_dir, job.get("params"))
     ctx.log(f"job {job['id']} ({job['kind']}) started as a Ray driver in pid {os.getpid()} on {socket.gethostname()}")
-    code = 0
-    try:
-        ctx.raise_if_cancelled()
-        fn = _resolve(job.get("target") or JOB_KINDS[job["kind"]])
+    target, params = job.get("target") or JOB_KINDS[job["kind"]], job.get("params") or {}
+
+    def call():
+        fn = _resolve(target)
         import ray
 
         ray.init(namespace="histodash", log_to_driver=True, configure_logging=False)
         signal.signal(signal.SIGTERM, _on_sigterm)  # ray.init installs its own (sys.exit): a stop is a cancel here
-        if getattr(fn, "runs_on_driver", False):
-            result = fn(job.get("params") or {}, ctx)
-        else:
-            result = run_as_task(job.get("target") or JOB_KINDS[job["kind"]], job.get("params") or {}, ctx)
-        try:
-            result = json.loads(json.dumps(result if result is not None else {}, default=_jsonable))
-        except (TypeError, ValueError) as exc:
-            raise JobError(f"The job's result is not JSON-serialisable ({exc}).") from exc
-        _update_state(job_dir, state="succeeded", finished=time.time(), result=result, error=None)
-        ctx.log("succeeded")
-    except BaseException as exc:  # noqa: BLE001 - every ending is recorded
-        cause = _cause(exc)
-        if isinstance(cause, Cancelled) or ctx.cancelled():  # also what a cancel broke on its way
-            _update_state(job_dir, state="cancelled", finished=time.time(), error=None)
-            ctx.log(f"cancelled ({cause})")
-        else:
-            message = str(cause) if isinstance(cause, HistoDashError) else f"{type(cause).__name__}: {cause}"
-            if cause is exc:  # a task's traceback was logged by the task itself
-                text = traceback.format_exc()
-                with open(job_dir / LOG_FILE, "a") as fh:
-                    fh.write(text)
-                print(text, file=sys.stderr, flush=True)
-            _update_state(job_dir, state="failed", finished=time.time(), error=message)
-            ctx.log(f"FAILED: {message}")
-            code = 1
+        return fn(params, ctx) if getattr(fn, "runs_on_driver", False) else run_as_task(target, params, ctx)
+
+    try:
+        return execute(job_dir, ctx, call, cause=_cause, cancel_wins=True, echo_traceback=True)
     finally:
         with contextlib.suppress(Exception):
             import ray
 
             if ray.is_initialized():
                 ray.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    return code
 
 
 def _cause(exc: BaseException) -> BaseException:
