@@ -214,6 +214,7 @@ class Comparison:
             "candidate_items_per_s": n / cand["median_s"],
             "reference_cpu_s_per_pass": statistics.median(self.cpu("reference")),
             "candidate_cpu_s_per_pass": statistics.median(self.cpu("candidate")),
+            "cpu_ratio_of_medians": statistics.median(self.cpu("reference")) / statistics.median(self.cpu("candidate")),
             "reference_cpu_s_per_item": statistics.median(self.cpu("reference")) / n,
             "candidate_cpu_s_per_item": statistics.median(self.cpu("candidate")) / n,
             "samples": {
