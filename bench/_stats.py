@@ -353,7 +353,7 @@ HEADLINE_HEADER = (
 
 def headline_table(summaries: list[dict], *, unit: str = "items", item: str = "item") -> list[str]:
     """Markdown lines: the header and one :func:`headline_row` per comparison."""
-    return [HEADLINE_HEADER.format(unit=unit, item=item), *(headline_row(s, unit=unit) for s in summaries)]
+    return [*HEADLINE_HEADER.format(unit=unit, item=item).split("\n"), *(headline_row(s, unit=unit) for s in summaries)]
 
 
 def write_results(name: str, report: dict, markdown: str, folder: Path = RESULTS) -> tuple[Path, Path]:
