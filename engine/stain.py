@@ -458,7 +458,7 @@ class StainNormalizer:
             tile.scan(moments=self._needs_moments)
             self._check_tissue(tile)
             stains = self._checked_stains(tile)
-            c0, c1, maxima = tile.concentrations(stains, self.concentration_percentile)
+            c, maxima = tile.concentrations(stains, self.concentration_percentile)
             self._check_maxima(maxima)
         except _Unusable as exc:
             fraction = tile.tissue_fraction if tile is not None else 0.0
@@ -466,7 +466,7 @@ class StainNormalizer:
         # Step 7: scale, recombine with the target stains, back to RGB (truncated, as astype does).
         ratio = np.asarray(self.target_max_concentrations, dtype=np.float64) / maxima
         weights = -(np.asarray(self.target_stain_matrix, dtype=np.float64) * ratio)  # (3, 2): -S_target[c, k] * ratio[k]
-        return NormalizationResult(tile.recombine(c0, c1, weights), True, None, tile.tissue_fraction)
+        return NormalizationResult(tile.recombine(c, weights), True, None, tile.tissue_fraction)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -564,7 +564,11 @@ class StainNormalizer:
 # from a subsample, then checked by counting: when the check fails the exact value is found from
 # all values, so the subsample changes the speed, never the result.
 
-_BLOCK = 32768  # pixels per block
+# Pixels per block. The per-pixel projections are small matrix products ((2, 3) @ (3, k) and
+# (k, 2) @ (2, 3)): OpenBLAS runs a product with M*N*K <= 262,144 on the calling thread only (its
+# GEMM_MULTITHREAD_THRESHOLD), so at 32k pixels no BLAS thread is woken (they thrash on a busy
+# 2-core machine); the 512-value row sums of the OD moments stay in einsum for their accuracy.
+_BLOCK = 32768
 _SAMPLE_STEP = 16  # subsample: every 16th pixel
 _MIN_SAMPLE = 256  # fewer subsampled values than this: no thresholds, collect all values
 _LOG_255 = math.log(255.0)
@@ -704,21 +708,24 @@ class _FastTile:
         """The brightness-standardised uint8 ``(H, W, 3)`` tile (a new array)."""
         return self.standard_lut.take(self.pixels).reshape(self.shape)
 
-    def od(self, rows) -> np.ndarray:
-        """``(3, k)`` float32 optical densities of the pixels ``rows`` (a slice or an index array)."""
-        return self.od32.take(self.pixels[rows].T)
+    def od(self, rows: slice) -> np.ndarray:
+        """``(3, k)`` float32 optical densities of the pixels ``rows`` (a view; :meth:`scan` computes them)."""
+        return self.od_all[:, rows]
 
-    def tissue(self, od: np.ndarray) -> np.ndarray:
-        darkest = np.maximum(od[0], od[1])
-        np.maximum(darkest, od[2], out=darkest)
-        return darkest >= self.tissue_od
+    def tissue(self, rows: slice) -> np.ndarray:
+        """``(k,)`` bool: which of the pixels ``rows`` are tissue (a view; :meth:`scan` computes them)."""
+        return self.tissue_all[rows]
 
     def scan(self, moments: bool) -> None:
-        """Sweep 1: count the tissue pixels and (``moments``) sum their ODs and OD products in float64."""
+        """Sweep 1: ODs and tissue of every pixel, and (``moments``) the sums of the tissue ODs and OD products in float64."""
+        self.od_all = self.od32.take(self.pixels.T, mode="clip")  # (3, P): the one lookup of every value ("clip": no bounds check)
+        self.tissue_all = np.empty(self.n_pixels, bool)
         count, sums, products = 0, np.zeros(3), np.zeros((3, 3))
         for rows in self.blocks:
-            od = self.od(rows)
-            tissue = self.tissue(od)
+            od = self.od_all[:, rows]
+            darkest = np.maximum(od[0], od[1])
+            np.maximum(darkest, od[2], out=darkest)
+            tissue = np.greater_equal(darkest, self.tissue_od, out=self.tissue_all[rows])
             count += int(np.count_nonzero(tissue))
             if moments:
                 masked = od * tissue
@@ -730,6 +737,9 @@ class _FastTile:
                     for j in range(i, 3):
                         products[i, j] += np.einsum("ij,ij->i", chunks[i], full[j]).sum(dtype=np.float64)
         self.tissue_pixels = count
+        # every _SAMPLE_STEP-th pixel, contiguous (a strided operand keeps matmul off BLAS, 10x slower)
+        self.sample_od = np.ascontiguousarray(self.od_all[:, ::_SAMPLE_STEP])
+        self.sample_tissue = self.tissue_all[::_SAMPLE_STEP].copy()
         if moments:
             products = np.triu(products) + np.triu(products, 1).T
             self.moments = (sums, products)
@@ -741,9 +751,6 @@ class _FastTile:
         mean = sums / n
         return (products - n * np.outer(mean, mean)) / (n - 1)
 
-    def _sample_rows(self) -> slice:
-        return slice(0, self.n_pixels, _SAMPLE_STEP)
-
     def angle_percentiles(self, plane: np.ndarray, qs: list[float]) -> list[float]:
         """Sweep 2: the ``qs`` percentiles of the tissue ODs' angles ``arctan2(y, x)`` in ``plane``."""
         n = self.tissue_pixels
@@ -751,22 +758,17 @@ class _FastTile:
         if not np.all(plane[:, 0] > 0):  # x could be <= 0: angles from arctan2, over all tissue pixels
             return self._angle_percentiles_general(plane, qs)
 
-        def slopes(od: np.ndarray) -> np.ndarray:  # y / x for tissue pixels (x > 0 there), NaN elsewhere
-            x = od[0] * p[0, 0]
-            x += od[1] * p[1, 0]
-            x += od[2] * p[2, 0]
-            y = od[0] * p[0, 1]
-            y += od[1] * p[1, 1]
-            y += od[2] * p[2, 1]
+        def slopes(od: np.ndarray, tissue: np.ndarray) -> np.ndarray:  # y / x for tissue pixels (x > 0 there), NaN elsewhere
+            x, y = p.T @ od  # (2, 3) @ (3, k): see _BLOCK on this product
             with np.errstate(divide="ignore", invalid="ignore"):
                 y /= x
-            np.copyto(y, np.float32(np.nan), where=~self.tissue(od))
+            np.copyto(y, np.float32(np.nan), where=~tissue)
             return y
 
         places = [_percentile_positions(n, q) for q in qs]
-        tails = _Tails(slopes(self.od(self._sample_rows())), n, [below for below, _, _ in places])
+        tails = _Tails(slopes(self.sample_od, self.sample_tissue), n, [below for below, _, _ in places])
         for rows in self.blocks:
-            tails.add(slopes(self.od(rows)))
+            tails.add(slopes(self.od(rows), self.tissue(rows)))
         pairs = tails.result()
         if any(pair is None for pair in pairs):
             return self._angle_percentiles_general(plane, qs)
@@ -776,14 +778,13 @@ class _FastTile:
     def _angle_percentiles_general(self, plane: np.ndarray, qs: list[float]) -> list[float]:
         angles = []
         for rows in self.blocks:
-            od = self.od(rows)
-            t = od[:, self.tissue(od)].astype(np.float64)
+            t = self.od(rows)[:, self.tissue(rows)].astype(np.float64)
             xy = plane.T @ t
             angles.append(np.arctan2(xy[1], xy[0]))
         return _percentiles(np.concatenate(angles), qs)
 
-    def concentrations(self, stains: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sweep 3: exact NNLS concentrations (two float32 rows) and each stain's ``q`` percentile."""
+    def concentrations(self, stains: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+        """Sweep 3: exact NNLS concentrations (``(2, P)`` float32) and each stain's ``q`` percentile."""
         s = np.asarray(stains, dtype=np.float64)
         gram = s.T @ s
         if not np.linalg.det(gram) > 1e-12 * gram[0, 0] * gram[1, 1]:
@@ -792,13 +793,9 @@ class _FastTile:
         s32 = s.astype(np.float32)
         g11, g22 = float(gram[0, 0]), float(gram[1, 1])
 
-        def solve_block(od: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> None:
-            np.multiply(od[0], solve[0, 0], out=c0)
-            c0 += od[1] * solve[0, 1]
-            c0 += od[2] * solve[0, 2]
-            np.multiply(od[0], solve[1, 0], out=c1)
-            c1 += od[1] * solve[1, 1]
-            c1 += od[2] * solve[1, 2]
+        def solve_block(od: np.ndarray, c: np.ndarray) -> None:
+            np.matmul(solve, od, out=c)  # (2, 3) @ (3, k): the unconstrained solutions
+            c0, c1 = c
             infeasible = np.flatnonzero(np.minimum(c0, c1) < 0)  # a few % of the pixels
             if infeasible.size:
                 y = od[:, infeasible]
@@ -809,30 +806,28 @@ class _FastTile:
                 c0[infeasible] = np.where(first, p0 / g11, 0)
                 c1[infeasible] = np.where(first, 0, p1 / g22)
 
-        sample_od = self.od(self._sample_rows())
-        sample = np.empty((2, sample_od.shape[1]), np.float32)
-        solve_block(sample_od, sample[0], sample[1])
+        sample = np.empty((2, self.sample_od.shape[1]), np.float32)
+        solve_block(self.sample_od, sample)
         below, fraction, top = _percentile_positions(self.n_pixels, q)
         tails = [_Tails(sample[k], self.n_pixels, [below]) for k in range(2)]
         c = np.empty((2, self.n_pixels), np.float32)
         for rows in self.blocks:
-            solve_block(self.od(rows), c[0, rows], c[1, rows])
+            solve_block(self.od(rows), c[:, rows])
             tails[0].add(c[0, rows])
             tails[1].add(c[1, rows])
         maxima = []
         for k in range(2):
             pair = tails[k].result()[0]
             maxima.append(_percentiles(c[k], [q])[0] if pair is None else _interpolated(pair, fraction, top))
-        return c[0], c[1], np.array(maxima)
+        return c, np.array(maxima)
 
-    def recombine(self, c0: np.ndarray, c1: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Sweep 4: ``uint8(255 * exp(c0 * weights[:, 0] + c1 * weights[:, 1]))`` per channel (truncated)."""
-        w = np.asarray(weights, dtype=np.float32)  # (3, 2)
+    def recombine(self, c: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Sweep 4: ``uint8(255 * exp(weights @ c))`` per pixel and channel (truncated, as ``astype`` does)."""
+        wt = np.asarray(weights, dtype=np.float32).T  # (2, 3)
         clip = bool(np.any(weights > 0))  # a target with negative entries could exceed 255
         out = np.empty((self.n_pixels, 3), np.uint8)
         for rows in self.blocks:
-            od = c0[rows, None] * w[:, 0]
-            od += c1[rows, None] * w[:, 1]
+            od = c[:, rows].T @ wt  # (k, 2) @ (2, 3): pixel-major, the layout of the output
             np.exp(od, out=od)
             od *= 255
             if clip:
