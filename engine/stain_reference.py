@@ -106,25 +106,22 @@ def normalize(
     target_max_concentrations: np.ndarray,
     beta: float = 0.15,
     alpha: float = 1,
+    solve=concentrations,
 ) -> np.ndarray:
-    """Macenko-normalise a uint8 RGB tile to the given target: uint8 RGB of the same shape."""
+    """Macenko-normalise a uint8 RGB tile to the given target: uint8 RGB of the same shape.
+
+    ``solve`` computes the concentrations: :func:`concentrations` (per pixel, the default) or
+    :func:`concentrations_vectorized`.
+    """
     standardized = standardize_brightness(rgb)
     stains = stain_matrix(standardized, beta, alpha)
-    c = concentrations(standardized, stains)
+    c = solve(standardized, stains)
     c *= target_max_concentrations / np.percentile(c, 99, axis=0)
     return (255 * np.exp(-(c @ target_stains.T))).reshape(rgb.shape).astype(np.uint8)
 
 
 def normalize_vectorized(
-    rgb: np.ndarray,
-    target_stains: np.ndarray,
-    target_max_concentrations: np.ndarray,
-    beta: float = 0.15,
-    alpha: float = 1,
+    rgb: np.ndarray, target_stains: np.ndarray, target_max_concentrations: np.ndarray, beta: float = 0.15, alpha: float = 1
 ) -> np.ndarray:
     """:func:`normalize` with :func:`concentrations_vectorized`: the plain vectorised NumPy baseline."""
-    standardized = standardize_brightness(rgb)
-    stains = stain_matrix(standardized, beta, alpha)
-    c = concentrations_vectorized(standardized, stains)
-    c *= target_max_concentrations / np.percentile(c, 99, axis=0)
-    return (255 * np.exp(-(c @ target_stains.T))).reshape(rgb.shape).astype(np.uint8)
+    return normalize(rgb, target_stains, target_max_concentrations, beta, alpha, solve=concentrations_vectorized)
