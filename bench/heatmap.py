@@ -44,8 +44,9 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from bench._stats import MachineLoad, compare, headline_table, load_line, machine_info, provenance, publish  # noqa: E402
+from engine.config import get_settings  # noqa: E402
 
-SHARED = Path(os.environ.get("HISTODASH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED = get_settings().shared_data  # HISTODASH_SHARED_DATA, read by Settings (default ../shared/data)
 CMU = SHARED / "wsi" / "CMU-1-Small-Region.svs"
 GOAL = 0.95
 

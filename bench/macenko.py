@@ -32,7 +32,6 @@ mean |difference| per channel value, fraction of values that differ). Results go
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -45,14 +44,11 @@ import numpy as np  # noqa: E402
 
 from bench._stats import MachineLoad, compare, headline_table, load_line, machine_info, provenance, publish  # noqa: E402
 from engine import stain_reference as reference  # noqa: E402
+from engine.config import get_settings  # noqa: E402
 from engine.imageio import read_image  # noqa: E402
 from engine.stain import MacenkoNormalizer  # noqa: E402
 
 GOAL_MS = 5.0
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("HISTODASH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 def agreement(ours: np.ndarray, theirs: np.ndarray) -> dict:
@@ -69,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
     args = parser.parse_args(argv)
 
-    folder = shared_data() / "sccnet-tiles"
+    folder = get_settings().shared_data / "sccnet-tiles"  # HISTODASH_SHARED_DATA, read by Settings
     names = sorted(p.name for p in folder.glob("*.jpg"))
     if not (folder / "Norm_tile.jpg").exists() or len(names) < 2:
         print(f"bench/macenko.py: the real tiles are not available in {folder}.\n"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -41,8 +40,9 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from bench._stats import MachineLoad, compare, headline_table, load_line, machine_info, provenance, publish  # noqa: E402
+from engine.config import get_settings  # noqa: E402
 
-SHARED = Path(os.environ.get("HISTODASH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED = get_settings().shared_data  # HISTODASH_SHARED_DATA, read by Settings (default ../shared/data)
 SHIPPED_MODEL_CARD = ROOT / "models" / "lc25000-lung-cnn" / "card.json"
 GOAL = 0.9
 
