@@ -224,6 +224,8 @@ def main() -> int:
     parser.add_argument("--readers", type=int, default=1, help="reader threads of compute_heatmap (default %(default)s)")
     parser.add_argument("--mixed-precision", action="store_true", help="build the ResNet under Keras' mixed_float16 policy (for GPU hosts)")
     parser.add_argument("--device", default=None, help="free-text note on the machine/accelerator, recorded with the results")
+    parser.add_argument("--slides", choices=("all", "cmu", "generated"), default="all",
+                        help="which efficiency runs: CMU-1-Small-Region, the generated pyramid, or both (default)")
     parser.add_argument("--quick", action="store_true", help="3 passes, smaller slides (a smoke test, not the reported run)")
     parser.add_argument("--rss-child", nargs=2, metavar=("SLIDE", "MODELS"))
     parser.add_argument("--skip-rss", action="store_true")
@@ -235,7 +237,7 @@ def main() -> int:
     os.environ.setdefault("HISTODASH_HOME", tempfile.mkdtemp(prefix="histodash-bench-"))
     passes = 3 if args.quick else args.passes
     load = MachineLoad().start()
-    report: dict = {"settings": {"passes": passes, "batch_size": args.batch_size, "readers": args.readers,
+    report: dict = {"settings": {"passes": passes, "batch_size": args.batch_size, "readers": args.readers, "slides": args.slides,
                                  "mixed_precision": args.mixed_precision, "quick": args.quick}}
     with tempfile.TemporaryDirectory(prefix="hm-bench-") as tmp:
         tmp = Path(tmp)
@@ -245,11 +247,12 @@ def main() -> int:
         if not args.only_rss:
             resnet_registry(models, mixed_precision=args.mixed_precision)
             report["tensorflow_devices"] = tensorflow_devices()
-            slides = [CMU] if CMU.exists() else []
-            side = 4096 if args.quick else 10_000
-            t0 = time.perf_counter()
-            slides.append(write_disc_pyramid(tmp / f"disc-{side}.tif", side))
-            report["generate_larger_s"] = time.perf_counter() - t0
+            slides = [CMU] if CMU.exists() and args.slides in ("all", "cmu") else []
+            if args.slides in ("all", "generated"):
+                side = 4096 if args.quick else 10_000
+                t0 = time.perf_counter()
+                slides.append(write_disc_pyramid(tmp / f"disc-{side}.tif", side))
+                report["generate_larger_s"] = time.perf_counter() - t0
             for path in slides:
                 print(f"{path.name}: {passes} alternating passes after 1 warm-up pass", flush=True)
                 runs.append(efficiency(path, models, passes=passes, batch_size=args.batch_size, readers=args.readers))
