@@ -300,7 +300,9 @@ def machine_info(packages: tuple[str, ...] = ("numpy",), device: str | None = No
     """Date, commit, platform, CPUs and package versions (and the ``--device`` note, if any)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+        # uncommitted changes to tracked files, except the results the benchmarks themselves write
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results"]
+        dirty = bool(subprocess.run(status, cwd=ROOT, capture_output=True, text=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = None, None
     model = None

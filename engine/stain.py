@@ -31,15 +31,18 @@ StainTools-1 / ``normalizeStaining`` Macenko with a per-pixel NNLS), with the sa
    stain is absent (or the tile is nearly all background): the tile is left unchanged.
 7. **Recombination.** ``uint8(255 * exp(-C @ S_target.T))`` (truncated; output ``Io`` = 255).
 
-Speed (512 × 512 tile, one core, see ``bench/macenko.py`` and ``bench/results/macenko.md``): about
-11 ms on an idle core (about 20 ms on a busy one), against 1.5–3 s for the per-pixel
-``scipy.optimize.nnls`` loop of :mod:`engine.stain_reference`, the oracle the tests compare with
-(every pixel within 1/255), and about 0.33 s for staintools' Macenko. How: lookup tables from the
-uint8 values (brightness, OD, projections), histograms instead of float arrays for the brightness
-percentile and the OD covariance, the two-stain NNLS in closed form, tail percentiles without a
-full partition, no BLAS call on per-pixel arrays (its threads thrash on a busy 2-core machine),
-float64 for the stain vectors and float32 for the per-pixel concentrations and recombination
-(``fit`` uses float64 throughout).
+Speed (512 × 512 tile, one core; measured by ``bench/macenko.py``, ``bench/results/macenko.md``
+has the numbers with their spread): ``transform`` looks every channel value up once in a float32
+OD table, then makes four sweeps over blocks of 32k pixels whose float32 temporaries stay in the
+core's cache (a fresh whole-tile array costs more in page faults than the arithmetic on it): OD
+moments of the tissue (float32 sums of 512 values, added in float64), stain angles, the exact
+two-stain NNLS, recombination. Per-pixel projections are small matrix products that OpenBLAS runs
+on the calling thread; tail percentiles come from a subsample's threshold checked by counting (all
+values are used when the check fails, so the result never depends on the subsample); the
+brightness percentile is found by counting, not by a histogram of every value. ``fit`` keeps the
+float64 path (joint histograms for the covariance, every pixel's concentrations). The tests
+compare ``transform`` with the per-pixel ``scipy.optimize.nnls`` oracle of
+:mod:`engine.stain_reference` and with its plain vectorised NumPy version (every pixel within 1/255).
 
 A tile that cannot be normalised (too little tissue, black, a single colour, one stain absent) is
 returned unchanged, never as an exception or NaN: :meth:`StainNormalizer.transform_with_info`
