@@ -171,7 +171,7 @@ def efficiency(slide_path: Path, models: Path, *, passes: int, level: int = 0, b
             timings.append(dict(result.timings))
 
         fresh_cache()  # for the warm-up pass
-        comparison = compare(("model-only", model_only), ("end-to-end", end_to_end), passes=passes, warmup_passes=1,
+        comparison = compare((f"model-only, {slide_path.name}", model_only), (f"end-to-end, {slide_path.name}", end_to_end), passes=passes, warmup_passes=1,
                              items_per_pass=n, between=fresh_cache)
         timings = timings[1:]  # the warm-up pass's
         warm = []
