@@ -35,6 +35,7 @@ bench: $(VENV)/.test
 	$(PY) bench/macenko.py
 	$(PY) bench/heatmap.py
 	$(PY) bench/train.py
+	$(PY) bench/predict.py
 
 lint: $(VENV)/.test
 	$(PY) -m ruff check engine dashboard tests bench
