@@ -35,6 +35,7 @@ bench: $(VENV)/.test
 	$(PY) bench/macenko.py
 	$(PY) bench/heatmap.py
 	$(PY) bench/train.py
+	$(PY) bench/predict.py
 	$(PY) bench/cohort.py
 
 lint: $(VENV)/.test
