@@ -1,21 +1,23 @@
-"""Cohort benchmark: the same cohort on the embedded backend and on a two-node Ray cluster on this machine.
+"""Cohort benchmark: the same cohort as a job on the embedded runner and on a two-node Ray cluster on this machine.
 
-    python bench/cohort.py [--quick]
+    python bench/cohort.py [--patients 24] [--passes 3] [--quick]
 
 Cohort: generated slides of LC25000 patches (engine.cohort.synthetic.write_cohort; 224 px tiles, one patch per
-tile), the default model (lc25000-lung-cnn) for scores and features, K = 50 clusters. Each run starts with an
-empty cache and store.
+tile), the default model (lc25000-lung-cnn) for scores and features, K = 50 clusters. Every run is a real job —
+submit → finished, through LocalProcessRunner (a fresh worker process) or RayRunner (a driver on the head, one tile
+worker actor per node) — with an empty cache and store, so both pay the same start-up (TensorFlow, model).
 
-(a) tiles/s: tissue tiles ÷ the scoring phase's wall time (executor run; "steady" leaves out the workers' start:
-    TensorFlow import + model load), and the whole cohort's wall time (planning + scoring + clusters + files).
-(b) CPU-seconds per tile: local = this process's CPU (getrusage) over the whole cohort; Ray = the CPU of every
-    process of both nodes (raylet, GCS, dashboard, agents, workers) and of the job's driver, sampled from /proc
-    every 0.25 s over the whole job (a process's last sample counts when it ends between two), with the nodes'
-    idle CPU rate (measured for 10 s before) subtracted as "above idle". "workers" = the tile workers' own CPU
-    while scoring (process time inside TileWorker.score) in both cases. Overhead = Ray ÷ local − 1 (goal ≤ 10 %).
-(c) node loss: node 2 killed (SIGKILL to its process group) once the first chunks are back (both workers busy); time until the
-    driver has requeued its chunks, and the cohort's wall time against the run without a kill. Health checks
-    as in tests/ray_cluster.py (a silent node is dead after about 3 s; Ray's default is about 15 s).
+Headline (``bench/_stats.py``): ratio of medians = median(embedded job s) ÷ median(Ray job s), alternating passes
+after one warm-up pass: the two-node cluster's speed-up on one machine. Beside it:
+
+* tiles/s of the scoring phase (the executor's run; "workers up" leaves out the workers' start);
+* CPU-seconds per tile: the job's own processes (the local worker; the Ray driver) plus, for Ray, every process of
+  both nodes (raylets, GCS, dashboard, agents, tile workers), sampled from /proc every 0.25 s (a process that ends
+  between two samples counts up to its last one); "above idle" subtracts the nodes' idle CPU rate measured for 10 s
+  before. Overhead = Ray ÷ embedded − 1 (goal ≤ 10 %). "Tile workers" = CPU inside TileWorker.score, both backends;
+* node loss (one more Ray run): node 2 killed (SIGKILL to its process group) once the first chunks are back; the
+  seconds until the driver saw the node dead and requeued its chunks, and the run's wall time against the median Ray
+  run. Health checks as in tests/ray_cluster.py (a silent node is dead after about 3 s; Ray's default is about 15 s).
 
 Writes bench/results/cohort.json and bench/results/cohort.md.
 """
@@ -25,8 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
+import statistics
 import sys
 import tempfile
 import threading
@@ -36,8 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._stats import MachineLoad, compare, headline_table, load_line, machine_info, provenance, publish  # noqa: E402
+
 SHARED = Path(os.environ.get("HISTODASH_SHARED_DATA", ROOT.parent / "shared" / "data"))
-RESULTS = ROOT / "bench" / "results"
 PATTERN = r"^(P\d+)_"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -52,11 +54,10 @@ def proc_cpu(pid: int) -> tuple[int, float] | None:
 
 
 class GroupCPU:
-    """CPU seconds of every process in some process groups (+ extra pids), sampled in a thread."""
+    """CPU seconds of every process in some process groups, sampled in a thread (groups may be added while it runs)."""
 
     def __init__(self, pgids: set[int], period: float = 0.25):
         self.pgids, self.period = set(pgids), period
-        self.extra: set[int] = set()
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self._stop = threading.Event()
@@ -64,15 +65,9 @@ class GroupCPU:
 
     def _sample(self) -> None:
         for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            got = proc_cpu(int(entry))
-            if got is None:
-                continue
-            pgid, cpu = got
-            if pgid in self.pgids or int(entry) in self.extra or pgid in self.extra:
-                self.first.setdefault(int(entry), cpu)
-                self.last[int(entry)] = cpu
+            if entry.isdigit() and (got := proc_cpu(int(entry))) is not None and got[0] in self.pgids:
+                self.first.setdefault(int(entry), got[1])
+                self.last[int(entry)] = got[1]
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -81,6 +76,7 @@ class GroupCPU:
 
     def __enter__(self) -> GroupCPU:
         self._sample()
+        self.first = dict(self.last)  # processes already running count from now
         self.started = time.monotonic()
         self._thread.start()
         return self
@@ -93,173 +89,185 @@ class GroupCPU:
 
     @property
     def cpu_s(self) -> float:
-        """CPU used during the window (processes already running at the start count from then)."""
         return sum(self.last[p] - self.first.get(p, 0.0) for p in self.last)
 
 
-def make_cohort(root: Path, quick: bool) -> dict:
+def make_cohort(root: Path, patients: int, side: int) -> dict:
     from engine.cohort.synthetic import load_patches, write_cohort
 
-    n, side = (12, 4) if quick else (40, 6)
-    return write_cohort(root / "data", load_patches(SHARED / "lc25000-lung-224"), n, rows=side, cols=side, seed=7)
+    return write_cohort(root / "data", load_patches(SHARED / "lc25000-lung-224"), patients, rows=side, cols=side, seed=7)
 
 
-def params_for(data: dict, k: int) -> dict:
-    return {"slide_dir": data["slide_dir"], "patient_pattern": PATTERN, "clinical": data["clinical"], "tile_px": 224, "clusters": k,
-            "chunk_tiles": 64, "batch_size": 32}
+class Runs:
+    """One cohort job per call on a runner, each with a fresh cache; what each call measured is kept in :attr:`runs`."""
+
+    def __init__(self, runner, data: dict, root: Path, name: str, k: int, *, pgids: set[int] = frozenset(), idle_rate: float = 0.0):
+        self.runner, self.data, self.root, self.name, self.k = runner, data, root, name, k
+        self.pgids, self.idle_rate = set(pgids), idle_rate
+        self.runs: list[dict] = []
+
+    def params(self, out: Path) -> dict:
+        return {"slide_dir": self.data["slide_dir"], "patient_pattern": PATTERN, "clinical": self.data["clinical"], "tile_px": 224,
+                "clusters": self.k, "chunk_tiles": 64, "out_dir": str(out), "start_together_s": 600}
+
+    def __call__(self, kill=None) -> dict:
+        from engine.jobs import _read_json
+
+        tag = f"{self.name}-{len(self.runs)}"
+        os.environ["HISTODASH_CACHE_DIR"] = str(self.root / f"cache-{tag}")  # empty: every run scores everything
+        out = self.root / f"out-{tag}"
+        killed = None
+        with GroupCPU(self.pgids) as cpu:
+            t0 = time.perf_counter()
+            job_id = self.runner.submit("cohort", self.params(out))
+            while (rec := self.runner.get(job_id)).active:
+                pid = (_read_json(Path(rec.log_path).parent / "state.json", {}) or {}).get("pid")
+                if pid:
+                    cpu.pgids.add(int(pid))  # the job's worker / driver runs in a session of its own
+                p = rec.progress or {}
+                if kill is not None and killed is None and 0 < p.get("done", 0) < 0.5 * p.get("total", 0):  # both workers busy
+                    kill()
+                    killed = (time.time(), p.get("done"))
+                time.sleep(0.2)
+            wall = time.perf_counter() - t0
+        if rec.state != "succeeded":
+            raise RuntimeError(f"{tag}: {rec.state} {rec.error}\n{self.runner.log_tail(job_id, 60)}")
+        man = json.loads((out / "manifest.json").read_text())
+        ex, n = man["executor"], man["n_tiles"]
+        run = {"wall_s": wall, "n_tiles": n, "score_s": man["timings"]["score_s"], "plan_s": man["timings"]["plan_s"],
+               "workers_up_s": ex.get("workers_up_s") or ex.get("worker_start_s") or 0.0, "cpu_s": cpu.cpu_s,
+               "cpu_above_idle_s": cpu.cpu_s - self.idle_rate * cpu.seconds, "worker_cpu_s": ex["worker_cpu_s"], "workers": ex["workers"],
+               "requeued_chunks": ex["requeued_chunks"], "lost_nodes": len(ex["lost_nodes"]), "out": str(out)}
+        if killed is not None:
+            run.update(killed_at_done=killed[1], detect_s=ex["node_lost_at"] - killed[0] if ex.get("node_lost_at") else None,
+                       requeue_s=ex["first_requeue_at"] - killed[0] if ex.get("first_requeue_at") else None)
+        self.runs.append(run)
+        return run
 
 
-def run_local(data: dict, root: Path, k: int) -> dict:
-    from engine.cohort.pipeline import run_cohort
-
-    os.environ["HISTODASH_CACHE_DIR"] = str(root / "cache-local")
-    r0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.perf_counter()
-    manifest = run_cohort(params_for(data, k), root / "out-local")
-    wall = time.perf_counter() - t0
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    ex = manifest["executor"]
-    n = manifest["n_tiles"]
-    return {"n_tiles": n, "wall_s": wall, "score_s": manifest["timings"]["score_s"], "worker_start_s": ex.get("worker_start_s", 0.0),
-            "cpu_s": (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime), "worker_cpu_s": ex["worker_cpu_s"], "timings": manifest["timings"]}
-
-
-def run_ray(cluster, data: dict, root: Path, k: int, *, name: str, kill_node2: bool = False, idle_rate: float = 0.0) -> dict:
-    from engine.jobs import _read_json
-    from engine.ray_runner import RayRunner
-
-    os.environ["HISTODASH_CACHE_DIR"] = str(root / f"cache-{name}")
-    runner = RayRunner(cluster.jobs_address, root=root / "jobs")
-    killed_at = None
-    pgids = {cluster.head.pid, cluster.node2.pid}
+def idle_cpu_rate(pgids: set[int], seconds: float = 10.0) -> float:
     with GroupCPU(pgids) as cpu:
-        t0 = time.perf_counter()
-        job_id = runner.submit("cohort", dict(params_for(data, k), out_dir=str(root / f"out-{name}"), start_together_s=600))
-        while (rec := runner.get(job_id)).active:
-            st = _read_json(root / "jobs" / job_id / "state.json", {}) or {}
-            if st.get("pid"):
-                cpu.extra.add(int(st["pid"]))  # the driver runs in a session of its own
-            p = rec.progress or {}
-            if kill_node2 and killed_at is None and p.get("done", 0) > 0 and p.get("done", 0) < 0.5 * p.get("total", 0):  # both workers busy
-                cluster.kill_node2()
-                killed_at, killed_done = time.time(), p.get("done")
-            time.sleep(0.2)
-        wall = time.perf_counter() - t0
-    if rec.state != "succeeded":
-        raise RuntimeError(f"{name}: {rec.state} {rec.error}\n{runner.log_tail(job_id, 60)}")
-    manifest = json.loads((root / f"out-{name}" / "manifest.json").read_text())
-    ex = manifest["executor"]
-    n = manifest["n_tiles"]
-    out = {"n_tiles": n, "wall_s": wall, "score_s": manifest["timings"]["score_s"], "workers_up_s": ex.get("workers_up_s", 0.0),
-           "workers": ex["workers"], "nodes": ex["nodes"], "cpu_s": cpu.cpu_s, "cpu_above_idle_s": cpu.cpu_s - idle_rate * cpu.seconds,
-           "worker_cpu_s": ex["worker_cpu_s"], "timings": manifest["timings"], "requeued_chunks": ex["requeued_chunks"],
-           "lost_nodes": len(ex["lost_nodes"])}
-    if killed_at is not None:
-        out["killed_at_done"] = killed_done
-        out["detect_s"] = (ex["node_lost_at"] - killed_at) if ex.get("node_lost_at") else None
-        out["requeue_s"] = (ex["first_requeue_at"] - killed_at) if ex.get("first_requeue_at") else None
-    return out
-
-
-def idle_cpu_rate(cluster, seconds: float = 10.0) -> float:
-    with GroupCPU({cluster.head.pid, cluster.node2.pid}) as cpu:
         time.sleep(seconds)
     return cpu.cpu_s / cpu.seconds
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="a smaller cohort (a smoke run, not for the record)")
+def med(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--patients", type=int, default=24, help="generated slides, one per patient (default %(default)s)")
+    ap.add_argument("--side", type=int, default=6, help="patches per slide side: side² tiles per slide (default %(default)s)")
+    ap.add_argument("--passes", type=int, default=3, help="counted alternating passes (default %(default)s)")
     ap.add_argument("--clusters", type=int, default=50)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="8 small slides, 1 pass: a smoke run, not for the record")
+    ap.add_argument("--device", default=None, help="free-text note on the machine, recorded with the results")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.patients, args.side, args.passes = 8, 4, 1
     if not (SHARED / "lc25000-lung-224").exists():
         print(f"shared data not found at {SHARED} (set HISTODASH_SHARED_DATA)", file=sys.stderr)
         return 2
+    from engine.jobs import LocalProcessRunner
+    from engine.ray_runner import RayRunner
     from tests.ray_cluster import LocalRayCluster
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-cohort-"))
     os.environ["HISTODASH_HOME"] = str(tmp / "home")
-    data = make_cohort(tmp, args.quick)
-    print("local …", flush=True)
-    local = run_local(data, tmp, args.clusters)
-    print(json.dumps(local, default=str), flush=True)
+    data = make_cohort(tmp, args.patients, args.side)
+    load = MachineLoad().start()
     with LocalRayCluster(num_cpus=1) as cluster:
+        nodes = {cluster.head.pid, cluster.node2.pid}
+        idle = idle_cpu_rate(nodes)
+        local = Runs(LocalProcessRunner(tmp / "jobs-local", slots=1), data, tmp, "local", args.clusters)
+        ray = Runs(RayRunner(cluster.jobs_address, root=tmp / "jobs-ray"), data, tmp, "ray", args.clusters, pgids=nodes, idle_rate=idle)
+        comparison = compare(("embedded runner (1 process, 2 cores)", local), ("Ray, 2 nodes × 1 CPU", ray), passes=args.passes,
+                             warmup_passes=1, items_per_pass=1)
+        kill = Runs(ray.runner, data, tmp, "kill", args.clusters, pgids=nodes, idle_rate=idle)(kill=cluster.kill_node2)
         start = dict(cluster.timings)
-        idle = idle_cpu_rate(cluster)
-        print(f"ray (idle {idle:.3f} CPU) …", flush=True)
-        ray = run_ray(cluster, data, tmp, args.clusters, name="ray", idle_rate=idle)
-        print(json.dumps(ray, default=str), flush=True)
-        print("ray, node 2 killed …", flush=True)
-        kill = run_ray(cluster, data, tmp, args.clusters, name="kill", kill_node2=True, idle_rate=idle)
-        print(json.dumps(kill, default=str), flush=True)
     import pandas as pd
 
-    same = all(pd.read_csv(tmp / f"out-{a}" / "patients.csv").equals(pd.read_csv(tmp / "out-local" / "patients.csv")) for a in ("ray", "kill"))
-    n = local["n_tiles"]
-    report = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m_at_end": os.getloadavg()[0]},
-        "cohort": {"patients": int(len(data["patients"])), "tiles": n, "clusters": args.clusters, "quick": args.quick},
-        "cluster_start_s": start, "idle_cluster_cpu": idle, "local": local, "ray": ray, "ray_node2_killed": kill,
-        "patient_tables_identical": same,
-        "derived": {
-            "local_tiles_per_s": n / local["score_s"], "local_tiles_per_s_steady": n / max(1e-9, local["score_s"] - local["worker_start_s"]),
-            "ray_tiles_per_s": n / ray["score_s"], "ray_tiles_per_s_steady": n / max(1e-9, ray["score_s"] - ray["workers_up_s"]),
-            "local_cpu_s_per_tile": local["cpu_s"] / n, "ray_cpu_s_per_tile": ray["cpu_s"] / n, "ray_cpu_above_idle_s_per_tile": ray["cpu_above_idle_s"] / n,
-            "local_worker_cpu_s_per_tile": local["worker_cpu_s"] / n, "ray_worker_cpu_s_per_tile": ray["worker_cpu_s"] / n,
-            "overhead_total": ray["cpu_s"] / local["cpu_s"] - 1, "overhead_above_idle": ray["cpu_above_idle_s"] / local["cpu_s"] - 1,
-            "overhead_workers": ray["worker_cpu_s"] / local["worker_cpu_s"] - 1,
-            "kill_extra_wall_s": kill["wall_s"] - ray["wall_s"],
-        },
+    reference_table = pd.read_csv(Path(local.runs[-1]["out"]) / "patients.csv")
+    same = all(pd.read_csv(Path(r["out"]) / "patients.csv").equals(reference_table) for r in [*local.runs, *ray.runs, kill])
+    n = local.runs[-1]["n_tiles"]
+    comparison.items_per_pass = n
+    lo, ra = local.runs[1:], ray.runs[1:]  # the warm-up pass left out
+    summary = comparison.summary()
+    derived = {
+        "speedup_ratio_of_medians": summary["ratio_of_medians"],
+        "local_tiles_per_s_scoring": n / med(lo, "score_s"), "ray_tiles_per_s_scoring": n / med(ra, "score_s"),
+        "local_tiles_per_s_workers_up": n / statistics.median(r["score_s"] - r["workers_up_s"] for r in lo),
+        "ray_tiles_per_s_workers_up": n / statistics.median(r["score_s"] - r["workers_up_s"] for r in ra),
+        "local_cpu_s_per_tile": med(lo, "cpu_s") / n, "ray_cpu_s_per_tile": med(ra, "cpu_s") / n,
+        "ray_cpu_above_idle_s_per_tile": med(ra, "cpu_above_idle_s") / n,
+        "local_worker_cpu_s_per_tile": med(lo, "worker_cpu_s") / n, "ray_worker_cpu_s_per_tile": med(ra, "worker_cpu_s") / n,
+        "overhead_total": med(ra, "cpu_s") / med(lo, "cpu_s") - 1, "overhead_above_idle": med(ra, "cpu_above_idle_s") / med(lo, "cpu_s") - 1,
+        "overhead_workers": med(ra, "worker_cpu_s") / med(lo, "worker_cpu_s") - 1,
+        "kill_extra_wall_s": kill["wall_s"] - med(ra, "wall_s"),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cohort.json").write_text(json.dumps(report, indent=2, default=str))
-    (RESULTS / "cohort.md").write_text(markdown(report))
-    print((RESULTS / "cohort.md").read_text())
+    report = {
+        "benchmark": "a cohort job (generated LC25000 slides, default model, K clusters) on the embedded runner vs a two-node Ray cluster on one machine",
+        "machine": machine_info(("numpy", "tensorflow-cpu", "keras", "ray", "scikit-learn"), device=args.device), "load": load.stop(),
+        "cohort": {"patients": args.patients, "tiles": n, "clusters": args.clusters, "quick": args.quick}, "cluster_start_s": start,
+        "idle_cluster_cpu": idle, "comparison": summary, "local_runs": local.runs, "ray_runs": ray.runs, "ray_node2_killed": kill,
+        "patient_tables_identical": same, "derived": derived,
+    }
+    publish("cohort", report, markdown(report), write=not args.no_write)
     return 0
 
 
 def markdown(r: dict) -> str:
-    d, lo, ra, ki = r["derived"], r["local"], r["ray"], r["ray_node2_killed"]
+    d, ki, s = r["derived"], r["ray_node2_killed"], r["comparison"]
+    lo = r["local_runs"][1:]
     pct = lambda v: f"{v * 100:+.0f} %"  # noqa: E731
-    return f"""# Cohort benchmark (bench/cohort.py)
+    return f"""# Cohort benchmark: embedded runner vs a two-node Ray cluster
 
 Cohort: {r['cohort']['patients']} generated slides of LC25000 patches, {r['cohort']['tiles']} tissue tiles of 224 px, default model
-(scores + penultimate-layer features), K = {r['cohort']['clusters']}; empty cache and store for every run. Machine: {r['machine']['cpus']} CPUs,
-load average {r['machine']['load_avg_1m_at_end']:.1f} at the end (shared machine: ±30 % and more). Ray: two nodes on this machine
-(`--num-cpus=1` each: one tile worker per node); the embedded run is one process using both cores.
+(scores + penultimate-layer features), K = {r['cohort']['clusters']}; every run a real job with an empty cache and store.
+Ray: two nodes on this machine (`--num-cpus=1` each: one tile worker per node); the embedded job is one process using both cores.
+{provenance("cohort.py", r["machine"])}
 
-| | embedded (local) | Ray, 2 nodes | Ray, node 2 killed |
-|---|---|---|---|
-| tiles/s, scoring phase | {d['local_tiles_per_s']:.1f} | {d['ray_tiles_per_s']:.1f} | {ki['n_tiles'] / ki['score_s']:.1f} |
-| tiles/s, scoring after the workers are up | {d['local_tiles_per_s_steady']:.1f} | {d['ray_tiles_per_s_steady']:.1f} | |
-| whole cohort wall time (s) | {lo['wall_s']:.1f} | {ra['wall_s']:.1f} | {ki['wall_s']:.1f} |
-| CPU-s per tile, everything | {d['local_cpu_s_per_tile']:.4f} | {d['ray_cpu_s_per_tile']:.4f} ({pct(d['overhead_total'])}) | |
-| CPU-s per tile, above the idle cluster | | {d['ray_cpu_above_idle_s_per_tile']:.4f} ({pct(d['overhead_above_idle'])}) | |
-| CPU-s per tile, tile workers while scoring | {d['local_worker_cpu_s_per_tile']:.4f} | {d['ray_worker_cpu_s_per_tile']:.4f} ({pct(d['overhead_workers'])}) | |
-| chunks requeued / nodes lost | | {ra['requeued_chunks']} / {ra['lost_nodes']} | {ki['requeued_chunks']} / {ki['lost_nodes']} |
+{load_line(r["load"])}
 
-Patient tables of the three runs identical: **{r['patient_tables_identical']}**. Idle cluster: {r['idle_cluster_cpu']:.3f} CPU-s per second
-(raylets, GCS, dashboard, agents). Cluster start: head {r['cluster_start_s'].get('head_s', 0):.0f} s, node 2 {r['cluster_start_s'].get('node2_s', 0):.0f} s.
+Headline (fixed in `bench/_stats.py`): ratio of medians = median(embedded job s) ÷ median(Ray job s), submit → finished,
+alternating passes after one warm-up pass.
 
-Node loss: node 2 killed once the first chunks were back (both workers busy); its loss was seen {_s(ki.get('detect_s'))} later and its chunks were
-requeued {_s(ki.get('requeue_s'))} after the kill (health checks tightened to about 3 s, as in the tests; Ray's default
-is about 15 s). The killed run took {d['kill_extra_wall_s']:+.1f} s against the run without a kill, and gave the same table.
+{chr(10).join(headline_table([s], unit="tiles", item="tile"))}
+
+(CPU columns of that table count only this benchmark's own process and waited children; the job-wide CPU is below.)
+
+| | embedded runner | Ray, 2 nodes |
+|---|---|---|
+| tiles/s, scoring phase | {d['local_tiles_per_s_scoring']:.1f} | {d['ray_tiles_per_s_scoring']:.1f} |
+| tiles/s, scoring once the workers are up | {d['local_tiles_per_s_workers_up']:.1f} | {d['ray_tiles_per_s_workers_up']:.1f} |
+| CPU-s per tile, all the job's processes (Ray: + both nodes' daemons) | {d['local_cpu_s_per_tile']:.4f} | {d['ray_cpu_s_per_tile']:.4f} ({pct(d['overhead_total'])}) |
+| CPU-s per tile, above the idle cluster | | {d['ray_cpu_above_idle_s_per_tile']:.4f} ({pct(d['overhead_above_idle'])}) |
+| CPU-s per tile, tile workers while scoring | {d['local_worker_cpu_s_per_tile']:.4f} | {d['ray_worker_cpu_s_per_tile']:.4f} ({pct(d['overhead_workers'])}) |
+
+Patient tables of every run identical: **{r['patient_tables_identical']}**. Idle cluster: {r['idle_cluster_cpu']:.3f} CPU-s per second.
+Cluster start: head {r['cluster_start_s'].get('head_s', 0):.0f} s, node 2 {r['cluster_start_s'].get('node2_s', 0):.0f} s.
+
+**Node loss**: node 2 killed at {ki.get('killed_at_done')} of {ki['n_tiles']} tiles; the driver saw the node dead {_s(ki.get('detect_s'))}
+after the kill and had requeued {ki['requeued_chunks']} chunk(s) {_s(ki.get('requeue_s'))} after it (health checks tightened to about 3 s, as
+in the tests; Ray's default is about 15 s). That run took {ki['wall_s']:.1f} s ({d['kill_extra_wall_s']:+.1f} s against the median Ray run)
+and gave the same patient table.
 
 ## Projection for N machines
 
-What scales: the tile work — reading tiles from the shared slide mount, the model forward pass and the feature vectors —
-runs in one actor per worker slot and needs nothing from the head but chunk descriptions (slide path + positions) and, once,
-the model weights; results are small (3 probabilities + a 256-float16 feature vector per tile, ~0.5 kB). So scoring scales
-with worker slots until the shared filesystem's read bandwidth or the head's result intake is the limit: at ~0.5 kB and
-~{1000 * d['local_cpu_s_per_tile']:.0f} CPU-ms per tile on this CPU, one head core can take the results of many workers.
+What scales: the tile work — reading tiles from the shared slide mount, the model's forward pass, the feature vectors —
+runs in one actor per worker slot and needs nothing from the head but chunk descriptions (slide path + positions) and, once
+per actor, the model weights; a result is ~0.5 kB per tile (3 probabilities + 256 float16 features). Scoring therefore
+scales with worker slots until the shared filesystem's read bandwidth or the head's intake of results is the limit.
 
-What stays on the head: planning (one thumbnail + tissue mask per slide, cached), the cache/store lookups and writes
-(diskcache/SQLite on the head's local disk, npz parts per chunk), the clustering (MiniBatchKMeans on at most 200 000 discovery
-tiles: seconds) and the tables. Per slide that is ~{r['local']['timings']['plan_s'] / r['cohort']['patients']:.2f} s of planning here
-(mostly the tissue mask), so for N machines the cohort time is about planning(slides) + tiles ÷ (N × slots × per-slot rate) +
-clustering; planning becomes the bottleneck for many small slides, and could move to the workers (not done).
-Ray's own cost per node is its daemons' idle CPU (above) and ~20–40 ms per chunk of RPC/serialisation; with 64-tile chunks that
-is well under a tenth of the chunk's compute on a CPU worker, less on a GPU one if chunks are made larger (`--chunk-tiles`).
+What stays on the head: planning (one thumbnail + tissue mask per slide, cached: ~{statistics.median(x['plan_s'] for x in lo) / r['cohort']['patients']:.2f} s
+per slide here), the cache and store lookups and writes (diskcache's SQLite and npz parts on the head's local disk), the clustering
+(MiniBatchKMeans on at most 200 000 discovery tiles: seconds) and the tables. So a cohort on N machines takes about
+planning(slides) + worker start (TensorFlow + model: tens of seconds, once per job) + tiles ÷ (N × slots × per-slot rate) +
+clustering: the worker start dominates small cohorts (as here), planning dominates many small slides (it could move to the
+workers; not done), and the tile term shrinks with N. Ray's own price per node is its daemons' idle CPU (above) and the RPC per
+chunk; with 64-tile chunks that is small against a chunk's compute on a CPU worker; on GPU workers use larger chunks.
 """
 
 
