@@ -15,7 +15,7 @@ after one warm-up pass: the two-node cluster's speed-up on one machine. Beside i
   both nodes (raylets, GCS, dashboard, agents, tile workers), sampled from /proc every 0.25 s (a process that ends
   between two samples counts up to its last one); "above idle" subtracts the nodes' idle CPU rate measured for 10 s
   before. Overhead = Ray ÷ embedded − 1 (goal ≤ 10 %). "Tile workers" = CPU inside TileWorker.score, both backends;
-* node loss (one more Ray run): node 2 killed (SIGKILL to its process group) once the first chunks are back; the
+* node loss (one more Ray run): node 2 killed (SIGKILL to every process of its session) once the first chunks are back; the
   seconds until the driver saw the node dead and requeued its chunks, and the run's wall time against the median Ray
   run. Health checks as in tests/ray_cluster.py (a silent node is dead after about 3 s; Ray's default is about 15 s).
 
@@ -45,19 +45,23 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def proc_cpu(pid: int) -> tuple[int, float] | None:
-    """``(process group, CPU seconds)`` of a live process, None when gone."""
+    """``(session id, CPU seconds)`` of a live process, None when gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return int(fields[2]), (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[3]), (int(fields[11]) + int(fields[12])) / TICK
 
 
-class GroupCPU:
-    """CPU seconds of every process in some process groups, sampled in a thread (groups may be added while it runs)."""
+class SessionCPU:
+    """CPU seconds of every process in some sessions, sampled in a thread (sessions may be added while it runs).
 
-    def __init__(self, pgids: set[int], period: float = 0.25):
-        self.pgids, self.period = set(pgids), period
+    A Ray node is the session of its ``ray start`` (raylet, agents and its workers, each worker in a process group of
+    its own); a job's local worker and a Ray job's driver each run in a session of their own.
+    """
+
+    def __init__(self, sids: set[int], period: float = 0.25):
+        self.sids, self.period = set(sids), period
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self._stop = threading.Event()
@@ -65,7 +69,7 @@ class GroupCPU:
 
     def _sample(self) -> None:
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and (got := proc_cpu(int(entry))) is not None and got[0] in self.pgids:
+            if entry.isdigit() and (got := proc_cpu(int(entry))) is not None and got[0] in self.sids:
                 self.first.setdefault(int(entry), got[1])
                 self.last[int(entry)] = got[1]
 
@@ -74,7 +78,7 @@ class GroupCPU:
             self._sample()
             time.sleep(self.period)
 
-    def __enter__(self) -> GroupCPU:
+    def __enter__(self) -> SessionCPU:
         self._sample()
         self.first = dict(self.last)  # processes already running count from now
         self.started = time.monotonic()
@@ -101,9 +105,9 @@ def make_cohort(root: Path, patients: int, side: int) -> dict:
 class Runs:
     """One cohort job per call on a runner, each with a fresh cache; what each call measured is kept in :attr:`runs`."""
 
-    def __init__(self, runner, data: dict, root: Path, name: str, k: int, *, pgids: set[int] = frozenset(), idle_rate: float = 0.0):
+    def __init__(self, runner, data: dict, root: Path, name: str, k: int, *, sids: set[int] = frozenset(), idle_rate: float = 0.0):
         self.runner, self.data, self.root, self.name, self.k = runner, data, root, name, k
-        self.pgids, self.idle_rate = set(pgids), idle_rate
+        self.sids, self.idle_rate = set(sids), idle_rate
         self.runs: list[dict] = []
 
     def params(self, out: Path) -> dict:
@@ -117,13 +121,13 @@ class Runs:
         os.environ["HISTODASH_CACHE_DIR"] = str(self.root / f"cache-{tag}")  # empty: every run scores everything
         out = self.root / f"out-{tag}"
         killed = None
-        with GroupCPU(self.pgids) as cpu:
+        with SessionCPU(self.sids) as cpu:
             t0 = time.perf_counter()
             job_id = self.runner.submit("cohort", self.params(out))
             while (rec := self.runner.get(job_id)).active:
                 pid = (_read_json(Path(rec.log_path).parent / "state.json", {}) or {}).get("pid")
                 if pid:
-                    cpu.pgids.add(int(pid))  # the job's worker / driver runs in a session of its own
+                    cpu.sids.add(int(pid))  # the job's worker / driver leads a session of its own
                 p = rec.progress or {}
                 if kill is not None and killed is None and 0 < p.get("done", 0) < 0.5 * p.get("total", 0):  # both workers busy
                     kill()
@@ -145,8 +149,8 @@ class Runs:
         return run
 
 
-def idle_cpu_rate(pgids: set[int], seconds: float = 10.0) -> float:
-    with GroupCPU(pgids) as cpu:
+def idle_cpu_rate(sids: set[int], seconds: float = 10.0) -> float:
+    with SessionCPU(sids) as cpu:
         time.sleep(seconds)
     return cpu.cpu_s / cpu.seconds
 
@@ -182,10 +186,10 @@ def main(argv=None) -> int:
         nodes = {cluster.head.pid, cluster.node2.pid}
         idle = idle_cpu_rate(nodes)
         local = Runs(LocalProcessRunner(tmp / "jobs-local", slots=1), data, tmp, "local", args.clusters)
-        ray = Runs(RayRunner(cluster.jobs_address, root=tmp / "jobs-ray"), data, tmp, "ray", args.clusters, pgids=nodes, idle_rate=idle)
+        ray = Runs(RayRunner(cluster.jobs_address, root=tmp / "jobs-ray"), data, tmp, "ray", args.clusters, sids=nodes, idle_rate=idle)
         comparison = compare(("embedded runner (1 process, 2 cores)", local), ("Ray, 2 nodes × 1 CPU", ray), passes=args.passes,
                              warmup_passes=1, items_per_pass=1)
-        kill = Runs(ray.runner, data, tmp, "kill", args.clusters, pgids=nodes, idle_rate=idle)(kill=cluster.kill_node2)
+        kill = Runs(ray.runner, data, tmp, "kill", args.clusters, sids=nodes, idle_rate=idle)(kill=cluster.kill_node2)
         start = dict(cluster.timings)
     import pandas as pd
 

@@ -7,8 +7,8 @@
     cluster.stop()
 
 Each node is one ``ray start --block`` process started in its own session, so the node — raylet, agents
-and worker processes — is one process group that is stopped by its id (``os.killpg``), never with
-``ray stop`` (which would stop every Ray on the machine, other agents' included). Every port is a free
+(one process group) and worker processes (a group each, same session) — is stopped by those ids (``os.killpg`` and
+the session's pids), never with ``ray stop`` (which would stop every Ray on the machine, other agents' included). Every port is a free
 one picked here (GCS, dashboard, client server, node manager, object manager, agents, metrics, worker
 range), so clusters of concurrent test runs do not collide, and the session folder is a fresh short
 temporary folder (Unix socket paths are limited to 107 bytes).
@@ -167,13 +167,13 @@ class LocalRayCluster:
         self.timings["node2_s"] = time.monotonic() - t0
 
     def kill_node2(self) -> None:
-        """SIGKILL node 2's whole process group (raylet, agents, workers): a node lost, as when a machine dies."""
+        """SIGKILL node 2's whole session (raylet, agents, workers): a node lost, as when a machine dies."""
         if self.node2 is not None:
             _killpg(self.node2, signal.SIGKILL)
             self.node2 = None
 
     def stop(self) -> None:
-        """Stop both nodes by process-group id and remove the session folder."""
+        """Stop both nodes (their sessions' processes, by id) and remove the session folder."""
         for proc in (self.node2, self.head):
             if proc is not None:
                 _killpg(proc, signal.SIGTERM, wait_s=10.0)
@@ -242,9 +242,28 @@ class LocalRayCluster:
         return "\n".join(out)
 
 
+def session_pids(sid: int) -> list[int]:
+    """Every process of session ``sid``: a node's ``ray start`` session holds its raylet and agents (one process group)
+    and its Ray workers, which each get a process group of their own but stay in the session."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == sid:
+                out.append(int(entry))
+    return out
+
+
 def _killpg(proc: subprocess.Popen, sig: int, wait_s: float = 5.0) -> None:
+    """Signal the node's whole session (its process group and its workers' own groups), then reap ``ray start``."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+    for pid in session_pids(proc.pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=wait_s)
 

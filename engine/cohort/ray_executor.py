@@ -109,7 +109,8 @@ class RayExecutor:
                    "max_task_retries": self.max_task_retries}
         if self.pin:
             options["resources"] = {self.pin: 0.001}
-        actor = cls.options(**options).remote(*args, batch_size=self.batch_size, decode_workers=self.decode_workers)
+        threads = max(1, round(self.num_cpus)) if self.num_gpus == 0 else None
+        actor = cls.options(**options).remote(*args, batch_size=self.batch_size, decode_workers=self.decode_workers, threads=threads)
         return _Slot(actor, actor.describe.remote(), time.monotonic())
 
     # -- the loop

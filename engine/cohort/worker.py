@@ -121,12 +121,24 @@ class TileWorker:
         score_weights, feature_weights: shipped weights files (Ray), or None to read the registry folder.
         batch_size: tiles per forward pass; decode_workers: threads reading and resizing tiles
             (the next batch is read while the current one is in the model).
+        threads: TensorFlow's intra-op threads (a Ray actor: its CPU share, so that several actors on one node do not
+            each start a thread per core); None leaves TensorFlow's default. Only before TensorFlow's first use in the process.
     """
 
     def __init__(self, score: ModelSpec, features: ModelSpec | None = None, score_weights: bytes | None = None,
-                 feature_weights: bytes | None = None, *, batch_size: int = 32, decode_workers: int = 2):
+                 feature_weights: bytes | None = None, *, batch_size: int = 32, decode_workers: int = 2, threads: int | None = None):
         from engine.predict import TilePredictor, probabilities_from_output
         from engine.registry import load_model_for_card
+
+        if threads:
+            from engine.runtime import tensorflow
+
+            tf = tensorflow()
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+                tf.config.threading.set_inter_op_parallelism_threads(max(2, int(threads)))
+            except RuntimeError:  # TensorFlow already ran something in this process: keep its pools
+                pass
 
         self._probs = probabilities_from_output
         features = features or score
