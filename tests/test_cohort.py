@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -244,3 +245,38 @@ def test_cli_cohort_of_generated_and_real_slides(cohort, tmp_path, capsys):
     assert (table.set_index("case").loc[["CMU-1", "TCGA-CR-7395"], "n_tiles"] > 20).all()
     assert cli("cohort", str(slides), "--out", str(tmp_path / "bad"), "--patient-pattern", "P\\d+") == 2
     assert "error: The patient pattern 'P\\\\d+' has no group." in capsys.readouterr().err
+
+
+def test_uploaded_slides_join_a_cohort_and_are_staged_into_the_library_for_ray(tmp_path, monkeypatch):
+    from engine.cohort.job import STAGING, submit_cohort
+    from engine.slides import SlideLibrary
+
+    class Runner:  # records what would be submitted
+        def __init__(self, backend):
+            self.backend, self.sent = backend, []
+
+        def submit(self, kind, params, *, owner=None):
+            self.sent.append((kind, params, owner))
+            return "cohort-1"
+
+    upload = tmp_path / "session" / "P9_up.tiff"
+    upload.parent.mkdir()
+    upload.write_bytes(b"slide bytes")
+    local = Runner("local")
+    submit_cohort(local, {"slide_dir": str(tmp_path)}, uploads=[upload], owner="s1")
+    assert local.sent == [("cohort", {"slide_dir": str(tmp_path), "slides": [str(upload)]}, "s1")]
+
+    monkeypatch.delenv("HISTODASH_SLIDES_DIR", raising=False)
+    with pytest.raises(InvalidInputError, match="only through the slide library"):
+        submit_cohort(Runner("ray"), {"slide_dir": str(tmp_path)}, uploads=[upload])
+    library = tmp_path / "library"
+    library.mkdir()
+    monkeypatch.setenv("HISTODASH_SLIDES_DIR", str(library))
+    ray = Runner("ray")
+    submit_cohort(ray, {"slide_dir": str(library)}, uploads=[upload])
+    submit_cohort(ray, {"slide_dir": str(library)}, uploads=[upload])
+    staged = [p for _, params, _ in ray.sent for p in params["slides"]]
+    assert staged[0] == staged[1] and staged[0].startswith(str(library / STAGING)) and Path(staged[0]).read_bytes() == b"slide bytes"
+    assert len(list((library / STAGING).iterdir())) == 1 and SlideLibrary(library).list("") == []  # hidden from the library's listing
+    with pytest.raises(InvalidInputError, match="has no group"):
+        submit_cohort(local, {"slide_dir": str(tmp_path), "patient_pattern": "P"})
