@@ -107,3 +107,17 @@ def test_cancelling_a_cohort_stops_its_remote_workers(small_cohort, ray_runner, 
     while alive() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert alive() == []
+
+
+def test_cli_cohort_with_the_ray_backend(small_cohort, ray_cluster, tmp_path, monkeypatch, capsys):
+    from engine.cli import main
+
+    monkeypatch.setenv("HISTODASH_JOBS_DIR", str(tmp_path / "jobs"))
+    p = small_cohort["params"]
+    out = tmp_path / "out"
+    code = main(["cohort", p["slide_dir"], "--clinical", p["clinical"], "--patient-pattern", PATTERN, "--out", str(out), "--clusters", "4",
+                 "--tile-px", "224", "--chunk-tiles", "8", "--backend", "ray", "--ray-address", ray_cluster.jobs_address])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "16 patients from 16 slides" in err
+    assert_same_results(small_cohort["local"], out)
