@@ -355,7 +355,48 @@ TABLE_CASES = [
     table_case("tabs.tsv", csv(GOOD_ROWS.replace(",", "\t")), LOADS, "tab-separated", step="all", group="arm", n=6, events=4),
     table_case("words.csv", csv("time,status,arm\n5,Dead,a\n6,alive,a\n7,DEAD,a\n9,dead,b\n3,Alive,b\n4,dead,b\n"), LOADS, "event words in any case",
                step="all", group="arm", n=6, events=4),
+    # issue 15: tables users really have, and the ones that used to give tracebacks or hang
+    table_case("dupcols.csv", csv("time,status, time ,arm\n5,1,5,a\n6,0,6,b\n"), InvalidInputError,
+               "column name(s) that appear more than once, ignoring surrounding spaces (e.g. 'time', 2 times)", step="read"),
+    table_case("dupexact.csv", csv("time,status,x,x\n5,1,1,2\n6,0,3,4\n"), InvalidInputError, "appear more than once", step="read"),
+    table_case("booltime.csv", csv("time,status,arm\ntrue,1,a\nfalse,0,a\ntrue,1,b\nfalse,1,b\n"), InvalidInputError,
+               "Time column 'time' holds true/false values, not times", step="prepare", group="arm"),
+    table_case("pidgroup.csv", lambda: _rows(300, pid=True).encode(), InvalidInputError,
+               "Group column 'pid' has 300 different values, more than the limit of 50 groups (one per row: is it a patient id?)",
+               step="prepare", group="pid"),
+    table_case("infcov.csv", csv("time,status,arm,x\n5,1,a,1\n6,0,a,inf\n7,1,a,3\n9,1,b,4\n3,1,b,5\n4,0,b,6\n"), InvalidInputError,
+               "Covariate 'x' has 1 infinite value(s), e.g. inf in row 2", step="cox", covariates=["x"]),
+    table_case("latin1.csv", lambda: _with_accents(GOOD_ROWS).encode("cp1252"), LOADS, "Windows-1252 (Excel 'CSV' on Windows) is detected",
+               step="all", group="arm", n=6, events=4, encoding="cp1252"),
+    table_case("unicode.txt", lambda: _with_accents(GOOD_ROWS).replace(",", "\t").encode("utf-16"), LOADS,
+               "UTF-16 with a byte-order mark (Excel 'Unicode text') is detected", step="all", group="arm", n=6, events=4, encoding="utf-16"),
+    table_case("utf16le.csv", lambda: _with_accents(GOOD_ROWS).encode("utf-16-le"), LOADS, "UTF-16 without a byte-order mark",
+               step="all", group="arm", n=6, events=4, encoding="utf-16"),
+    table_case("good.xlsx", lambda: _xlsx(GOOD_ROWS), LOADS, "an Excel workbook (openpyxl)", step="all", group="arm", n=6, events=4),
+    table_case("big.csv", lambda: _rows(200_000).encode(), LOADS, "200,000 rows answer in seconds (O(n log n) concordance)", step="all",
+               group="arm", n=200_000, events=133_333),
 ]
+
+
+def _with_accents(text: str) -> str:
+    """The table with a last column whose name and values need more than ASCII (as French or German exports have)."""
+    lines = text.strip().split("\n")
+    return "\n".join([lines[0] + ",Région"] + [f"{line},{'Île' if i % 2 else 'Zürich'}" for i, line in enumerate(lines[1:])]) + "\n"
+
+
+def _rows(n: int, *, pid: bool = False) -> str:
+    """``n`` patients, deterministic: events where ``i % 3 != 0``, arms a/b alternating, times 1–3650 days."""
+    head = "pid,time,status,arm,x\n" if pid else "time,status,arm,x\n"
+    rows = (f"{f'P{i:06d},' if pid else ''}{1 + (i * 7919) % 3650},{int(i % 3 != 0)},{'ab'[i % 2]},{(i * 37) % 101 / 10}" for i in range(n))
+    return head + "\n".join(rows) + "\n"
+
+
+def _xlsx(text: str) -> bytes:
+    import pandas as pd
+
+    buf = io.BytesIO()
+    pd.read_csv(io.StringIO(text)).to_excel(buf, index=False)
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- training folders

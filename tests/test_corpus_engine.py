@@ -181,6 +181,12 @@ def test_table(case, tmp_path):
     cohort = run_table(case, path)
     assert (cohort.n, cohort.n_events) == (case.options["n"], case.options["events"])
     assert cohort.group_order == ("a", "b")
+    if "encoding" in case.options:  # detected, and the accented column reads back as written
+        from engine import survival as sv
+
+        table = sv.read_table(path.read_bytes(), name=case.name)
+        assert table.attrs["encoding"] == case.options["encoding"]
+        assert list(table.columns)[-1] == "Région" and set(table["Région"]) == {"Île", "Zürich"}
 
 
 # ----------------------------------------------------------------------------- training folders
