@@ -45,6 +45,7 @@ import pandas as pd
 
 from engine.cache import make_key
 from engine.errors import HistoDashError, InvalidInputError
+from engine.exports import safe_csv
 from engine.limits import inference_slot, wait_message
 from engine.privacy import loggable_name
 from engine.slides import Slide, open_slide
@@ -191,7 +192,8 @@ class HeatmapResult:
         return pd.DataFrame(data)
 
     def to_csv(self, path=None) -> str | None:
-        return self.to_frame().to_csv(path, index=False, float_format="%.6g")
+        data = safe_csv(self.to_frame(), path, float_format="%.6g")
+        return None if path is not None else data.decode()
 
     def summary(self, threshold: float | None = None, top_k: int = 10) -> dict:
         """Slide-level statistics of the tissue tiles' scores."""
@@ -841,7 +843,7 @@ def cohort_scores(slide_dir: str | Path, *, progress=None, **kwargs) -> pd.DataF
 
 def _cmd_cohort(args: argparse.Namespace) -> int:
     frame = cohort_scores(args.slide_dir, **_kwargs(args))
-    frame.to_csv(args.out, index=False)
+    safe_csv(frame, args.out)  # slide names are user text: escaped for spreadsheets
     if not args.quiet:
         bad = int(frame["error"].notna().sum())
         print(f"{len(frame)} slides scored ({bad} with errors); wrote {args.out}", file=sys.stderr)

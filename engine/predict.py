@@ -25,6 +25,7 @@ import pandas as pd
 
 from engine.cache import ResultCache, make_key, shared_cache
 from engine.errors import HistoDashError, InvalidInputError
+from engine.exports import safe_csv
 from engine.imageio import is_tile_name, pixel_hash, read_image, resize_tile
 from engine.limits import inference_slot, wait_message
 from engine.registry import ModelCard, Registry, load_model_for_card
@@ -88,7 +89,8 @@ class PredictionResult:
         return pd.DataFrame(rows, columns=columns)
 
     def to_csv(self, path=None, threshold: float | None = None) -> str | None:
-        return self.to_frame(threshold).to_csv(path, index=False)
+        data = safe_csv(self.to_frame(threshold), path)  # file names are user text: escaped for spreadsheets
+        return None if path is not None else data.decode()
 
 
 def labels_from_card(card: ModelCard) -> tuple[str, str]:
@@ -274,10 +276,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     with inference_slot(on_wait=on_wait):  # one global limit on heavy inference (HISTODASH_MAX_CONCURRENT_INFERENCE)
         result = predictor.predict_paths(paths, progress=progress)
     frame = result.to_frame()
-    if args.out:
-        frame.to_csv(args.out, index=False)
-    else:
-        frame.to_csv(sys.stdout, index=False)
+    safe_csv(frame, args.out or sys.stdout)
     if not args.quiet:
         rate = len(paths) / result.seconds if result.seconds else float("inf")
         print(

@@ -7,6 +7,7 @@ from dashboard import sidebar, state
 from dashboard.common import disclaimer, guarded, show_error
 from engine.imageio import read_image
 from engine.limits import inference_slot, wait_message
+from engine.exports import safe_csv
 from engine.privacy import anonymise_frame
 
 RESULT_KEY = "predict_result"
@@ -100,7 +101,7 @@ with table:
     )
     anonymise = st.toggle("Anonymise names", key="predict_anonymise", help="The CSV names each tile by a stable pseudonym (tile-…) instead of its file name; the same tile name always gets the same pseudonym on this server.")
     export = anonymise_frame(view, "path", "tile") if anonymise else view
-    st.download_button("Download CSV", export.to_csv(index=False).encode(), file_name=f"histodash_predictions_{result.model_id}.csv", mime="text/csv")
+    st.download_button("Download CSV", safe_csv(export), file_name=f"histodash_predictions_{result.model_id}.csv", mime="text/csv")
 with gallery:
     paths = dict(zip(frame["path"], saved["paths"]))
     per_row = 5

@@ -16,6 +16,7 @@ import streamlit as st
 from dashboard.common import disclaimer, guarded, show_error
 from engine import survival as sv
 from engine.errors import InvalidInputError
+from engine.exports import safe_csv
 
 NONE = "(none)"
 STRATA = {"group column": "the group column as it is", "median": "median split", "tertiles": "tertiles",
@@ -173,7 +174,7 @@ for msg in res["messages"]:
 
 
 def csv_button(label: str, frame: pd.DataFrame, name: str) -> None:
-    st.download_button(label, frame.to_csv(index=False).encode(), file_name=name, mime="text/csv", key=f"survival_dl_{name}")
+    st.download_button(label, safe_csv(frame), file_name=name, mime="text/csv", key=f"survival_dl_{name}")
 
 
 def html_button(fig, name: str) -> None:
