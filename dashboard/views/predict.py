@@ -5,9 +5,9 @@ import streamlit as st
 
 from dashboard import sidebar, state
 from dashboard.common import disclaimer, guarded, show_error
+from engine.exports import safe_csv
 from engine.imageio import read_image
 from engine.limits import inference_slot, wait_message
-from engine.exports import safe_csv
 from engine.privacy import anonymise_frame
 
 RESULT_KEY = "predict_result"
