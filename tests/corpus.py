@@ -12,6 +12,7 @@ through the dashboard page a user would use.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
@@ -210,6 +211,76 @@ IMAGE_CASES = [
     file_case("image", "jpeg-named.png", lambda: encode(np.full((16, 16, 3), 200, np.uint8), "JPEG"), LOADS, "a JPEG with a .png name",
               size=(16, 16), colour=(200, 200, 200), tolerance=3),
 ]
+# Every awkward-but-valid tile above is one colour: it must read correctly, and then be named blank, never scored (issue 15).
+IMAGE_CASES = [dataclasses.replace(c, options={**c.options, "blank": True}) if c.expect is None else c for c in IMAGE_CASES]
+
+
+def _noise16_rgb() -> np.ndarray:
+    return (25700 + np.random.default_rng(7).integers(-2570, 2571, (32, 32, 3))).astype(np.uint16)
+
+
+def _ramp(h: int = 32, w: int = 64) -> np.ndarray:
+    return np.tile(np.linspace(0.0, 1.0, w, dtype=np.float32), (h, 1))
+
+
+def _float_with(value: float) -> bytes:
+    arr = _ramp()
+    arr[3, 5:8] = value
+    return tiff(arr)
+
+
+def _multipage() -> bytes:
+    return tiff(np.stack([rgb(i, 32) for i in range(3)]), photometric="rgb")
+
+
+def _forged_jpeg(width: int = 7000, height: int = 7000) -> bytes:
+    """A small real JPEG whose frame header (SOF0) then declares ``width × height``: decoders pad the rest with grey."""
+    data = bytearray(jpeg(2, 64))
+    at = data.find(b"\xff\xc0")
+    data[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def _png_with(*chunks: bytes) -> bytes:
+    data = png(1)
+    return data[:33] + b"".join(chunks) + data[33:]  # after IHDR, before the image data
+
+
+def _text_bomb() -> bytes:
+    return _png_with(png_chunk(b"zTXt", b"comment\0\0" + zlib.compress(b"A" * (50 * 1024 * 1024), 9)))
+
+
+def _icc_bomb() -> bytes:
+    return _png_with(png_chunk(b"iCCP", b"icc\0\0" + zlib.compress(b"\0" * (50 * 1024 * 1024), 9)))
+
+
+def _many_text_chunks() -> bytes:  # each under the per-chunk limit, together over the total
+    one = zlib.compress(b"B" * 900 * 1024, 9)
+    return _png_with(*(png_chunk(b"zTXt", f"k{i}".encode() + b"\0\0" + one) for i in range(12)))
+
+
+IMAGE_CASES += [
+    # degenerate: named, not scored
+    file_case("image", "onepixel.png", lambda: encode(np.full((1, 1, 3), 180, np.uint8), "PNG"), InvalidInputError,
+              "is 1×1 px, below the minimum of 8 px a side"),
+    file_case("image", "line.png", lambda: encode(np.full((1, 100_000, 3), 180, np.uint8), "PNG"), InvalidInputError,
+              "is 100000×1 px, below the minimum of 8 px a side"),
+    file_case("image", "strip.png", lambda: encode(rgb(3, 20).repeat(100, axis=1), "PNG"), InvalidInputError, "an aspect ratio over 16:1"),
+    file_case("image", "nan.tif", lambda: tiff(np.full((16, 16), np.nan, np.float32)), InvalidInputError,
+              "has 256 pixel value(s) that are not finite numbers (NaN or infinite)"),
+    file_case("image", "someinf.tif", lambda: _float_with(np.inf), InvalidInputError, "has 3 pixel value(s) that are not finite numbers"),
+    file_case("image", "pages.tif", _multipage, UnsupportedFormatError, "is a TIFF with 3 pages"),
+    file_case("image", "forged.jpg", _forged_jpeg, CorruptFileError, "declares 7000×7000 pixels but holds only"),
+    file_case("image", "textbomb.png", _text_bomb, TooLargeError, "text or colour-profile (ICC) chunks that decompress to more than"),
+    file_case("image", "iccbomb.png", _icc_bomb, TooLargeError, "text or colour-profile (ICC) chunks that decompress to more than"),
+    file_case("image", "manytext.png", _many_text_chunks, TooLargeError, "or 8 MB in all, over the limit"),
+    # textured (not blank): read correctly and scored
+    file_case("image", "noise16.tif", lambda: tiff(_noise16_rgb(), photometric="rgb"), LOADS, "16-bit RGB TIFF with texture", size=(32, 32),
+              colour=(100, 100, 100)),
+    file_case("image", "ramp.tif", lambda: tiff(_ramp()), LOADS, "32-bit float ramp 0–1", size=(32, 64), colour=(127.5, 127.5, 127.5)),
+    file_case("image", "gradient.png", lambda: encode(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1)), "PNG"), LOADS,
+              "8-bit grey gradient", size=(16, 64), colour=(126, 126, 126)),
+]
 
 
 # ----------------------------------------------------------------------------- archives
@@ -226,7 +297,13 @@ def _many_members_zip() -> bytes:
     return buf.getvalue()
 
 
+def _pixel_bomb_zip() -> bytes:
+    """Five small PNGs each declaring 7000 × 7000 px (under the per-tile limit), 245 megapixels together."""
+    return zipped({f"t{i}.png": png_bomb(7000, 7000) for i in range(5)})
+
+
 ARCHIVE_CASES = [
+    file_case("archive", "pixelbomb.zip", _pixel_bomb_zip, TooLargeError, "its tiles decode to more than 200,000,000 pixels in all"),
     file_case("archive", "slip.zip", lambda: zipped({"ok.png": png(1), "../evil.png": png(2)}), UnsafeArchiveError, "outside the archive"),
     file_case("archive", "slipdeep.zip", lambda: zipped({"a/../../../etc/evil.png": png(2)}), UnsafeArchiveError, "outside the archive"),
     file_case("archive", "absolute.zip", lambda: zipped({"/tmp/evil.png": png(2)}), UnsafeArchiveError, "outside the archive"),
@@ -252,12 +329,12 @@ ARCHIVE_CASES = [
 APERIO = "Aperio Image Library v12.0.15 \r\n{w}x{h} [0,0 {w}x{h}] (256x256) JPEG/RGB Q=90|AppMag = 20|MPP = 0.5|Filename = corpus"
 
 
-def aperio_like_svs(path: Path, width: int = 1536, height: int = 1024, *, tissue: bool = True) -> Path:
-    """A real-looking Aperio SVS: tiled JPEG pyramid written with tifffile, with an Aperio description."""
+def aperio_like_svs(path: Path, width: int = 1536, height: int = 1024, *, tissue: bool = True, fill: int = 242) -> Path:
+    """A real-looking Aperio SVS: tiled JPEG pyramid written with tifffile, with an Aperio description (``fill``: the glass)."""
     import tifffile
 
     yy, xx = np.mgrid[0:height, 0:width]
-    img = np.full((height, width, 3), 242, np.uint8)
+    img = np.full((height, width, 3), fill, np.uint8)
     if tissue:
         blob = ((xx - width / 2) ** 2 / (width / 3) ** 2 + (yy - height / 2) ** 2 / (height / 3) ** 2) < 1
         noise = np.random.default_rng(0).integers(0, 40, (height, width, 1), dtype=np.uint8)
@@ -292,6 +369,11 @@ SLIDE_CASES = [
     file_case("slide", "anim.svs", lambda: encode(rgb(0, 8), "GIF"), UnsupportedFormatError, "GIF"),
     # these load: a slide without tissue (tiling finds nothing, the page warns) and a PNG named .ndpi (read as an image)
     case("slide", "blank.svs", _blank_slide, LOADS, "no tissue: zero tissue tiles", tissue=0.0, kind="openslide"),
+    # issue 15: a uniform black or grey slide was "100 % tissue" and scored
+    case("slide", "black.svs", lambda d: aperio_like_svs(d / "black.svs", tissue=False, fill=0), LOADS, "uniform black: no tissue", tissue=0.0,
+         kind="openslide"),
+    case("slide", "grey.svs", lambda d: aperio_like_svs(d / "grey.svs", tissue=False, fill=128), LOADS, "uniform grey: no tissue", tissue=0.0,
+         kind="openslide"),
     file_case("slide", "really-png.ndpi", lambda: png(5, 300), LOADS, "a PNG with an .ndpi name opens as a one-level image slide", kind="image"),
     case("slide", "good.svs", lambda d: aperio_like_svs(d / "good.svs"), LOADS, "a real-looking Aperio slide", kind="openslide", vendor="aperio",
          mpp=0.5),

@@ -42,3 +42,26 @@ def test_survival_cli(case, tmp_path, capsys):
     assert rc == 0, err
     assert f"{o['n']} patients, {o['events']} events" in err
     assert '"logrank"' in out
+
+
+def test_predict_cli_names_every_bad_tile(tmp_path, tiny_registry, capsys, monkeypatch):
+    """All image cases in one ``predict`` run: the run goes on, and each tile's row says what was wrong (or scores it)."""
+    from engine.exports import read_back
+
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    image_cases = cases("image")
+    for case in image_cases:
+        (folder / case.name).write_bytes(case.make(tmp_path / "src").read_bytes())
+    monkeypatch.chdir(folder)
+    rc, _, err = run_cli(["predict", "--out", str(tmp_path / "p.csv"), "-q", "--", *(c.name for c in image_cases)], capsys)
+    assert rc == 0, err
+    rows = read_back((tmp_path / "p.csv").read_bytes()).set_index("path")
+    for case in image_cases:
+        row = rows.loc[case.name]
+        if case.expect is not None:
+            assert case.fragment in row["error"], (case.name, row["error"])
+        elif case.options.get("blank"):
+            assert f"'{case.name}' is blank" in row["error"], (case.name, row["error"])
+        else:
+            assert isinstance(row["error"], float) and 0 <= row["score"] <= 1, (case.name, row["error"])

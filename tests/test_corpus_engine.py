@@ -60,6 +60,14 @@ def test_image(case, tmp_path):
     assert rgb.shape[:2] == case.options["size"] and (info.height, info.width) == case.options["size"]
     mean = rgb.reshape(-1, 3).mean(axis=0)
     assert np.allclose(mean, case.options["colour"], atol=case.options.get("tolerance", 1.5)), (case.fragment, mean)
+    from engine.errors import InvalidInputError as _Invalid
+    from engine.imageio import check_scorable
+
+    if case.options.get("blank"):  # one colour: named, not scored
+        with pytest.raises(_Invalid, match=f"'{case.name}' is blank: every pixel is about RGB"):
+            check_scorable(rgb, case.name)
+    else:
+        check_scorable(rgb, case.name)
 
 
 # ----------------------------------------------------------------------------- archives

@@ -1,5 +1,7 @@
 """Tile prediction: class probabilities for this session's tiles, with optional stain normalisation."""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -60,6 +62,8 @@ if submitted:
         names = {t.path: t.name for t in tiles}
         frame = result.to_frame()
         frame["path"] = frame["path"].map(lambda p: names.get(p, p))
+        stored = {t.path: Path(t.path).name for t in tiles}  # messages name the user's file, not the stored copy
+        frame["error"] = [e if not isinstance(e, str) else e.replace(f"'{stored[p]}'", f"'{names[p]}'") for p, e in zip(result.to_frame()["path"], frame["error"])]
         st.session_state[RESULT_KEY] = {"card_id": card.id, "result": result, "frame": frame, "paths": [t.path for t in tiles], "normalize": normalize, "method": method, "normalizer": normalizer}
         bar.empty()
     except Exception as err:  # noqa: BLE001 - shown as a message; the previous result stays below
