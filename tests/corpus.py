@@ -623,6 +623,55 @@ def _canary_model(d: Path) -> Path:
     return _tampered_model(d / "canary.keras", module=CANARY, class_name="Payload", registered_name="Payload", config={})
 
 
+def _small_classifier(path: Path, *, activation: str = "softmax", nan: bool = False, edit=None) -> Path:
+    """A real 8-px, 2-class ``.keras`` model (GAP → Dense); ``nan`` fills its weights with NaN; ``edit(config)`` rewrites config.json."""
+    from engine.runtime import keras
+
+    k = keras()
+    inputs = k.Input((8, 8, 3))
+    outputs = k.layers.Dense(2, activation=activation, name="head")(k.layers.GlobalAveragePooling2D()(k.layers.Rescaling(1 / 255)(inputs)))
+    model = k.Model(inputs, outputs)
+    if nan:
+        model.get_layer("head").set_weights([np.full((3, 2), np.nan, np.float32), np.zeros(2, np.float32)])
+    if edit is None:
+        model.save(path)
+        return path
+    clean = path.with_name("clean-" + path.name)
+    model.save(clean)
+    with zipfile.ZipFile(clean) as src, zipfile.ZipFile(path, "w") as dst:
+        for member in src.namelist():
+            data = src.read(member)
+            dst.writestr(member, edit(data) if member == "config.json" else data)
+    clean.unlink()
+    return path
+
+
+def _deep_config(data: bytes) -> bytes:
+    cfg = json.loads(data)
+    cfg["config"]["layers"][-1]["config"]["nest"] = "DEEP"
+    return json.dumps(cfg).replace('"DEEP"', "[" * 100_000 + "]" * 100_000).encode()
+
+
+def _huge_layer(data: bytes) -> bytes:
+    cfg = json.loads(data)
+    next(layer for layer in cfg["config"]["layers"] if layer["name"] == "head")["config"]["units"] = 1_000_000_000
+    return json.dumps(cfg).encode()
+
+
+# these load in Keras (safe mode) but must not be imported: checked by import_model only
+IMPORT_ONLY_CASES = [
+    case("model", "deep.keras", lambda d: _small_classifier(d / "deep.keras", edit=_deep_config), IncompatibleModelError,
+         "has a config.json nested 100005 levels deep, over the limit of 100: refused before parsing it", import_only=True),
+    case("model", "hugelayer.keras", lambda d: _small_classifier(d / "hugelayer.keras", edit=_huge_layer), IncompatibleModelError,
+         "layer 'head' has units = 1,000,000,000, over the limit of 65,536", import_only=True),
+    case("model", "nan.keras", lambda d: _small_classifier(d / "nan.keras", nan=True), IncompatibleModelError,
+         "gives non-finite outputs (NaN or infinite) on synthetic tissue tiles", import_only=True),
+    case("model", "logits.keras", lambda d: _small_classifier(d / "logits.keras", activation="linear"), IncompatibleModelError,
+         "on synthetic tissue tiles", import_only=True),
+    case("model", "relu.keras", lambda d: _small_classifier(d / "relu.keras", activation="sigmoid"), IncompatibleModelError,
+         "class probabilities that do not sum to 1", import_only=True),
+]
+
 MODEL_CASES = [
     case("model", "lambda.keras", _lambda_model, IncompatibleModelError, "refused for safety"),
     case("model", "unknown.keras", lambda d: _tampered_model(d / "unknown.keras", module="no_such_module.layers", class_name="Evil",
@@ -638,6 +687,7 @@ MODEL_CASES = [
     file_case("model", "text.keras", lambda: b"not a keras model", IncompatibleModelError, "cannot be loaded as a Keras model"),
     file_case("model", "empty.keras", lambda: b"", IncompatibleModelError, "cannot be loaded as a Keras model"),
     file_case("model", "model.pkl", lambda: b"\x80\x04K\x01.", IncompatibleModelError, "not a .keras model file"),
+    *IMPORT_ONLY_CASES,
 ]
 
 
