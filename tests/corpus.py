@@ -553,6 +553,21 @@ def _training_zip(d: Path, entries: dict[str, bytes], name: str) -> Path:
     return write(d / name, zipped(entries))
 
 
+def _other_workspace(d: Path) -> Path:
+    """Tiles in another browser session's upload workspace (under HISTODASH_WORK_DIR)."""
+    from engine.config import get_settings
+
+    return class_folders(get_settings().work_dir / "someone-else" / "training" / "tiles", {"benign": 2, "tumour": 2})
+
+
+def _escaping_link(d: Path) -> Path:
+    """A folder inside the data roots that is a symbolic link to a folder outside them."""
+    link = d / "link"
+    if not link.exists():
+        link.symlink_to("/usr/share")
+    return link
+
+
 TRAINING_CASES = [
     case("training", "oneclass", _one_class, InvalidInputError, "Only one class ('tumour')"),
     case("training", "emptyclass", _empty_class, InvalidInputError, "Class folder(s) 'stroma'"),
@@ -574,6 +589,41 @@ TRAINING_CASES = [
     # unreadable tiles are counted and skipped: the rest trains
     case("training", "unreadable", _unreadable, LOADS, "3 unreadable tiles skipped, 6 kept", step="prepare", kept=6,
          skipped=["broken.png", "cut.png", "empty.jpg"]),
+    # issue 15: server paths as input. The CLI's operator may name any folder; the page only uploads and data roots.
+    case("training", "devnull", lambda d: Path("/dev/null"), InvalidInputError, "is a device or other special file",
+         page_fragment="the path you gave is not"),
+    case("training", "etc", lambda d: Path("/etc"), InvalidInputError, "", page_only=True, page_fragment="the path you gave is not"),
+    case("training", "otherworkspace", _other_workspace, InvalidInputError, "", page_only=True, page_fragment="the path you gave is not"),
+    case("training", "escapelink", _escaping_link, InvalidInputError, "", page_only=True, page_fragment="the path you gave is not"),
+]
+
+
+# ----------------------------------------------------------------------------- training configurations (YAML, CLI)
+
+def _config_case(name: str, text: Callable[[Path], str], expect, fragment: str, /, **options) -> Case:
+    def build(d: Path) -> Path:
+        class_folders(d / "good", {"benign": 3, "tumour": 3})
+        return write(d / name, text(d).encode())
+    return Case("config", name, build, expect, fragment, options)
+
+
+def _alias_bomb(d: Path) -> str:
+    lines = [f"data: {d / 'good'}", 'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    return "\n".join(lines) + "\n"
+
+
+CONFIG_CASES = [
+    _config_case("aliasbomb.yaml", _alias_bomb, InvalidInputError, "uses a YAML alias ('*a0', line 3); aliases are not accepted"),
+    _config_case("huge.yaml", lambda d: f"data: {d / 'good'}\n" + "# padding\n" * 10_000, InvalidInputError, "is over 64 KB"),
+    _config_case("nanweight.yaml", lambda d: f"data: {d / 'good'}\nclass_weights: {{benign: .nan, tumour: 1}}\n", InvalidInputError,
+                 "class_weights must be 'balanced', 'none' or a mapping class → positive weight"),
+    _config_case("infweight.yaml", lambda d: f"data: {d / 'good'}\nclass_weights: {{benign: .inf, tumour: 1}}\n", InvalidInputError,
+                 "class_weights must be"),
+    _config_case("devnull.yaml", lambda d: "data: /dev/null\n", InvalidInputError, "'null' is a device or other special file"),
+    _config_case("takenid.yaml", lambda d: f"data: {d / 'good'}\nmodel_id: tiny-test\n", InvalidInputError,
+                 "A model 'tiny-test' is already registered"),
+    _config_case("good.yaml", lambda d: f"data: {d / 'good'}\nepochs: 1\n", LOADS, "queued: 6 tiles in 2 classes"),
 ]
 
 
@@ -691,7 +741,7 @@ MODEL_CASES = [
 ]
 
 
-ALL_CASES: list[Case] = [*IMAGE_CASES, *ARCHIVE_CASES, *SLIDE_CASES, *TABLE_CASES, *TRAINING_CASES, *MODEL_CASES]
+ALL_CASES: list[Case] = [*IMAGE_CASES, *ARCHIVE_CASES, *SLIDE_CASES, *TABLE_CASES, *TRAINING_CASES, *CONFIG_CASES, *MODEL_CASES]
 
 
 def cases(group: str) -> list[Case]:

@@ -65,3 +65,23 @@ def test_predict_cli_names_every_bad_tile(tmp_path, tiny_registry, capsys, monke
             assert f"'{case.name}' is blank" in row["error"], (case.name, row["error"])
         else:
             assert isinstance(row["error"], float) and 0 <= row["score"] <= 1, (case.name, row["error"])
+
+
+@pytest.mark.parametrize("case", cases("config"), ids=lambda c: c.name)
+def test_train_cli(case, tmp_path, capsys, monkeypatch, tiny_registry):
+    """``python -m engine train CONFIG.yaml``: a bad configuration exits 2 at submit, one line, and queues nothing."""
+    from engine import jobs
+
+    monkeypatch.setenv("HISTODASH_JOBS_DIR", str(tmp_path / "jobs"))
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
+    path = case.make(tmp_path)
+    rc, out, err = run_cli(["train", str(path), "--detach"], capsys)
+    runner = jobs.LocalProcessRunner(tmp_path / "jobs")
+    if case.expect is not None:
+        assert_one_line_error(rc, err, case.fragment)
+        assert runner.list() == []
+        return
+    assert rc == 0, err
+    [rec] = runner.list()
+    assert out.strip() == rec.id
+    runner.wait(rec.id, timeout=60)

@@ -17,7 +17,7 @@ import pytest
 from engine.errors import HistoDashError, IncompatibleModelError, InvalidInputError
 from tests.corpus import ALL_CASES, CANARY, Case, cases
 
-GROUPS = ("image", "archive", "slide", "table", "training", "model")
+GROUPS = ("image", "archive", "slide", "table", "training", "config", "model")
 
 
 def test_corpus_has_at_least_40_cases_in_every_group():
@@ -199,7 +199,7 @@ def test_table(case, tmp_path):
 
 # ----------------------------------------------------------------------------- training folders
 
-@pytest.mark.parametrize("case", cases("training"), ids=lambda c: c.name)
+@pytest.mark.parametrize("case", [c for c in cases("training") if not c.options.get("page_only")], ids=lambda c: c.name)
 def test_training(case, tmp_path):
     from engine.training.datasets import discover, prepare
 
@@ -221,6 +221,26 @@ def test_training(case, tmp_path):
     assert sorted(Path(p).name for p, _ in prepared.skipped) == case.options["skipped"]
     for p, why in prepared.skipped:
         assert Path(p).name in why  # each skipped tile says which and why
+
+
+# ----------------------------------------------------------------------------- training configurations
+
+@pytest.mark.parametrize("case", cases("config"), ids=lambda c: c.name)
+def test_training_config(case, tmp_path, tiny_registry):
+    """A YAML configuration through everything checked at submit (load_config, then check_submission)."""
+    from engine.training.config import load_config
+    from engine.training.submit import check_submission
+
+    path = case.make(tmp_path)
+
+    def run():
+        return check_submission(load_config(path), models_dir=tiny_registry.root)
+
+    if case.expect is not None:
+        expect_error(case, run, names_file=False)
+        return
+    cfg, found = run()
+    assert len(found) == 6 and cfg.epochs == 1
 
 
 # ----------------------------------------------------------------------------- models
