@@ -268,8 +268,8 @@ def test_real_runner_cancel_then_resume(tiny_registry, tmp_path):
     """Through engine.jobs: a running heatmap job is cancelled, its finished tiles stay cached, a re-run resumes."""
     from engine.jobs import get_runner
 
-    slide = make_pyramid(tmp_path / "big.tif", width=2048, height=2048, levels=2, rects=[((0, 0, 2048, 2048), COLOUR)])
-    runner = get_runner()
+    slide = make_pyramid(tmp_path / "big.tif", width=2048, height=2048, levels=2, rects=[((0, 0, 2048, 2048), COLOUR), ((0, 0, 1024, 2048), (120, 40, 150))])
+    runner = get_runner()  # (tissue in two stains: a slide of one flat colour has no tissue)
     params = {"slide_path": str(slide), "model_id": "tiny-test", "level": 0, "tile_px": 32, "batch_size": 4, "min_tissue": 0.5}
     job = runner.submit("heatmap", params)
     deadline = time.time() + 120
