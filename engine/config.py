@@ -18,6 +18,13 @@
 | ``HISTODASH_MAX_CONCURRENT_INFERENCE`` | ``2`` | heavy inference runs at once across all users (the rest queue) |
 | ``HISTODASH_LOG_NAMES`` | ``0`` | ``1`` lets logs name uploaded files and slides (off: no patient identifiers in logs) |
 | ``HISTODASH_DATA_ROOTS`` | the shared data folder | folders (separated by ``:``) the Training page may train from, besides the session's uploads |
+| ``HISTODASH_JOB_SLOTS`` | ``1`` | background jobs that run at once (the rest queue) |
+| ``HISTODASH_SHARED_DATA`` | ``<repo>/../shared/data`` | the shared real-data folder (demo training data, tests, benchmarks) |
+
+:func:`get_settings` is the only reader of ``HISTODASH_*`` variables in the engine and the dashboard;
+everything else asks it. (One test-harness variable is read by the tests alone:
+``HISTODASH_CHROMIUM``, the browser binary of the end-to-end tests, in ``tests/browser.py``.)
+A bad value is the administrator's error and says which variable it is.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from engine.errors import InvalidInputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,14 +50,22 @@ def _paths(name: str, default: tuple[Path, ...]) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser() for p in value.split(os.pathsep) if p.strip())
 
 
-def _num(name: str, default: float) -> float:
+def _parsed(name: str, default, convert, what: str):
     value = os.environ.get(name)
     if not value:
         return default
     try:
-        return float(value)
+        return convert(value)
     except ValueError as exc:  # a bad setting is the admin's error: say which one
-        raise ValueError(f"{name}={value!r} is not a number") from exc
+        raise InvalidInputError(f"{name}={value!r} is not {what}.") from exc
+
+
+def _num(name: str, default: float) -> float:
+    return _parsed(name, default, float, "a number")
+
+
+def _whole(name: str, default: int) -> int:
+    return _parsed(name, default, int, "a whole number")
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,8 @@ class Settings:
     max_concurrent_inference: int = 2
     log_names: bool = False
     data_roots: tuple[Path, ...] = ()
+    job_slots: int = 1
+    shared_data: Path = REPO_ROOT.parent / "shared" / "data"
     extra: dict = field(default_factory=dict)
 
 
@@ -93,5 +112,7 @@ def get_settings() -> Settings:
         session_max_age_s=_num("HISTODASH_SESSION_MAX_AGE_H", 24.0) * 3600.0,
         max_concurrent_inference=max(1, int(_num("HISTODASH_MAX_CONCURRENT_INFERENCE", 2))),
         log_names=os.environ.get("HISTODASH_LOG_NAMES", "0").strip().lower() in ("1", "true", "yes", "on"),
+        job_slots=max(1, _whole("HISTODASH_JOB_SLOTS", 1)),
+        shared_data=_path("HISTODASH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"),
         data_roots=_paths("HISTODASH_DATA_ROOTS", (_path("HISTODASH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"),)),
     )

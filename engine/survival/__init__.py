@@ -125,7 +125,6 @@ __all__ = [
     "join_tables",
     "load_table",
     "risk_analysis",
-    "register",
     "km_figure",
     "forest_figure",
     "cutpoint_figure",
@@ -135,13 +134,6 @@ __all__ = [
     "figure_image",
     "image_export_available",
 ]
-
-
-def register(subparsers) -> None:
-    """Add the ``survival`` command to ``python -m engine`` (plots are not needed there)."""
-    from engine.survival.cli import register as _register
-
-    _register(subparsers)
 
 
 def __getattr__(name):  # plotly figures on demand, so the CLI does not import plotly
