@@ -85,3 +85,23 @@ def test_train_cli(case, tmp_path, capsys, monkeypatch, tiny_registry):
     [rec] = runner.list()
     assert out.strip() == rec.id
     runner.wait(rec.id, timeout=60)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["heatmap", "slide.svs", "--mpp", "nan"], "argument --mpp: 'nan' is not a finite number (µm/px)"),
+    (["heatmap", "slide.svs", "--mpp", "-0.5"], "argument --mpp: -0.5 is out of range (µm/px: at least 0.01 and at most 100)"),
+    (["heatmap", "slide.svs", "--mpp", "50000"], "out of range (µm/px"),
+    (["heatmap", "slide.svs", "--min-tissue", "inf"], "argument --min-tissue: 'inf' is not a finite number"),
+    (["heatmap", "slide.svs", "--stride", "0"], "argument --stride: 0 is out of range"),
+    (["heatmap", "slide.svs", "--tile-px", "-3"], "argument --tile-px: -3 is out of range"),
+    (["heatmap", "slide.svs", "--readers", "two"], "'two' is not a whole number (reader threads)"),
+    (["predict", "t.png", "--batch-size", "0"], "argument --batch-size: 0 is out of range"),
+    (["gradcam", "t.png", "--opacity", "NaN"], "argument --opacity: 'NaN' is not a finite number"),
+])
+def test_bad_numbers_on_the_command_line(argv, fragment, capsys):
+    """Issue 15: NaN and negative numbers (µm/px, thresholds) were accepted silently. Now: exit 2, one line."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert_one_line_error(2, err, fragment)

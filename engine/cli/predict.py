@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli.common import ConsoleProgress, add_model_arguments
+from engine.cli.common import ConsoleProgress, add_model_arguments, number
 from engine.errors import InvalidInputError
 from engine.exports import safe_csv
 from engine.imageio import read_image
@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="macenko", choices=["macenko", "vahadane"], help="stain normalisation method")
     p.add_argument("--reference", default=None, help="reference tile for normalisation (default: published Macenko target)")
     p.add_argument("--out", default=None, help="CSV file to write (default: stdout)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=number(int, low=1, high=4096, what="batch size"), default=32)
     p.add_argument("--no-cache", action="store_true", help="do not read or write the inference cache")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_predict)
