@@ -23,7 +23,8 @@ from engine.training.submit import check_submission
 
 DEMO = Path(os.environ.get("HISTODASH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "lc25000-lung-224"
 STATE_ICON = {"queued": ":material/schedule:", "running": ":material/play_circle:", "succeeded": ":material/check_circle:",
-              "failed": ":material/error:", "cancelled": ":material/stop_circle:"}
+              "failed": ":material/error:", "cancelled": ":material/stop_circle:", "damaged": ":material/broken_image:",
+              "unknown": ":material/help:"}
 
 st.title("Training")
 st.caption("Train a tile classifier on labelled tiles: a folder with one subfolder per class, a CSV manifest (path, label, optional patient) "
@@ -163,7 +164,7 @@ def live(job_id: str) -> None:
     if not rec.active:  # finished while we watched: redraw the whole page with the results
         st.rerun()
     p = rec.progress
-    st.markdown(f"{STATE_ICON[rec.state]} **{rec.state}** · started {format_duration(rec.elapsed_s)} ago" if rec.started else f"{STATE_ICON['queued']} **queued**: waiting for a free worker slot")
+    st.markdown(f"{STATE_ICON.get(rec.state, STATE_ICON['unknown'])} **{rec.state}** · started {format_duration(rec.elapsed_s)} ago" if rec.started else f"{STATE_ICON['queued']} **queued**: waiting for a free worker slot")
     st.progress(rec.fraction, text=f"{p.get('message', '')} · ETA {format_duration(p.get('eta_s'))}" if p else "waiting…")
     if p.get("epochs"):
         c1, c2 = st.columns(2)
