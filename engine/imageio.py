@@ -141,7 +141,11 @@ def read_image_with_info(data: bytes | str | Path, *, name: str | None = None, m
         if fmt not in FORMATS:
             raise UnsupportedFormatError(f"'{name}' is a {fmt} image; tiles must be JPEG, PNG or TIFF.", path=name)
         width, height = img.size
-        check_header(name, fmt, width, height, size, limit, pages=getattr(img, "n_frames", 1) if fmt == "TIFF" else 1)
+        try:  # counting a TIFF's pages walks its IFD chain, which a cut-short file breaks
+            pages = getattr(img, "n_frames", 1) if fmt == "TIFF" else 1
+        except (OSError, ValueError, TypeError, SyntaxError, EOFError) as exc:  # Pillow: TypeError "Missing dimensions"
+            raise CorruptFileError(f"'{name}' is damaged or cut short ({exc}).", path=name) from exc
+        check_header(name, fmt, width, height, size, limit, pages=pages)
         mode = img.mode
         try:
             if fmt == "TIFF" and mode in ("RGB", "RGBA") and img.tag_v2.get(258, (8,))[0] == 16:
