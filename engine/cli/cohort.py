@@ -6,12 +6,13 @@ import argparse
 import sys
 
 from engine.cli.heatmap import add_tiling_arguments, tiling_kwargs
+from engine.exports import safe_csv
 from engine.heatmap.cohort import cohort_scores
 
 
 def _cmd_cohort(args: argparse.Namespace) -> int:
     frame = cohort_scores(args.slide_dir, **tiling_kwargs(args))
-    frame.to_csv(args.out, index=False)
+    safe_csv(frame, args.out)  # slide names are user text: escaped for spreadsheets
     if not args.quiet:
         bad = int(frame["error"].notna().sum())
         print(f"{len(frame)} slides scored ({bad} with errors); wrote {args.out}", file=sys.stderr)
