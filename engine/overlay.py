@@ -17,6 +17,7 @@ a few bytes per tile, sent once per page run.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import math
@@ -50,16 +51,17 @@ def numeric_columns(frame) -> list[str]:
     return out
 
 
-def tiles_payload(result, *, job_id: str | None = None) -> dict:
+def tiles_payload(result, *, job_id: str | None = None, score_name: str | None = None) -> dict:
     """The per-tile arrays of one :class:`engine.heatmap.HeatmapResult` for the viewer.
 
     ``id`` names this result (the viewer redraws only when it changes); ``slide_hash`` ties it to its slide:
-    the page passes it only when it equals the shown slide's hash.
+    the page passes it only when it equals the shown slide's hash. ``score_name``: what the model card calls
+    the score (``p(malignant)``…).
     """
     frame = result.to_frame()
-    columns = numeric_columns(frame)
+    found = numeric_columns(frame)
     # score first, then the class probabilities, then the rest (the viewer's layer menu keeps this order)
-    columns.sort(key=lambda c: (c != "score", not c.startswith("p_"), columns.index(c)))
+    columns = sorted(found, key=lambda c: (c != "score", not c.startswith("p_"), found.index(c)))
     g = result.grid
     return {
         "id": f"{job_id or 'result'}:{result.slide_hash}:{result.model_sha256[:12]}",
@@ -73,6 +75,7 @@ def tiles_payload(result, *, job_id: str | None = None) -> dict:
         "y": b64(result.y, "int32"),
         "columns": {c: b64(frame[c].to_numpy(np.float64), "float64") for c in columns},
         "score_column": "score",
+        "score_name": score_name or "score",
         "classes": list(result.classes),
         "threshold": float(result.threshold),
         "model_id": result.model_id,
@@ -97,7 +100,8 @@ def mask_payload(mask) -> dict:
     }
 
 
-def colormaps_payload(names=COLORMAPS) -> dict:
+@functools.lru_cache(maxsize=4)
+def colormaps_payload(names: tuple[str, ...] = COLORMAPS) -> dict:
     """``{name: base64 of 256 × 3 uint8}`` from the engine's colour tables."""
     from engine.heatmap import colour_lut  # engine.render after the layout change
 

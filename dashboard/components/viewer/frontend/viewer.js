@@ -14,7 +14,7 @@
   const $ = (id) => document.getElementById(id);
   const HD = (window.HD = {
     viewer: null, slideKey: null, slide: null, tiles: null, tilesId: null, grid: null, gridRaw: null, mask: null, maskRaw: null,
-    annotations: [], annotationsRaw: null, display: null, displayRaw: null, luts: {}, lutsRaw: null, heat: null, cache: null,
+    annotations: [], annotationsRaw: null, display: null, luts: {}, lutsRaw: null, heat: null, cache: null,
     selected: -1, seq: 0, redraws: 0, lastRedrawMs: null, renders: 0, loadedLevels: {}, failedTiles: 0, frameHeight: 0,
   });
 
@@ -35,7 +35,7 @@
   function readDisplay() {
     return {
       layer: $("layer").value || "score", mode: $("mode").value, colormap: $("colormap").value,
-      opacity: parseFloat($("opacity").value), threshold: clampNum($("threshold").value, 0, 1, HD.display ? HD.display.threshold : 0.5),
+      opacity: parseFloat($("opacity").value), threshold: clampNum($("threshold").value, 0, 1, HD.tiles ? HD.tiles.threshold : 0.5), // empty: the card's
       blur: clampNum($("blur").value, 0, 1e7, 0), blank: $("blank").checked,
       show: Object.fromEntries(shows.map((s) => [s, $("show-" + s).checked])),
     };
@@ -53,6 +53,7 @@
     const t0 = event && event.timeStamp ? event.timeStamp : performance.now();
     const before = HD.display;
     HD.display = readDisplay();
+    if (String(HD.display.threshold) !== $("threshold").value) $("threshold").value = String(HD.display.threshold);
     const d = HD.display;
     const heavy = !before || d.layer !== before.layer || d.mode !== before.mode || d.blur !== before.blur ||
       (d.threshold !== before.threshold && d.mode === "binarise");
@@ -85,20 +86,27 @@
     const slide = args.slide;
     if (!slide) { showMessage("No slide."); return; }
     if (slide.key !== HD.slideKey) openSlide(slide); // a new slide: every layer of the old one is dropped first
+    const oldTiles = HD.tilesId;
     setTiles(args.tiles && args.tiles.slide_hash === slide.hash ? args.tiles : null);
     setGrid(args.grid || null);
     setMask(args.mask || null);
     setAnnotations(args.annotations || []);
-    const displayRaw = JSON.stringify(args.display || {});
-    if (displayRaw !== HD.displayRaw || !HD.display) {
-      HD.displayRaw = displayRaw;
-      const d = Object.assign({}, args.display || {});
+    // The page's display is only the starting state of a new viewer (what this viewer reported before it was
+    // re-created); afterwards the browser's own settings win. A new result brings its model card's threshold
+    // unless the page names one.
+    const given = args.display || {};
+    if (!HD.display) {
+      const d = Object.assign({}, given);
       if (d.threshold === null || d.threshold === undefined) d.threshold = HD.tiles ? HD.tiles.threshold : 0.5;
       writeDisplay(d);
+      onDisplayChange(null);
+    } else if (HD.tilesId !== oldTiles) {
+      if (HD.tiles && (given.threshold === null || given.threshold === undefined)) $("threshold").value = String(HD.tiles.threshold);
+      for (const k of shows) if (given.show && k in given.show) $("show-" + k).checked = !!given.show[k];
       HD.display = null;
       onDisplayChange(null);
     } else {
-      rebuildHeat(); drawLegend(); updateStatus(); drawOverlay();
+      drawLegend(); updateStatus(); drawOverlay();
     }
   }
 
