@@ -29,13 +29,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from dashboard import websession
 from engine.config import get_settings
-from engine.deepzoom import FileKey, cached_tile, deepzoom_for
+from engine.deepzoom import FileKey, cached_tile, cached_tile_if_present, deepzoom_for
 from engine.errors import HistoDashError
 
 log = logging.getLogger(__name__)
@@ -197,8 +198,9 @@ def _not_found() -> Response:
     return Response("Not found", status_code=404, media_type="text/plain", headers={"Cache-Control": "no-store"})
 
 
-def serve(request: Request) -> Response:
-    """``/tiles/{rest}``: the DZI descriptor or a tile (sync: Starlette runs it in its thread pool)."""
+async def serve(request: Request) -> Response:
+    """``/tiles/{rest}``: the DZI descriptor or a tile. Checks and cache hits run on the event loop; decoding
+    a tile that is not cached runs in Starlette's thread pool (OpenSlide releases the GIL)."""
     rest = request.path_params.get("rest", "")
     head = _TOKEN.match(rest)
     grant = authorise(head.group(0), websession.request_session_id(request.scope)) if head else None
@@ -210,16 +212,23 @@ def serve(request: Request) -> Response:
     headers = {"Cache-Control": TILE_CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
     try:
         if m.group("level") is None:
-            return Response(deepzoom_for(grant.path, grant.key).dzi(), media_type="application/xml", headers=headers)
+            dzi = await run_in_threadpool(lambda: deepzoom_for(grant.path, grant.key).dzi())
+            return Response(dzi, media_type="application/xml", headers=headers)
         level, col, row = int(m.group("level")), int(m.group("col")), int(m.group("row"))
-        deepzoom_for(grant.path, grant.key).check_address(level, col, row)
-        data = cached_tile(grant.path, level, col, row, grant.key)
+        data = cached_tile_if_present(grant.key, level, col, row)
+        if data is None:
+            data = await run_in_threadpool(_decode, grant, level, col, row)
     except HistoDashError:
         return _not_found()
     except Exception:  # noqa: BLE001 - a damaged region: no tile, no traceback to the browser
         log.exception("tile request failed")
         return Response("Tile unavailable", status_code=500, media_type="text/plain", headers={"Cache-Control": "no-store"})
     return Response(data, media_type="image/jpeg", headers=headers)
+
+
+def _decode(grant: Grant, level: int, col: int, row: int) -> bytes:
+    deepzoom_for(grant.path, grant.key).check_address(level, col, row)
+    return cached_tile(grant.path, level, col, row, grant.key)
 
 
 def routes() -> list[Route]:

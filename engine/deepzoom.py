@@ -214,6 +214,11 @@ def cached_tile(path: str | Path, level: int, col: int, row: int, key: FileKey |
     return data
 
 
+def cached_tile_if_present(key: FileKey, level: int, col: int, row: int) -> bytes | None:
+    """The cached JPEG bytes of a tile, or None (never decodes: cheap enough for an event loop)."""
+    return _TILES.get((key, int(level), int(col), int(row)))
+
+
 def cache_stats() -> dict:
     """Entries, bytes, hits and misses of both caches (the bench reports them)."""
     return {

@@ -76,13 +76,13 @@ def viewer_frame(page, slide_id: str | None = None):
     """The viewer's iframe (the one showing ``slide_id`` when given: another slide gets a new viewer)."""
     deadline = time.time() + T / 1000
     while time.time() < deadline:
-        for f in page.frames:
-            if "histodash_slide_viewer" in f.url:
-                try:
-                    if f.evaluate("(id) => !!window.HD && (!id || (HD.slideKey || '').endsWith(id))", slide_id):
-                        return f
-                except Exception:  # noqa: BLE001 - a frame that is being replaced
-                    pass
+        for el in page.locator("iframe[title*='histodash_slide_viewer']").element_handles():
+            try:
+                f = el.content_frame()
+                if f is not None and f.evaluate("(id) => !!window.HD && (!id || (HD.slideKey || '').endsWith(id))", slide_id):
+                    return f
+            except Exception:  # noqa: BLE001 - a frame that is being replaced
+                pass
         time.sleep(0.3)
     seen = []
     for f in page.frames:
@@ -231,7 +231,7 @@ def test_opening_another_slide_drops_the_first_heatmap(session):
     assert "job=" not in page.url
     frame = viewer_frame(page, f"lib:{TCGA}")
     frame.wait_for_function("() => HD.viewer.world.getItemCount() === 1 && (HD.loadedLevels[HD.viewer.world.getItemAt(0).source.maxLevel - 3] || 0) > 0")
-    assert len([f for f in page.frames if "histodash_slide_viewer" in f.url]) == 1  # the first slide's viewer is gone
+    assert page.locator("iframe[title*='histodash_slide_viewer']").count() == 1  # the first slide's viewer is gone
     assert frame.evaluate("() => HD.tiles === null && HD.heat === null")
     assert page.get_by_role("heading", name="Heatmap", exact=True).count() == 0
     assert "No heatmap of this slide yet" in frame.locator("#status").inner_text()

@@ -37,7 +37,10 @@ process.stdin.on("end", () => {
   const c = H.valueCanvas(xs, ys, f64(q.values), q.tile0, q.scale, q.w, q.h);
   r.mean = out(c.mean);
   r.covered = out(Array.from(c.covered));
+  const a = H.valueCanvas(xs, ys, f64(q.values), q.stride0, q.stride0, q.aw, q.ah);  // tiles = canvas pixels: the placing path
+  r.aligned = out(a.mean);
   r.blurred = out(H.blurCanvas(c.mean, c.covered, q.w, q.h, q.sigma));
+  r.wide = out(H.blurCanvas(c.mean, c.covered, q.w, q.h, 12.0));
   r.gauss = out(H.gaussianFilter(f64(q.field), q.fw, q.fh, q.fsigma));
   const lut = H.decode(q.lut, Uint8Array);
   const rgba = H.colourise(c.mean, c.covered, lut, new Uint8ClampedArray(4 * q.w * q.h));
@@ -83,10 +86,13 @@ def case():
     query = {
         "scores": b64(scores, "float64"), "threshold": 0.4365, "x": b64(x, "int32"), "y": b64(y, "int32"),
         "values": b64(scores, "float64"), "tile0": tile0, "scale": scale, "w": w, "h": h, "sigma": 1.7,
+        "stride0": stride0, "aw": int(np.ceil(w0 / stride0)), "ah": int(np.ceil(h0 / stride0)),
         "field": b64(field, "float64"), "fw": 13, "fh": 9, "fsigma": 6.0,  # a kernel wider than the array: repeated reflection
         "lut": b64(colour_lut("viridis"), "uint8"), "um_per_px": 2.37,
     }
-    return {"result": result, "scores": scores, "scale": scale, "shape": (h, w), "field": field, "out": run_node(query)}
+    aligned = make_result(x, y, scores, stride0, stride0, w0, h0)  # the same tiles without overlap: one canvas pixel each
+    return {"result": result, "aligned": aligned, "ashape": (query["ah"], query["aw"]), "scores": scores, "scale": scale, "shape": (h, w),
+            "field": field, "out": run_node(query)}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -104,6 +110,15 @@ def test_value_canvas_matches_the_engine(case):
     np.testing.assert_allclose(js_mean[covered], mean[covered], rtol=0, atol=1e-12)
 
 
+def test_aligned_tiles_take_the_placing_path_with_the_same_result(case):
+    mean, covered = value_canvas(case["aligned"], case["scores"], 50.0, case["ashape"])
+    js = f64(case["out"]["aligned"]).reshape(case["ashape"])
+    np.testing.assert_array_equal(np.isnan(js), ~covered)
+    np.testing.assert_allclose(js[covered], mean[covered], rtol=0, atol=1e-12)  # the engine's summed areas round; placing does not
+    r, c = case["aligned"].y // 50, case["aligned"].x // 50
+    np.testing.assert_array_equal(js[r, c], case["scores"])  # each tile's own value, exactly
+
+
 def test_blur_matches_scipy(case):
     from scipy.ndimage import gaussian_filter
 
@@ -115,6 +130,11 @@ def test_blur_matches_scipy(case):
     js = f64(case["out"]["blurred"]).reshape(case["shape"])
     np.testing.assert_allclose(js[covered], ref[covered], rtol=0, atol=1e-12)
     assert np.isnan(js[~covered]).all()
+    # a wide kernel (radius 48 px) runs on a 2× pooled canvas: close to scipy's exact result, not equal
+    num, den = gaussian_filter(np.nan_to_num(mean), 12.0), gaussian_filter(covered.astype(np.float64), 12.0)
+    exact = np.where(covered, num / np.maximum(den, 1e-9), np.nan)
+    wide = f64(case["out"]["wide"]).reshape(case["shape"])
+    assert np.abs(wide[covered] - exact[covered]).max() < 0.03
 
 
 def test_colours_are_the_engine_lookup(case):

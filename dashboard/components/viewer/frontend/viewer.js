@@ -74,6 +74,7 @@
   // --- render (a Streamlit page run) -------------------------------------------------------------------
   function render(args) {
     HD.renders += 1;
+    HD.lastArgs = args;
     const height = args.height || 720;
     if (height !== HD.frameHeight) { HD.frameHeight = height; post("streamlit:setFrameHeight", { height }); }
     const lutsRaw = JSON.stringify(Object.keys(args.colormaps || {}));
@@ -400,6 +401,7 @@
     return { x: r.left + p.x, y: r.top + p.y };
   };
   HD.readDisplay = readDisplay;
+  HD.render = render; // the bench renders a large synthetic heatmap through the same path
 
   if (typeof OpenSeadragon === "undefined") showMessage("OpenSeadragon is not installed on this server (run `make run`, which runs npm ci).");
   post("streamlit:componentReady", { apiVersion: 1 });
