@@ -21,8 +21,9 @@ import streamlit as st
 from dashboard.common import guarded, show_error
 from engine.errors import HistoDashError
 from engine.heatmap import HeatmapResult, png_bytes, render_overlay
-from engine.slides import SlideLibrary, open_slide, save_upload, uploads_dir
+from engine.slides import SlideLibrary, open_slide
 from engine.tissue import DEFAULT_MIN_TISSUE, TissueMasker
+from engine.uploads import save_upload, uploads_dir
 
 LAST_KEY = "hm_last"
 DISPLAY_KEY = "hm_display"

@@ -6,8 +6,8 @@
   numeric column becomes a selectable layer in the viewer.
 * :func:`grid_payload` — the tiles a run will score (before it runs) or has scored.
 * :func:`mask_payload` — the tissue mask as a small PNG with its level-0 scale.
-* :func:`colormaps_payload` — 256 × 3 lookup tables from the engine's colour tables (one source of colours
-  for the PNG export, the CLI and the viewer).
+* :func:`colormaps_payload` — 256 × 3 lookup tables from :mod:`engine.render` (one source of colours for the
+  PNG export, the CLI, Grad-CAM and the viewer).
 * :func:`parse_geojson` — annotations from a GeoJSON file (a QuPath export) as level-0 shapes.
 
 Arrays travel as base64 of little-endian ``int32`` (coordinates) / ``float64`` (values, NaN = missing):
@@ -25,10 +25,10 @@ import math
 import numpy as np
 
 from engine.errors import InvalidInputError
+from engine.render import COLORMAPS, colour_lut
 
 #: frame columns that are geometry or bookkeeping, not per-tile measures
 STRUCTURAL_COLUMNS = ("x", "y", "width", "height", "cached")
-COLORMAPS = ("viridis", "plasma", "inferno", "magma", "cividis", "RdBu_r", "jet")
 MAX_GEOJSON_BYTES = 20 * 1024 * 1024
 MAX_SHAPES = 20_000
 MAX_VERTICES = 500_000
@@ -102,9 +102,7 @@ def mask_payload(mask) -> dict:
 
 @functools.lru_cache(maxsize=4)
 def colormaps_payload(names: tuple[str, ...] = COLORMAPS) -> dict:
-    """``{name: base64 of 256 × 3 uint8}`` from the engine's colour tables."""
-    from engine.heatmap import colour_lut  # engine.render after the layout change
-
+    """``{name: base64 of 256 × 3 uint8}`` from :mod:`engine.render`'s colour tables (those of the PNG export)."""
     return {name: b64(colour_lut(name), "uint8") for name in names}
 
 

@@ -15,8 +15,7 @@ from engine import deepzoom
 from engine.deepzoom import DeepZoomSlide, FileKey, cached_tile, deepzoom_for
 from engine.errors import HistoDashError, InvalidInputError
 from engine.slides import open_slide
-from tests.conftest import shared_path
-from tests.test_slides import make_pyramid
+from tests.conftest import make_pyramid, shared_path
 
 REAL = ("CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs")
 

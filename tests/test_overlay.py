@@ -11,7 +11,8 @@ import pytest
 
 from engine import overlay
 from engine.errors import InvalidInputError
-from engine.heatmap import HeatmapResult, TileGrid, colour_lut
+from engine.heatmap import HeatmapResult, TileGrid
+from engine.render import COLORMAPS, colour_lut
 from engine.tissue import TissueMask
 
 
@@ -62,7 +63,7 @@ def test_grid_mask_and_colour_tables():
     png = np.asarray(Image.open(BytesIO(base64.b64decode(m["png"].split(",", 1)[1]))))
     np.testing.assert_array_equal(png > 127, mask)
     luts = overlay.colormaps_payload()
-    assert set(luts) == set(overlay.COLORMAPS)
+    assert set(luts) == set(COLORMAPS)
     np.testing.assert_array_equal(decode(luts["viridis"], np.uint8).reshape(256, 3), colour_lut("viridis"))  # one source of colours
 
 

@@ -114,8 +114,8 @@ def test_failed_and_running_jobs_reattach_from_the_query_string(runner, monkeypa
     monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fail_train")
     failed = runner.submit("train", {"data": "x"})
     assert runner.wait(failed, timeout=30).state == "failed"
-    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_jobs:sleepy")
-    running = runner.submit("train", {"steps": 2000, "step_s": 0.05})
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.jobfuncs:hold")  # runs until cancelled: no race with its end
+    running = runner.submit("train", {})
     deadline = time.monotonic() + 20
     while not runner.get(running).progress and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -126,10 +126,10 @@ def test_failed_and_running_jobs_reattach_from_the_query_string(runner, monkeypa
 
     at = page({"job": running})
     assert any(b.label == "Cancel job" for b in at.button)
-    assert "step" in " ".join(p.proto.text for p in at.get("progress"))
+    assert "holding" in " ".join(p.proto.text for p in at.get("progress"))
     next(b for b in at.button if b.label == "Cancel job").click()
     at.run()
-    assert runner.wait(running, timeout=10).state == "cancelled"
+    assert runner.wait(running, timeout=120).state == "cancelled"
 
     at = page({"job": "train-nope"})
     assert "is not in the job list" in texts(at, "warning")

@@ -15,8 +15,7 @@ from starlette.testclient import TestClient
 
 from dashboard import tileserver, websession
 from engine import deepzoom
-from tests.conftest import SHARED_DATA
-from tests.test_slides import make_pyramid
+from tests.conftest import SHARED_DATA, make_pyramid
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The viewer's client-side heatmap arithmetic (frontend/heatmap.js, run by node) against the engine's Python.
 
-mode_values and value_canvas are compared with engine.heatmap, the normalised blur with scipy's
-gaussian_filter, the colour lookup with engine.heatmap.colour_lut as the engine indexes it.
+mode_values and value_canvas are compared with engine.heatmap, the Gaussian with scipy's gaussian_filter, the
+normalised blur with engine.render.normalized_blur, the colour lookup with engine.render.colorize.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from dashboard.components.viewer import FRONTEND
-from engine.heatmap import MODES, HeatmapResult, TileGrid, colour_lut, mode_values, value_canvas
+from engine import render
+from engine.heatmap import MODES, HeatmapResult, TileGrid, mode_values, value_canvas
 from engine.overlay import b64
 
 NODE = shutil.which("node")
@@ -88,7 +89,7 @@ def case():
         "values": b64(scores, "float64"), "tile0": tile0, "scale": scale, "w": w, "h": h, "sigma": 1.7,
         "stride0": stride0, "aw": int(np.ceil(w0 / stride0)), "ah": int(np.ceil(h0 / stride0)),
         "field": b64(field, "float64"), "fw": 13, "fh": 9, "fsigma": 6.0,  # a kernel wider than the array: repeated reflection
-        "lut": b64(colour_lut("viridis"), "uint8"), "um_per_px": 2.37,
+        "lut": b64(render.colour_lut("viridis"), "uint8"), "um_per_px": 2.37,
     }
     aligned = make_result(x, y, scores, stride0, stride0, w0, h0)  # the same tiles without overlap: one canvas pixel each
     return {"result": result, "aligned": aligned, "ashape": (query["ah"], query["aw"]), "scores": scores, "scale": scale, "shape": (h, w),
@@ -124,15 +125,12 @@ def test_blur_matches_scipy(case):
 
     np.testing.assert_allclose(f64(case["out"]["gauss"]).reshape(9, 13), gaussian_filter(case["field"], 6.0), rtol=0, atol=1e-12)
     mean, covered = value_canvas(case["result"], case["scores"], case["scale"], case["shape"])
-    num = gaussian_filter(np.nan_to_num(mean), 1.7)
-    den = gaussian_filter(covered.astype(np.float64), 1.7)
-    ref = np.where(covered, num / np.maximum(den, 1e-9), np.nan)
+    ref = render.normalized_blur(mean, covered, 1.7)
     js = f64(case["out"]["blurred"]).reshape(case["shape"])
     np.testing.assert_allclose(js[covered], ref[covered], rtol=0, atol=1e-12)
     assert np.isnan(js[~covered]).all()
     # a wide kernel (radius 48 px) runs on a 2× pooled canvas: close to scipy's exact result, not equal
-    num, den = gaussian_filter(np.nan_to_num(mean), 12.0), gaussian_filter(covered.astype(np.float64), 12.0)
-    exact = np.where(covered, num / np.maximum(den, 1e-9), np.nan)
+    exact = render.normalized_blur(mean, covered, 12.0)
     wide = f64(case["out"]["wide"]).reshape(case["shape"])
     assert np.abs(wide[covered] - exact[covered]).max() < 0.03
 
@@ -140,13 +138,12 @@ def test_blur_matches_scipy(case):
 def test_colours_are_the_engine_lookup(case):
     mean, covered = value_canvas(case["result"], case["scores"], case["scale"], case["shape"])
     rgba = np.frombuffer(base64.b64decode(case["out"]["rgba"]), np.uint8).reshape(*case["shape"], 4)
-    lut = colour_lut("viridis")
-    idx = np.clip(np.rint(np.nan_to_num(mean) * 255), 0, 255).astype(np.uint8)  # render_overlay's indexing
+    ref = render.colorize(mean, "viridis")  # the engine's lookup (float32 index, round half to even)
     # (a value within rounding noise of a colour-step boundary may fall either side of it)
-    boundary = np.abs((np.nan_to_num(mean) * 255) % 1 - 0.5) < 1e-9
+    boundary = np.abs((np.nan_to_num(mean).astype(np.float32) * np.float32(255)) % 1 - 0.5) < 1e-4
     ok = covered & ~boundary
     assert ok.sum() > 0.9 * covered.sum()
-    np.testing.assert_array_equal(rgba[ok][:, :3], lut[idx][ok])
+    np.testing.assert_array_equal(rgba[ok][:, :3], ref[ok])
     assert (rgba[covered][:, 3] == 255).all() and (rgba[~covered][:, 3] == 0).all()
     assert case["out"]["rint"] == [float(v) for v in np.rint([0.5, 1.5, 2.5, -0.5, 2.4999, 127.5, 128.5])]
 

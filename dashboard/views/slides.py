@@ -15,7 +15,8 @@ from dashboard.components import viewer
 from engine import overlay
 from engine.errors import HistoDashError
 from engine.heatmap import HeatmapRun, TileGrid
-from engine.slides import open_slide, resolve_slide_id
+from engine.slides import open_slide
+from engine.uploads import resolve_slide_id
 
 PAGES = Path(__file__).resolve().parent
 SID = session_id()

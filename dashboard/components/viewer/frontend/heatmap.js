@@ -3,8 +3,9 @@
  *
  * The same definitions as the engine (engine.heatmap): mode_values (raw / percentiles / binarise /
  * extreme), value_canvas (tile squares averaged onto a canvas, rounded to the nearest canvas pixel edge),
- * the normalised Gaussian blur (scipy.ndimage.gaussian_filter: mode "reflect", truncate 4.0) and the
- * colour lookup (index = rint(value * 255), half to even as numpy does).
+ * the normalised Gaussian blur of engine.render.normalized_blur (scipy.ndimage.gaussian_filter: mode
+ * "reflect", truncate 4.0) and the colour lookup of engine.render.lut_index (rint(float32(value) * 255), half to
+ * even as numpy does). The colour tables themselves come from engine.render, sent by the page.
  */
 (function (root, factory) {
   if (typeof module === "object" && module.exports) module.exports = factory();
@@ -226,7 +227,7 @@
       const v = mean[i];
       const o = 4 * i;
       if (!covered[i] || Number.isNaN(v)) { rgba[o + 3] = 0; continue; }
-      const j = 3 * clip(rint(v * 255), 0, 255);
+      const j = 3 * clip(rint(Math.fround(Math.fround(v) * 255)), 0, 255); // engine.render.lut_index: float32, round half to even
       rgba[o] = lut[j]; rgba[o + 1] = lut[j + 1]; rgba[o + 2] = lut[j + 2]; rgba[o + 3] = 255;
     }
     return rgba;
