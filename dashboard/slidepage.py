@@ -142,7 +142,7 @@ def overview(path: str, _mtime: int, user_mpp: float | None):
     with open_slide(path, user_mpp=user_mpp) as slide:
         thumb, _ = slide.get_thumbnail(1024)
         info, content_hash = slide.info, slide.content_hash()
-    mask = TissueMasker().fit_rgb(thumb, info.dimensions[0] / thumb.shape[1], info.dimensions[1] / thumb.shape[0])
+    mask = TissueMasker().thumbnail_mask(thumb, info.dimensions[0] / thumb.shape[1], info.dimensions[1] / thumb.shape[0])
     return thumb, info, mask, content_hash
 
 
