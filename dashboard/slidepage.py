@@ -228,8 +228,8 @@ def summary(result: HeatmapResult, display: dict) -> None:
     m[2].metric(f"Tiles ≥ {t:.4g}", f"{s['fraction_over_threshold']:.1%}" if s["fraction_over_threshold"] is not None else "-")
     m[3].metric(f"Top-{s['top_k']} mean", f"{s['top_k_mean']:.3f}" if s["top_k_mean"] is not None else "-")
     m[4].metric("From cache", f"{int(result.cached.sum()):,}/{result.n_tiles:,}")
-    st.caption(f"Threshold {t:.4g} ({'the model card' if t == result.threshold else 'set in the viewer'}; the card's is {result.threshold:.4g}) · "
-               f"display {display['mode']} / {display['colormap']}: change them in the viewer, then 'Use in downloads'.")
+    source = "the model card's" if t == result.threshold else f"set in the viewer; the card's is {result.threshold:.4g}"
+    st.caption(f"Threshold {t:.4g} ({source}) · display {display['mode']} / {display['colormap']}: change them in the viewer, then 'Use in downloads'.")
 
 
 def tile_view(result: HeatmapResult, chosen, card, slide_id: str, path: str, mtime: int, *, gradcam: bool) -> None:

@@ -194,31 +194,35 @@ def test_click_on_the_highest_tile_opens_its_view(session):
     page.screenshot(path=str(ARTIFACTS / "viewer-tile-view.png"))
 
 
-def test_zoom_to_level0_loads_and_renders_level0_tiles(session):
-    page, frame = session["page"], session["frame"]
-    frame = viewer_frame(page)
-    tile = best_tile(frame)
+def zoom_to_level0(session, frame, x: float, y: float, name: str) -> None:
+    """Zoom to 2× level 0 at (x, y): deepest-level tiles load (HTTP 200, JPEG) and the view shows sharp detail."""
+    page = session["page"]
     deepest = frame.evaluate("() => HD.viewer.world.getItemAt(0).source.maxLevel")
     frame.evaluate("""([x, y]) => { const v = HD.viewer, item = v.world.getItemAt(0);
         v.viewport.zoomTo(item.imageToViewportZoom(2.0), item.imageToViewportCoordinates(x, y), true);
-        v.viewport.panTo(item.imageToViewportCoordinates(x, y), true); }""", [tile["x"] + tile["tile0"] / 2, tile["y"] + tile["tile0"] / 2])
+        v.viewport.panTo(item.imageToViewportCoordinates(x, y), true); }""", [x, y])
     frame.wait_for_function("(l) => (HD.loadedLevels[l] || 0) > 0 && HD.viewer.world.getItemAt(0).getFullyLoaded()", arg=deepest, timeout=T)
-    ok = [u for u, status, kind in session["tiles"] if f"_files/{deepest}/" in u and status == 200 and kind == "image/jpeg"]
+    token = frame.evaluate("() => HD.slide.dzi").rsplit("/", 1)[-1][: -len(".dzi")]
+    ok = [u for u, status, kind in session["tiles"] if f"{token}_files/{deepest}/" in u and status == 200 and kind == "image/jpeg"]
     assert ok, session["tiles"][-5:]
     assert not [u for u, status, _ in session["tiles"] if status != 200]
     assert frame.evaluate("() => HD.failedTiles") == 0
-    assert "µm" in frame.evaluate("() => HD.scaleBarLabel")
-    # the rendered viewer shows cells: real texture, not a blank or a blurred thumbnail
-    box = page.locator("iframe[title*='histodash_slide_viewer']")
-    path = ARTIFACTS / "viewer-level0.png"
     ARTIFACTS.mkdir(exist_ok=True)
-    box.screenshot(path=str(path))
+    path = ARTIFACTS / f"viewer-level0-{name}.png"
+    page.locator("iframe[title*='histodash_slide_viewer']").screenshot(path=str(path))
     rgb = np.asarray(Image.open(path).convert("RGB")).astype(float)
     middle = rgb[rgb.shape[0] // 3 : 2 * rgb.shape[0] // 3, rgb.shape[1] // 4 : 3 * rgb.shape[1] // 4]
-    assert middle.std() > 20, middle.std()
+    assert middle.std() > 20, middle.std()  # real texture, not a blank or a flat colour
     edges = np.abs(np.diff(middle.mean(2), axis=1)).mean()
     assert edges > 2, edges  # sharp detail at the pixel scale (a 2× enlarged level-0 view)
     frame.evaluate("() => HD.viewer.viewport.goHome(true)")
+
+
+def test_zoom_to_level0_loads_and_renders_level0_tiles(session):
+    frame = viewer_frame(session["page"])
+    tile = best_tile(frame)
+    zoom_to_level0(session, frame, tile["x"] + tile["tile0"] / 2, tile["y"] + tile["tile0"] / 2, "cmu")
+    assert "µm" in frame.evaluate("() => HD.scaleBarLabel")
 
 
 def test_opening_another_slide_drops_the_first_heatmap(session):
@@ -236,3 +240,14 @@ def test_opening_another_slide_drops_the_first_heatmap(session):
     assert page.get_by_role("heading", name="Heatmap", exact=True).count() == 0
     assert "No heatmap of this slide yet" in frame.locator("#status").inner_text()
     shot(page, "second-slide")
+    # the second real slide: cells at level 0, then its own heatmap and a click on its highest tile
+    zoom_to_level0(session, frame, 2200, 1800, "tcga")
+    page.get_by_role("button", name="Compute heatmap").click()
+    page.wait_for_url(re.compile(r"job=heatmap-"))
+    page.get_by_role("heading", name="Heatmap", exact=True).wait_for(timeout=240_000)
+    frame = viewer_frame(page, f"lib:{TCGA}")
+    frame.wait_for_function("() => HD.tiles && HD.heat && HD.tiles.slide_hash === HD.slide.hash")
+    tile = best_tile(frame)
+    page.mouse.click(*to_page(page, frame, tile["x"] + tile["tile0"] / 2, tile["y"] + tile["tile0"] / 2))
+    page.get_by_role("heading", name=f"Tile at x {tile['x']}, y {tile['y']} (level 0)").wait_for()
+    assert f"x={tile['x']}" in page.get_by_role("link", name=re.compile("Open in Grad-CAM")).get_attribute("href")

@@ -123,7 +123,8 @@ if not viewer.installed():
     st.stop()
 event = viewer.slide_viewer(
     slide={"key": slide_hash + slide_id, "hash": slide_hash, "dzi": tileserver.dzi_url(token), "tiles": tileserver.tiles_url(token),
-           "width0": info.dimensions[0], "height0": info.dimensions[1], "mpp": (info.mpp[0] + info.mpp[1]) / 2 if info.mpp else None},
+           "width0": info.dimensions[0], "height0": info.dimensions[1], "mpp": (info.mpp[0] + info.mpp[1]) / 2 if info.mpp else None,
+           "threshold": card.threshold},
     tiles=overlay.tiles_payload(result, job_id=QP.get("job"), score_name=card.score_name if card.id == result.model_id else None) if result is not None else None,
     grid=overlay.grid_payload(x, y, grid.tile0),
     mask=overlay.mask_payload(mask), annotations=shapes, colormaps=overlay.colormaps_payload(),

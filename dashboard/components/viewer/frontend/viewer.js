@@ -35,11 +35,12 @@
   function readDisplay() {
     return {
       layer: $("layer").value || "score", mode: $("mode").value, colormap: $("colormap").value,
-      opacity: parseFloat($("opacity").value), threshold: clampNum($("threshold").value, 0, 1, HD.tiles ? HD.tiles.threshold : 0.5), // empty: the card's
+      opacity: parseFloat($("opacity").value), threshold: clampNum($("threshold").value, 0, 1, cardThreshold()), // empty: the card's
       blur: clampNum($("blur").value, 0, 1e7, 0), blank: $("blank").checked,
       show: Object.fromEntries(shows.map((s) => [s, $("show-" + s).checked])),
     };
   }
+  function cardThreshold() { return HD.tiles ? HD.tiles.threshold : HD.slide && HD.slide.threshold != null ? HD.slide.threshold : 0.5; }
   function clampNum(v, lo, hi, fallback) { const x = parseFloat(v); return Number.isFinite(x) ? Math.min(hi, Math.max(lo, x)) : fallback; }
 
   function writeDisplay(d) {
@@ -98,7 +99,7 @@
     const given = args.display || {};
     if (!HD.display) {
       const d = Object.assign({}, given);
-      if (d.threshold === null || d.threshold === undefined) d.threshold = HD.tiles ? HD.tiles.threshold : 0.5;
+      if (d.threshold === null || d.threshold === undefined) d.threshold = cardThreshold();
       writeDisplay(d);
       onDisplayChange(null);
     } else if (HD.tilesId !== oldTiles) {
@@ -197,7 +198,7 @@
       const px = ctx.getImageData(0, 0, c.width, c.height);
       for (let i = 0; i < px.data.length; i += 4) {
         const on = px.data[i] > 127;
-        px.data[i] = 0; px.data[i + 1] = 170; px.data[i + 2] = 60; px.data[i + 3] = on ? 110 : 0;
+        px.data[i] = 0; px.data[i + 1] = 190; px.data[i + 2] = 90; px.data[i + 3] = on ? 80 : 0;
       }
       ctx.putImageData(px, 0, 0);
       HD.mask = { canvas: c, width0: m.width0, height0: m.height0 };
@@ -260,7 +261,9 @@
     if (!f || !HD.display) return;
     const d = HD.display, show = d.show || {};
     if (show.mask && HD.mask) {
-      ctx.imageSmoothingEnabled = true; ctx.globalAlpha = 1;
+      // the mask is thumbnail-sized: zoomed in far, it fades to an outline-light tint so cells stay visible
+      const maskPx = (HD.mask.width0 / HD.mask.canvas.width) * f.s;
+      ctx.imageSmoothingEnabled = true; ctx.globalAlpha = maskPx <= 2 ? 1 : Math.max(0.25, 1 - (maskPx - 2) / 16);
       ctx.drawImage(HD.mask.canvas, f.x, f.y, HD.mask.width0 * f.s, HD.mask.height0 * f.s);
     }
     if (show.heatmap && HD.heat) drawHeat(ctx, f, W, Hh, d.opacity);
