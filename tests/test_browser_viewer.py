@@ -194,6 +194,29 @@ def test_click_on_the_highest_tile_opens_its_view(session):
     page.screenshot(path=str(ARTIFACTS / "viewer-tile-view.png"))
 
 
+def test_wheel_keyboard_zoom_and_full_screen(session):
+    page = session["page"]
+    frame = viewer_frame(page)
+    tile = best_tile(frame)
+    zoom = lambda: frame.evaluate("() => HD.viewer.viewport.getZoom(true)")  # noqa: E731
+    home = zoom()
+    page.mouse.move(*to_page(page, frame, tile["x"], tile["y"]))
+    page.mouse.wheel(0, -400)
+    frame.wait_for_function("(z) => HD.viewer.viewport.getZoom(true) > z * 1.1", arg=home)  # one wheel step: ×1.2
+    frame.evaluate("() => HD.viewer.viewport.goHome(true)")
+    frame.evaluate("() => HD.viewer.canvas.focus()")  # the main canvas (the navigator has one too)
+    before = zoom()
+    for _ in range(3):
+        page.keyboard.press("Equal")  # OpenSeadragon's keyboard zoom ('=' / '+')
+    frame.wait_for_function("(z) => HD.viewer.viewport.getZoom(true) > z * 1.1", arg=before)
+    frame.evaluate("() => HD.viewer.viewport.goHome(true)")
+    frame.click("#fullscreen")
+    frame.wait_for_function("() => document.fullscreenElement && document.fullscreenElement.id === 'app'")
+    frame.evaluate("() => document.exitFullscreen()")
+    frame.wait_for_function("() => !document.fullscreenElement")
+    assert frame.evaluate("() => HD.viewer.navigator !== null && HD.viewer.navigator !== undefined")
+
+
 def zoom_to_level0(session, frame, x: float, y: float, name: str) -> None:
     """Zoom to 2× level 0 at (x, y): deepest-level tiles load (HTTP 200, JPEG) and the view shows sharp detail."""
     page = session["page"]
@@ -251,3 +274,37 @@ def test_opening_another_slide_drops_the_first_heatmap(session):
     page.mouse.click(*to_page(page, frame, tile["x"] + tile["tile0"] / 2, tile["y"] + tile["tile0"] / 2))
     page.get_by_role("heading", name=f"Tile at x {tile['x']}, y {tile['y']} (level 0)").wait_for()
     assert f"x={tile['x']}" in page.get_by_role("link", name=re.compile("Open in Grad-CAM")).get_attribute("href")
+
+
+def test_geojson_annotations_are_a_layer(session, tmp_path):
+    import json
+
+    page = session["page"]
+    frame = viewer_frame(page, f"lib:{TCGA}")
+    tile = best_tile(frame)
+    x, y, t = tile["x"], tile["y"], tile["tile0"]
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x + 3 * t, y], [x + 3 * t, y + 3 * t], [x, y + 3 * t], [x, y]]]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Tumor", "color": [255, 0, 255]}}},
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [x + t, y + t]}, "properties": {"name": "cell"}}]}
+    path = tmp_path / "qupath.geojson"
+    path.write_text(json.dumps(doc))
+    page.get_by_test_id("stFileUploader").filter(has_text="Annotations").locator("input[type=file]").set_input_files(str(path))
+    frame.wait_for_function("() => HD.annotations.length === 2")
+    frame.uncheck("#show-heatmap")
+    frame.uncheck("#show-mask")
+    frame.uncheck("#show-grid")
+    page.mouse.move(5, 5)
+    # the polygon's left edge is drawn in its QuPath class colour
+    rgba = frame.evaluate("""([x, y]) => { const p = HD.viewer.world.getItemAt(0).imageToViewerElementCoordinates(new OpenSeadragon.Point(x, y));
+        const d = window.devicePixelRatio || 1; return Array.from(HD.overlay.getContext('2d').getImageData(Math.round(p.x * d), Math.round(p.y * d), 1, 1).data); }""",
+        [x, y + 1.5 * t])
+    assert rgba[0] > 200 and rgba[1] < 60 and rgba[2] > 200 and rgba[3] > 100, rgba  # (a 2 px line, anti-aliased)
+    frame.uncheck("#show-annotations")
+    frame.wait_for_function("() => !HD.display.show.annotations")
+    gone = frame.evaluate("""([x, y]) => { const p = HD.viewer.world.getItemAt(0).imageToViewerElementCoordinates(new OpenSeadragon.Point(x, y));
+        const d = window.devicePixelRatio || 1; return HD.overlay.getContext('2d').getImageData(Math.round(p.x * d), Math.round(p.y * d), 1, 1).data[3]; }""",
+        [x, y + 1.5 * t])
+    assert gone == 0
+    frame.check("#show-annotations")
+    shot(page, "annotations")
