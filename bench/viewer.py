@@ -268,7 +268,10 @@ def report(r: dict) -> str:
                          f"{s['cold']['p50_ms']:.1f} | {cold_p95} | {s['warm']['p50_ms']:.1f} | {ok(s['warm']['p95_ms'], GOALS['warm_p95_ms'])} | {s['mean_kb']:.0f} |")
     if "health" in r:
         h = r["health"]
-        lines += ["", f"Server floor (Streamlit's `/_stcore/health`, same client): p50 {h['p50_ms']:.1f} ms, p95 {h['p95_ms']:.1f} ms ({h['n']} requests)."]
+        lines += ["", f"Server floor (Streamlit's `/_stcore/health`, same client): p50 {h['p50_ms']:.1f} ms, p95 {h['p95_ms']:.1f} ms ({h['n']} requests).",
+                  "A floor near 40 ms is TCP's delayed ACK meeting Nagle: Streamlit 1.67 pre-binds its server socket with `socket.socket(family)`",
+                  "(proto 0), and asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, so a response written as headers + body",
+                  "waits for the client's delayed ACK. Every HTTP response of the app pays it (a bare `st.App` too), not only tiles."]
     lines += ["", "First request of a slide (DZI descriptor, opens the slide): " + ", ".join(f"{n} {t['first_request_ms']:.0f} ms" for n, t in r["tiles"].items()), "",
               "Display change → redrawn overlay in Chromium (mode, colour map, opacity, threshold; no Streamlit rerun):", "",
               "| heatmap | tiles | changes | in-page p50 ms | in-page p95 ms | end-to-end p50 ms | end-to-end p95 ms | blur change ms |", "|---|---|---|---|---|---|---|---|"]
