@@ -24,8 +24,8 @@ $(VENV)/.test: $(VENV)/.runtime requirements-test.txt
 # The slide viewer's browser library (OpenSeadragon), pinned in package-lock.json, from the npm registry.
 $(VIEWER_JS): $(VIEWER)/frontend/package.json $(VIEWER)/frontend/package-lock.json
 	@bash $(VIEWER)/install_node.sh
-	npm ci --prefix $(VIEWER)/frontend --no-audit --no-fund --loglevel=error
-	@touch $@
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix $(VIEWER)/frontend --no-audit --no-fund --loglevel=error; \
+	else echo "warning: npm is missing: the Slide heatmap page says how to install the viewer; its browser tests skip" >&2; fi
 
 viewer-js: $(VIEWER_JS)
 
