@@ -96,3 +96,24 @@ def test_a_clicked_tile_opens_its_view_and_gradcam_link(scored):
     at.session_state[key] = {"event": "tile", "x": 1, "y": 1, "size": 5, "display": display, "seq": 2}
     at.run()
     assert not any(s.startswith("Tile at") for s in texts(at, "subheader").splitlines())
+
+
+def test_the_page_mints_a_token_url_without_names(library):  # noqa: F811 - the imported fixture
+    from dashboard import tileserver
+
+    at = open_library_slide(page(), "synthetic.tif")
+    slide = viewer_args(at)["slide"]
+    assert "synthetic" not in slide["dzi"] and "synthetic" not in slide["tiles"] and str(library) not in json.dumps(slide)
+    token = slide["dzi"].rsplit("/", 1)[-1].removesuffix(".dzi")
+    grant = tileserver._GRANTS[token]
+    assert grant.scope == "library" and grant.session_id == at.session_state["session_id"] and grant.path.name == "synthetic.tif"
+    assert slide["threshold"] == 0.5  # the card's, before any heatmap exists
+
+
+def test_without_the_browser_library_the_page_says_how_to_install_it(library, monkeypatch, tmp_path):  # noqa: F811
+    from dashboard.components import viewer
+
+    monkeypatch.setattr(viewer, "OSD_JS", tmp_path / "absent.js")
+    at = open_library_slide(page(), "synthetic.tif")
+    assert "make run" in texts(at, "error") and "npm ci" in texts(at, "error")
+    assert not at.get("component_instance")
