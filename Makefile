@@ -45,6 +45,7 @@ bench: $(VENV)/.test $(VIEWER_JS)
 	$(PY) bench/macenko.py
 	$(PY) bench/heatmap.py
 	$(PY) bench/train.py
+	$(PY) bench/predict.py
 	$(PY) bench/viewer.py
 
 lint: $(VENV)/.test

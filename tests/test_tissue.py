@@ -64,3 +64,14 @@ def test_fit_returns_the_masker_with_fitted_attributes(tmp_path):
     assert fitted is masker and fitted.threshold_ == fitted.mask_.threshold
     np.testing.assert_array_equal(fitted.mask_.mask, direct.mask)
     assert masker.cache_key() == TissueMasker(max_side=256).cache_key()  # fitting does not change the parameters
+
+
+@pytest.mark.parametrize("shape, density, radius", [((97, 131), 0.5, 2), ((40, 33), 0.9, 2), ((64, 64), 0.05, 3), ((5, 7), 0.5, 2), ((8, 8), 1.0, 1), ((8, 8), 0.0, 2)])
+def test_binary_closing_equals_skimage(shape, density, radius):
+    from skimage import morphology
+
+    from engine.tissue import binary_closing
+
+    mask = np.random.default_rng(radius * 100 + shape[0]).random(shape) < density
+    expected = morphology.closing(mask, morphology.disk(radius)).astype(bool)
+    np.testing.assert_array_equal(binary_closing(mask, radius), expected)

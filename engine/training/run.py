@@ -283,7 +283,7 @@ def _set_bn_momentum(model, momentum: float, keras) -> int:
 
 
 def make_dataset(files, y, *, px: int, batch_size: int, training: bool, augmentation=None, seed: int = 0, workers: int = 2):
-    """``tf.data`` of ``(float32 0..255 images, int labels)`` read from PNG files: parallel decode, augmentation, prefetch."""
+    """``tf.data`` of ``(float32 0..255 images, int labels)`` read from the cache's BMP files: parallel reads, augmentation, prefetch."""
     from engine.runtime import tensorflow
 
     tf = tensorflow()
@@ -293,7 +293,7 @@ def make_dataset(files, y, *, px: int, batch_size: int, training: bool, augmenta
     parallel = tf.data.AUTOTUNE if workers <= 0 else workers
 
     def load(path, label):
-        img = tf.io.decode_png(tf.io.read_file(path), channels=3)
+        img = tf.io.decode_bmp(tf.io.read_file(path), channels=3)  # the uncompressed cache of datasets.prepare
         img.set_shape([px, px, 3])
         return img, label
 
