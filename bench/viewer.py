@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import sys
@@ -40,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from bench._stats import MachineLoad, load_line, machine_info, provenance, publish  # noqa: E402
 from bench.heatmap import CMU, write_disc_pyramid  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 CACHE = Path(os.environ.get("HISTODASH_BENCH_CACHE", Path(tempfile.gettempdir()) / "histodash-bench"))
 BIG = "disc-100000.tif"
 GOALS = {"warm_p95_ms": 50.0, "cold_level0_p95_ms": 150.0, "display_change_ms": 200.0}
@@ -206,6 +205,8 @@ def blur_change(frame, sigma: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    parser.add_argument("--no-write", action="store_true", help="print the results, do not write bench/results/viewer.*")
+    parser.add_argument("--device", default=None, help="a note on the device the run used (default: CPU only)")
     args = parser.parse_args()
     if not CMU.exists():
         print(f"error: {CMU} is absent (set HISTODASH_SHARED_DATA)", file=sys.stderr)
@@ -218,8 +219,9 @@ def main() -> int:
     env = {"HISTODASH_HOME": str(work / "home"), "HISTODASH_SLIDES_DIR": str(lib), "HISTODASH_MODELS_DIR": str(ROOT / "models"),
            "HISTODASH_DEFAULT_MODEL": "lc25000-lung-cnn", "HISTODASH_PASSWORD_HASH": None, "HISTODASH_CACHE_DIR": str(work / "cache"),
            "HISTODASH_JOBS_DIR": str(work / "jobs"), "HISTODASH_WORK_DIR": str(work / "sessions")}
-    results: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(), "python": platform.python_version(),
-                     "load_avg_start": os.getloadavg(), "quick": args.quick, "goals": GOALS, "tiles": {}}
+    results: dict = {"machine": machine_info(("streamlit", "openslide-python", "openslide-bin", "playwright"), args.device), "quick": args.quick,
+                     "goals": GOALS, "tiles": {}}
+    load = MachineLoad().start()
     try:
         with streamlit_server(env, work / "streamlit.log") as url, chromium() as browser:
             results["health"] = health(url, 60 if args.quick else 200)
@@ -242,11 +244,8 @@ def main() -> int:
             results["display"]["synthetic 150,000 tiles"] = {"tiles": big["n"], **display_changes(frame, change_rounds), "blur_ms": blur_change(frame, 2000)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    results["load_avg_end"] = os.getloadavg()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "viewer.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "viewer.md").write_text(report(results))
-    print(report(results))
+    results["load"] = load.stop()
+    publish("viewer", results, report(results), write=not args.no_write)
     return 0
 
 
@@ -254,9 +253,7 @@ def report(r: dict) -> str:
     def ok(value, goal):
         return f"**{value:.1f}** ({'meets' if value <= goal else 'misses'} ≤ {goal:g})"
 
-    lines = [f"# Slide viewer benchmark ({r['when']}, {r['cpus']} CPUs, Python {r['python']}{', quick' if r['quick'] else ''})", "",
-             f"Load average at start / end: {', '.join(f'{v:.1f}' for v in r['load_avg_start'])} / {', '.join(f'{v:.1f}' for v in r['load_avg_end'])} "
-             "(a shared machine: numbers are provisional until rerun on a quiet one).", "",
+    lines = [f"# Slide viewer benchmark{' (quick)' if r['quick'] else ''}", "", provenance("viewer.py", r["machine"]), "", load_line(r["load"]), "",
              "Deep Zoom tile requests over HTTP against `streamlit run dashboard/server.py`, one at a time (httpx, the browser session's cookie).",
              "Cold = first request of a tile (not in HistoDash's tile cache; slide already open); warm = the same tiles again.", "",
              "| slide | level | tiles | cold p50 ms | cold p95 ms | warm p50 ms | warm p95 ms | mean KB |", "|---|---|---|---|---|---|---|---|"]
