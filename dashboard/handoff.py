@@ -11,11 +11,15 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from engine import survival as sv
+
 PENDING, PRESET = "handoff_to_survival", "handoff_survival_preset"
 
 
 def send_to_survival(name: str, table: pd.DataFrame, *, features: list[str], time: str | None = None, event: str | None = None) -> None:
-    st.session_state[PENDING] = {"name": name, "table": table, "features": list(features), "time": time, "event": event}
+    """Queue ``table`` for the survival page, as if uploaded there as ``<name>.csv`` (same reading, same content id)."""
+    loaded = sv.load_table(table.to_csv(index=False).encode(), f"{name}.csv")
+    st.session_state[PENDING] = {"table": loaded, "features": list(features), "time": time, "event": event}
 
 
 def receive() -> bool:
@@ -24,17 +28,16 @@ def receive() -> bool:
     if sent is None:
         return False
     st.session_state["survival_source"] = "Upload a table"
-    st.session_state["survival_table"] = (sent["name"], sent["table"])
-    for key in ("survival_join", "survival_result", "survival_cox", "survival_cox_uni", "survival_risk"):
-        st.session_state.pop(key, None)
+    st.session_state["survival_table"] = sent["table"]
     st.session_state[PRESET] = sent
     return True
 
 
-def preselect(tid: str, table_name: str, columns: list[str]) -> None:
-    """On the survival page, once: the sent table's time, event and feature columns chosen in its forms (widget keys of ``tid``)."""
+def preselect(tid: str, columns: list[str]) -> None:
+    """On the survival page, once: the sent table's time, event and feature columns chosen in its forms (widget keys of ``tid``,
+    the table's content id)."""
     preset = st.session_state.get(PRESET)
-    if not preset or preset["name"] != table_name:
+    if not preset or preset["table"].id != tid:
         return
     st.session_state.pop(PRESET)
     if preset.get("time") in columns:

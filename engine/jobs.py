@@ -43,6 +43,7 @@ import contextlib
 import importlib
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -73,6 +74,7 @@ JOB_KINDS: dict[str, str] = {
 }
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+DAMAGED, UNKNOWN = "damaged", "unknown"  # a job.json that cannot be trusted; a state file that cannot be read
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -156,6 +158,56 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
+
+
+def _job_problem(job: Any) -> str | None:
+    """Why a parsed job.json cannot be trusted (None when it can)."""
+    if not isinstance(job, dict):
+        return "job.json is not a JSON object" if job is not None else "job.json cannot be read"
+    if not isinstance(job.get("kind"), str) or not job["kind"]:
+        return "no job kind"
+    if not isinstance(job.get("params", {}), dict):
+        return "its parameters are not an object"
+    if job.get("owner") is not None and not isinstance(job["owner"], str):
+        return "its owner is not text"
+    return None
+
+
+def _state_of(job_dir: Path) -> dict | None:
+    """state.json as a dict, or None when it is missing, unreadable, not an object or has a non-numeric pid."""
+    st = _read_json(job_dir / STATE_FILE)
+    if not isinstance(st, dict):
+        return None
+    pid = st.get("pid")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0):
+        return None
+    return st
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+def _whole(st: dict | None, key: str) -> int | None:
+    value = (st or {}).get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _clean_progress(progress: Any) -> dict:
+    """progress.json as a dict whose counters are numbers (a damaged file shows no progress)."""
+    if not isinstance(progress, dict):
+        return {}
+    out = dict(progress)
+    for key in ("done", "total", "eta_s"):
+        if key in out and _seconds(out[key]) is None:
+            out.pop(key)
+    if "message" in out and not isinstance(out["message"], str):
+        out.pop("message")
+    return out
 
 
 def _read_json(path: Path, default: Any = None) -> Any:
@@ -350,7 +402,8 @@ def create_job(root: Path, kind: str, params: dict, owner: str | None, **extra) 
     """A new queued job's folder under ``root`` (``extra`` goes into ``job.json``, e.g. the backend)."""
     root.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{secrets.token_hex(3)}"
+    # 128 random bits: a job id is a capability (a ?job= link), it must not be guessable from the time
+    job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{secrets.token_hex(16)}"
     job_dir = root / job_id
     job_dir.mkdir()
     (job_dir / "work").mkdir()
@@ -362,21 +415,34 @@ def create_job(root: Path, kind: str, params: dict, owner: str | None, **extra) 
 
 
 def read_record(job_dir: Path, state: dict | None = None) -> JobRecord:
-    """The job in ``job_dir`` as a :class:`JobRecord` (``state``: an already read and updated ``state.json``)."""
-    job = _read_json(job_dir / JOB_FILE)
-    if not job:
+    """The job in ``job_dir``, its files read as untrusted input: anything malformed gives a "damaged" (or "unknown" state)
+    record, never an exception. ``state``: an already read (and brought up to date) ``state.json``."""
+    if not (job_dir / JOB_FILE).exists():
         raise JobNotFoundError(f"No job '{job_dir.name}'.")
-    st = state if state is not None else (_read_json(job_dir / STATE_FILE, {}) or {})
+    job = _read_json(job_dir / JOB_FILE)
+    problem = _job_problem(job)
+    st = state if state is not None else _state_of(job_dir)
     metrics = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError, UnicodeDecodeError):
         for line in (job_dir / METRICS_FILE).read_text().splitlines():
             with contextlib.suppress(json.JSONDecodeError):
-                metrics.append(json.loads(line))
+                row = json.loads(line)
+                if isinstance(row, dict):
+                    metrics.append(row)
+    log_path, cancel = str(job_dir / LOG_FILE), (job_dir / CANCEL_FILE).exists()
+    if problem:
+        kind = job.get("kind") if isinstance(job, dict) and isinstance(job.get("kind"), str) else UNKNOWN
+        return JobRecord(id=job_dir.name, kind=kind, state=DAMAGED, params={}, error=f"The job record is damaged ({problem}).",
+                         log_path=log_path, cancel_requested=cancel)
+    state = st.get("state") if st is not None else None
+    progress = _read_json(job_dir / PROGRESS_FILE, {})
     return JobRecord(
-        id=job["id"], kind=job["kind"], state=st.get("state", "queued"), params=job.get("params", {}), owner=job.get("owner"),
-        pid=st.get("pid"), created=job.get("created"), started=st.get("started"), finished=st.get("finished"),
-        progress=_read_json(job_dir / PROGRESS_FILE, {}) or {}, metrics=metrics, result=st.get("result"), error=st.get("error"),
-        log_path=str(job_dir / LOG_FILE), cancel_requested=(job_dir / CANCEL_FILE).exists(),
+        id=job_dir.name, kind=job["kind"], state=state if state in STATES else UNKNOWN, params=job.get("params") or {},
+        owner=_text(job.get("owner")), pid=_whole(st, "pid"), created=_seconds(job.get("created")), started=_seconds((st or {}).get("started")),
+        finished=_seconds((st or {}).get("finished")), progress=_clean_progress(progress), metrics=metrics,
+        result=(st or {}).get("result") if isinstance((st or {}).get("result"), dict) else None,
+        error=_text((st or {}).get("error")) if state in STATES else "The job's state file cannot be read: its state is unknown.",
+        log_path=log_path, cancel_requested=cancel,
     )
 
 
@@ -432,7 +498,7 @@ class LocalProcessRunner:
                 rec = self._record(job_dir)
             except JobError:
                 continue
-            if (kind is None or rec.kind == kind) and (owner is None or rec.owner == owner):
+            if (kind is None or rec.kind in (kind, UNKNOWN)) and (owner is None or rec.owner == owner):  # a record of unknown kind is shown everywhere
                 out.append(rec)
         return sorted(out, key=lambda r: (r.created or 0, r.id), reverse=True)
 
@@ -447,7 +513,7 @@ class LocalProcessRunner:
             raise JobNotFoundError(f"No job '{job_id}'.")
         (job_dir / CANCEL_FILE).touch()
         with _locked(job_dir / ".lock"):
-            st = _read_json(job_dir / STATE_FILE, {})
+            st = _state_of(job_dir) or {}
             if st.get("state") == "queued":
                 st.update(state="cancelled", finished=time.time(), error=None)
                 _write_json(job_dir / STATE_FILE, st)
@@ -482,7 +548,9 @@ class LocalProcessRunner:
         with self._lock():
             running, queued = 0, []
             for job_dir in self._job_dirs():
-                st = _read_json(job_dir / STATE_FILE, {}) or {}
+                if _job_problem(_read_json(job_dir / JOB_FILE)):
+                    continue  # a damaged record is listed as such, never run
+                st = _state_of(job_dir) or {}
                 state = st.get("state")
                 if state == "running":
                     if _pid_alive(st.get("pid"), st.get("pid_start")):
@@ -490,7 +558,7 @@ class LocalProcessRunner:
                     else:
                         self._mark_lost(job_dir)
                 elif state == "queued":
-                    queued.append(((_read_json(job_dir / JOB_FILE, {}) or {}).get("created", 0), job_dir))
+                    queued.append((_seconds((_read_json(job_dir / JOB_FILE, {}) or {}).get("created")) or 0, job_dir))
             for _, job_dir in sorted(queued, key=lambda t: (t[0], t[1].name)):
                 if running >= self.slots:
                     break
@@ -499,7 +567,7 @@ class LocalProcessRunner:
 
     def _mark_lost(self, job_dir: Path) -> None:
         with _locked(job_dir / ".lock"):
-            st = _read_json(job_dir / STATE_FILE, {}) or {}
+            st = _state_of(job_dir) or {}
             if st.get("state") != "running" or _pid_alive(st.get("pid"), st.get("pid_start")):
                 return  # it finished (or is alive) after all
             msg = f"The worker process (pid {st.get('pid')}) is gone: it was killed or crashed without reporting (out of memory?)."
@@ -509,7 +577,7 @@ class LocalProcessRunner:
 
     def _launch(self, job_dir: Path) -> bool:
         with _locked(job_dir / ".lock"):
-            st = _read_json(job_dir / STATE_FILE, {}) or {}
+            st = _state_of(job_dir) or {}
             if st.get("state") != "queued":
                 return False
             env = dict(os.environ)
@@ -559,7 +627,7 @@ def get_runner() -> JobRunner:
 
 def _finish(job_dir: Path, **update) -> None:
     with _locked(job_dir / ".lock"):
-        st = _read_json(job_dir / STATE_FILE, {}) or {}
+        st = _state_of(job_dir) or {}
         st.update(finished=time.time(), **update)
         _write_json(job_dir / STATE_FILE, st)
 
@@ -571,7 +639,7 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 def claim(job_dir: Path, **info) -> bool:
     """Mark a job running in this process (``info``: more of ``state.json``); False when it has already ended."""
     with _locked(job_dir / ".lock"):
-        st = _read_json(job_dir / STATE_FILE, {}) or {}
+        st = _state_of(job_dir) or {}
         if st.get("state") in FINISHED:
             return False
         st.update(state="running", pid=os.getpid(), started=st.get("started") or time.time(), **info)

@@ -8,7 +8,8 @@
 Tissue is darker and more saturated than glass. A pixel is tissue where its grey level is below
 Otsu's threshold (computed on the thumbnail) *and* below ``max_grey`` (so an empty slide, whose Otsu
 threshold falls in the noise of the glass, gives no tissue), or its saturation is above
-``min_saturation``. Then closing, small-object and small-hole removal (scikit-image).
+``min_saturation``. A thumbnail of one colour (black, grey or white: nothing differs from the
+background) has no tissue at all. Then closing, small-object and small-hole removal (scikit-image).
 Fractions are exact area integrals over the mask pixels a level-0 rectangle covers (partial pixels
 weighted), so tiles, mask and heatmap share one coordinate system.
 """
@@ -116,6 +117,8 @@ class TissueMasker:
         max_grey: grey level (0–1) above which a pixel is glass whatever Otsu says.
         min_saturation: saturation (0–1) above which a pixel is tissue (pale eosin).
         closing_um / min_object_px: clean-up sizes in thumbnail pixels.
+        uniform_std: a thumbnail whose every colour channel varies less than this (standard deviation, 0–1)
+            is one colour — a black, grey or white slide — and has no tissue.
     """
 
     max_side: int = 1024
@@ -124,6 +127,7 @@ class TissueMasker:
     closing_radius: int = 2
     min_object_px: int = 64
     min_hole_px: int = 64
+    uniform_std: float = 0.02  # colour spread (0–1) below which a thumbnail is one colour: no tissue
 
     def thumbnail_mask(self, rgb: np.ndarray, scale_x: float = 1.0, scale_y: float | None = None) -> TissueMask:
         """The tissue mask of an RGB thumbnail whose pixel covers ``scale_x × scale_y`` level-0 pixels."""
@@ -136,10 +140,10 @@ class TissueMasker:
         hi = np.maximum(np.maximum(r, g), b)  # not arr.max(axis=2): a 3-long inner loop per pixel is ~50x slower
         lo = np.minimum(np.minimum(r, g), b)
         hsv_s = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1).astype(np.float32), np.float32(0))
-        if int(hi.max()) - int(lo.min()) == 0 or float(grey.max() - grey.min()) < 1e-3:
-            t = 1.0
-        else:
-            t = float(filters.threshold_otsu(grey))
+        if arr.size == 0 or self._uniform(arr):
+            # one colour (black, grey, white or any other): nothing stands out from the background, so no tissue
+            return TissueMask(np.zeros(grey.shape, bool), float(scale_x), float(scale_x if scale_y is None else scale_y), 1.0)
+        t = float(filters.threshold_otsu(grey))
         dark = (grey < min(t, self.max_grey))
         coloured = (hsv_s > self.min_saturation) & (grey < 0.97)
         mask = dark | coloured
@@ -150,6 +154,12 @@ class TissueMasker:
         if self.min_hole_px > 0:
             mask = morphology.remove_small_holes(mask, max_size=self.min_hole_px)
         return TissueMask(mask.astype(bool), float(scale_x), float(scale_x if scale_y is None else scale_y), t)
+
+    def _uniform(self, rgb: np.ndarray) -> bool:
+        """True when the image is one colour up to compression noise (every channel's spread, 0–1, below ``uniform_std``)."""
+        step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 262144)))
+        sample = rgb[::step, ::step].reshape(-1, 3).astype(np.float32) / 255.0
+        return float(sample.std(axis=0).max()) < self.uniform_std
 
     def slide_mask(self, slide) -> TissueMask:
         """The tissue mask of ``slide`` (an :class:`engine.slides.Slide`), detected on its thumbnail."""
@@ -164,5 +174,5 @@ class TissueMasker:
         return self
 
     def cache_key(self) -> dict:
-        return {"method": "otsu-v1", **{k: getattr(self, k) for k in ("max_side", "max_grey", "min_saturation", "closing_radius", "min_object_px", "min_hole_px")}}
+        return {"method": "otsu-v2", **{k: getattr(self, k) for k in ("max_side", "max_grey", "min_saturation", "closing_radius", "min_object_px", "min_hole_px", "uniform_std")}}
 

@@ -217,3 +217,87 @@ def test_cli_jobs_list_show_cancel(runner, capsys, monkeypatch):
     assert runner.wait(job_id, timeout=HANG_S).state == "cancelled"
     assert main(["jobs", "show", "sleep-19990101-000000-000000"]) == 2
     assert "No job" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- issue 15: job records are untrusted files
+
+def _damaged_jobs(root):
+    """Job folders a crash, a full disk or a hostile user could leave: each must list as damaged/unknown, never crash."""
+    import json as _json
+
+    def job(name, job_json, state_json='{"state": "running", "pid": 12345}'):
+        d = root / name
+        d.mkdir(parents=True)
+        (d / "job.json").write_text(job_json)
+        if state_json is not None:
+            (d / "state.json").write_text(state_json)
+
+    job("train-nokind", _json.dumps({"id": "train-nokind", "params": {}, "created": 1.0}))
+    job("train-list", _json.dumps([1, 2, 3]))
+    job("train-badparams", _json.dumps({"id": "x", "kind": "train", "params": [1], "created": 2.0}))
+    job("train-textpid", _json.dumps({"id": "train-textpid", "kind": "train", "params": {}, "created": 3.0}), '{"state": "running", "pid": "12; rm -rf /"}')
+    job("train-garbledstate", _json.dumps({"id": "train-garbledstate", "kind": "train", "params": {}, "created": 4.0}), "{not json")
+    job("train-nostate", _json.dumps({"id": "train-nostate", "kind": "train", "params": {}, "created": 5.0}), None)
+    job("train-liststate", _json.dumps({"id": "train-liststate", "kind": "train", "params": {}, "created": 6.0}), "[]")
+    job("train-badprogress", _json.dumps({"id": "train-badprogress", "kind": "train", "params": {}, "created": 7.0}),
+        '{"state": "succeeded", "result": "not a dict"}')
+    (root / "train-badprogress" / "progress.json").write_text('{"done": "many", "total": [1]}')
+    return {
+        "train-nokind": "damaged", "train-list": "damaged", "train-badparams": "damaged", "train-textpid": "unknown",
+        "train-garbledstate": "unknown", "train-nostate": "unknown", "train-liststate": "unknown", "train-badprogress": "succeeded",
+    }
+
+
+def test_damaged_job_records_are_listed_never_crash(tmp_path):
+    expected = _damaged_jobs(tmp_path / "jobs")
+    runner = jobs.LocalProcessRunner(tmp_path / "jobs")
+    records = {r.id: r for r in runner.list()}
+    assert {i: r.state for i, r in records.items()} == expected
+    assert {r.id for r in runner.list(kind="train")} == set(expected)  # damaged records of unknown kind show in every listing
+    for rec in records.values():
+        assert not rec.active and isinstance(rec.params, dict)
+        jobs.describe_progress(rec), jobs.format_duration(rec.elapsed_s), rec.fraction  # noqa: B018 - what pages call
+    assert "damaged (no job kind)" in records["train-nokind"].error
+    assert records["train-garbledstate"].error == "The job's state file cannot be read: its state is unknown."
+    assert records["train-badprogress"].result is None and records["train-badprogress"].progress == {}
+    assert runner.get("train-list").state == "damaged"
+
+
+def test_jobs_cli_lists_damaged_records(tmp_path, monkeypatch, capsys):
+    from engine.cli import main
+
+    expected = _damaged_jobs(tmp_path / "jobs")
+    monkeypatch.setenv("HISTODASH_JOBS_DIR", str(tmp_path / "jobs"))
+    assert main(["jobs", "list"]) == 0
+    out = capsys.readouterr().out
+    for job_id, state in expected.items():
+        assert f"{job_id}\t{state}" in out
+
+
+def test_training_page_shows_damaged_jobs(tmp_path, monkeypatch, tiny_registry):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+
+    _damaged_jobs(tmp_path / "jobs")
+    monkeypatch.setenv("HISTODASH_JOBS_DIR", str(tmp_path / "jobs"))
+    for query in ({}, {"job": "train-list"}, {"job": "train-garbledstate"}):
+        at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
+        at.query_params.update(query)
+        at.run()
+        at.switch_page("views/training.py")
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert {"damaged", "unknown"} <= set(at.dataframe[0].value["state"])
+
+
+def test_job_ids_carry_128_random_bits(tmp_path, monkeypatch):
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
+    runner = jobs.LocalProcessRunner(tmp_path / "jobs")
+    ids = [runner.submit("train", {"epochs": 1}) for _ in range(2)]
+    for job_id in ids:
+        random_part = job_id.rsplit("-", 1)[1]
+        assert len(random_part) == 32 and int(random_part, 16) >= 0  # 32 hex digits = 128 bits
+    assert ids[0].rsplit("-", 1)[1] != ids[1].rsplit("-", 1)[1]
+    for job_id in ids:
+        runner.wait(job_id, timeout=60)

@@ -55,6 +55,22 @@ def test_real_slides_have_tissue():
         assert low < mask.tissue_fraction < high, (name, mask.tissue_fraction)
 
 
+@pytest.mark.parametrize("value", [0, 40, 128, 200, 255])
+def test_a_uniform_slide_has_no_tissue(value):
+    """Issue 15: uniform black or grey slides were "100 % tissue" and scored."""
+    from engine.tissue import TissueMasker
+
+    rng = np.random.default_rng(value)
+    flat = np.full((300, 400, 3), value, np.uint8)
+    noisy = np.clip(flat.astype(int) + rng.integers(-2, 3, flat.shape), 0, 255).astype(np.uint8)  # JPEG-like noise
+    for img in (flat, noisy):
+        assert TissueMasker().thumbnail_mask(img).tissue_fraction == 0.0
+    with_tissue = noisy.copy()
+    with_tissue[100:200, 100:300] = (170, 70, 150)
+    if value > 200:  # on glass-coloured background the stained block is found
+        assert 0.1 < TissueMasker().thumbnail_mask(with_tissue).tissue_fraction < 0.25
+
+
 def test_fit_returns_the_masker_with_fitted_attributes(tmp_path):
     path = make_pyramid(tmp_path / "s.tif", noise=4)
     masker = TissueMasker(max_side=256)

@@ -118,7 +118,7 @@ with guarded("Loading the cohort"):
     st.subheader("Patient table")
     st.dataframe(patients, hide_index=True)
     d1, d2, d3 = st.columns(3)
-    d1.download_button("patients.csv", patients.to_csv(index=False).encode(), "patients.csv", "text/csv", key="cohort_dl_csv")
+    d1.download_button("patients.csv", (Path(rec.result["out_dir"]) / "patients.csv").read_bytes(), "patients.csv", "text/csv", key="cohort_dl_csv")
     if (parquet := Path(rec.result["out_dir"]) / "patients.parquet").exists():
         d2.download_button("patients.parquet", parquet.read_bytes(), "patients.parquet", "application/octet-stream", key="cohort_dl_parquet")
     if d3.button("Open in Cohort survival", type="primary", key="cohort_to_survival", help="The table, with its cluster columns chosen for the risk score"):

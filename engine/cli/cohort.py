@@ -25,13 +25,14 @@ from engine.cli.heatmap import add_tiling_arguments, tiling_kwargs
 from engine.cohort.clusters import DEFAULT_K
 from engine.cohort.patients import AGGREGATIONS
 from engine.config import get_settings
+from engine.exports import safe_csv
 from engine.heatmap.cohort import cohort_scores
 from engine.tissue import DEFAULT_MIN_TISSUE
 
 
 def _cmd_cohort_scores(args: argparse.Namespace) -> int:
     frame = cohort_scores(args.slide_dir, **tiling_kwargs(args))
-    frame.to_csv(args.out, index=False)
+    safe_csv(frame, args.out)  # slide names are user text: escaped for spreadsheets
     if not args.quiet:
         bad = int(frame["error"].notna().sum())
         print(f"{len(frame)} slides scored ({bad} with errors); wrote {args.out}", file=sys.stderr)

@@ -10,13 +10,11 @@ import time
 from engine.errors import InvalidInputError, JobError
 from engine.jobs import get_runner
 from engine.training import default
-from engine.training.config import defaults_yaml, load_config, parse_config
-from engine.training.datasets import discover
+from engine.training.config import defaults_yaml, load_config, parse_config, safe_yaml
+from engine.training.submit import check_submission
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
-    import yaml
-
     out: dict = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -26,7 +24,7 @@ def _parse_overrides(pairs: list[str]) -> dict:
         parts = key.split(".")
         for p in parts[:-1]:
             target = target.setdefault(p, {})
-        target[parts[-1]] = yaml.safe_load(value)
+        target[parts[-1]] = safe_yaml(value, f"--set {key}")
     return out
 
 
@@ -43,8 +41,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for k, v in overrides.items():
             merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
         cfg = parse_config(merged)
-    discover(cfg.data, label_column=cfg.label_column, path_column=cfg.path_column, group_column=cfg.group_column, classes=cfg.classes)
     runner = get_runner()
+    cfg, _ = check_submission(cfg, runner=runner)  # data path, model id, dataset: refused now, not after the job started
     job_id = runner.submit("train", cfg.to_dict(), owner=os.environ.get("USER"))
     print(f"job {job_id} submitted", file=sys.stderr)
     if args.detach:

@@ -51,7 +51,9 @@ from engine.cohort.patients import (
 from engine.cohort.store import EmbeddingStore, slide_key
 from engine.cohort.worker import ChunkJob, ChunkResult, ModelSpec
 from engine.errors import Cancelled, HistoDashError, InvalidInputError
+from engine.exports import safe_csv
 from engine.heatmap import HeatmapResult, HeatmapRun, TileGrid, thumbnail_and_mask
+from engine.heatmap.result import frozen
 from engine.slides import SLIDE_SUFFIXES, SlideLibrary, open_slide
 from engine.tissue import DEFAULT_MIN_TISSUE, TissueMasker
 
@@ -379,7 +381,7 @@ def run_cohort(spec: CohortSpec | dict, out_dir: str | Path, *, executor=None, p
         messages += join_msgs
     elif id_col != "patient_id":
         table = table.rename(columns={"patient_id": id_col})
-    table.to_csv(out / "patients.csv", index=False, float_format="%.6g")
+    safe_csv(table, out / "patients.csv", float_format="%.6g")  # ids and clinical text escaped for spreadsheets (engine.exports)
     files = {"patients.csv": "patients.csv"}
     try:
         table.to_parquet(out / "patients.parquet", index=False)
@@ -400,10 +402,10 @@ def run_cohort(spec: CohortSpec | dict, out_dir: str | Path, *, executor=None, p
     for name, pid in ids.items():
         if pid is None:
             slide_rows.append({"slide": name, "patient_id": None, "error": "no patient id"})
-    pd.DataFrame(slide_rows).to_csv(out / "slides.csv", index=False, float_format="%.6g")
+    safe_csv(pd.DataFrame(slide_rows), out / "slides.csv", float_format="%.6g")
     files["slides.csv"] = "slides.csv"
     if clusterer is not None:
-        gallery_frame(usable, dists, labels, k, spec.gallery).to_csv(out / "gallery.csv", index=False, float_format="%.6g")
+        safe_csv(gallery_frame(usable, dists, labels, k, spec.gallery), out / "gallery.csv", float_format="%.6g")
         files.update({"gallery.csv": "gallery.csv", "clusterer": "clusterer/card.json"})
     timings["write_s"] = time.perf_counter() - t3
     timings["total_s"] = time.perf_counter() - t0
@@ -434,14 +436,12 @@ def _write_slide_result(folder: Path, plan: SlidePlan, record: dict, scores, lab
         grid=plan.grid, x=plan.x, y=plan.y, tissue=plan.tissue, probabilities=record["probabilities"].astype(np.float64), scores=scores,
         cached=np.zeros(plan.n, bool), classes=tuple(card.classes), model_id=card.id, model_sha256=card.weights_sha256, threshold=threshold,
         slide_name=Path(plan.name).name, slide_hash=plan.slide_hash,
-        params={"min_tissue": spec.min_tissue, "level": spec.level, "tile_px": spec.tile_px, "stride_fraction": spec.stride_fraction, "source": "cohort"},
+        params=frozen({"min_tissue": spec.min_tissue, "level": spec.level, "tile_px": spec.tile_px, "stride_fraction": spec.stride_fraction,
+                       "source": "cohort"}),
+        columns=frozen({} if labels is None else {"cluster": np.asarray(labels, np.int64), "cluster_distance": np.asarray(dists, np.float64)}),
     )
     folder.mkdir(parents=True, exist_ok=True)
-    frame = result.to_frame()
-    if labels is not None:
-        frame["cluster"] = labels
-        frame["cluster_distance"] = dists
-    frame.to_csv(folder / "tiles.csv", index=False, float_format="%.6g")
+    result.to_csv(folder / "tiles.csv")  # the Slide heatmap's files, less the PNG and GeoJSON
     (folder / "summary.json").write_text(json.dumps(result.summary(), indent=2))
     (folder / "manifest.json").write_text(json.dumps(result.manifest(), indent=2, default=str))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.exports import safe_csv
 from engine.heatmap.grid import TileGrid
 from engine.heatmap.result import HeatmapResult, frozen
 
@@ -26,7 +27,8 @@ FILE_NAMES = ("tiles.csv", "heatmap.png", "tiles.geojson", "summary.json", "mani
 
 def tiles_csv(result: HeatmapResult, path=None) -> str | None:
     """The per-tile table (:meth:`HeatmapResult.to_frame`) as CSV text, or written to ``path``."""
-    return result.to_frame().to_csv(path, index=False, float_format="%.6g")
+    data = safe_csv(result.to_frame(), path, float_format="%.6g")  # escaped for spreadsheets (engine.exports)
+    return None if path is not None else data.decode()
 
 
 def summary(result: HeatmapResult, threshold: float | None = None, top_k: int = 10) -> dict:
@@ -156,4 +158,10 @@ def load(out_dir: Path | str) -> HeatmapResult:
         model_sha256=meta["model"]["sha256"], threshold=float(meta["model"]["threshold"]),
         slide_name=meta["slide"]["name"], slide_hash=meta["slide"]["hash"], params=frozen(meta.get("params", {})),
         timings=frozen(meta.get("timings", {})), complete=bool(meta.get("complete", True)),
+        columns=frozen({c: frame[c].to_numpy() for c in frame.columns if c not in _known(classes) and pd.api.types.is_numeric_dtype(frame[c])}),
     )
+
+
+def _known(classes) -> set[str]:
+    """The columns every tiles.csv has; any other numeric one is a per-tile extra (``HeatmapResult.columns``)."""
+    return {"x", "y", "width", "height", "score", "tissue", "cached", *(f"p_{c}" for c in classes)}

@@ -107,6 +107,8 @@ def discover(data: str | Path, *, label_column: str = "label", path_column: str 
     root = Path(data).expanduser()
     if not root.exists():
         _bad(f"The dataset '{root}' does not exist.", "Give a folder with one subfolder per class, a CSV manifest or a .zip.", root)
+    if not root.is_dir() and not root.is_file():  # e.g. /dev/null: iterating it was a NotADirectoryError traceback
+        _bad(f"'{root.name}' is a device or other special file, not a folder, a CSV manifest or a .zip archive.", path=root)
     if root.is_file() and root.suffix.lower() == ".zip":
         if extract_to is None:
             return _discover_zip_names(root, classes)

@@ -17,7 +17,6 @@ Writes into ``--out``: ``model.keras``, ``card.json``, ``README.md`` and ``train
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import math
@@ -340,10 +339,11 @@ def train(args) -> int:
         raise RuntimeError("reloaded model.keras gives different outputs")
     wall = time.time() - t_start
 
-    with open(out_dir / "training_log.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(log_rows[0]))
-        w.writeheader()
-        w.writerows(log_rows)
+    import pandas as pd
+
+    from engine.exports import safe_csv
+
+    safe_csv(pd.DataFrame(log_rows), out_dir / "training_log.csv")
 
     card = build_card(args, df, idx, counts, n_groups, m_va, m_te, cm_te, threshold, epochs_run, best["epoch"], wall,
                       fit_s, final.count_params(), model_path, tf.__version__, keras.__version__)
