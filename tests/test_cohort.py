@@ -176,6 +176,10 @@ def test_the_patient_table_and_the_files_around_it(cohort):
     tiles = pd.read_csv(one / "tiles.csv")
     assert result.n_tiles == len(tiles) and {"cluster", "cluster_distance"} <= set(tiles.columns)
     assert tiles.cluster.between(0, k - 1).all()
+    from engine.overlay import tiles_payload
+
+    assert (result.to_frame().cluster.to_numpy() == tiles.cluster.to_numpy()).all()
+    assert {"cluster", "cluster_distance"} <= set(tiles_payload(result)["columns"])  # the viewer's layers
 
 
 def test_the_slide_heatmap_reuses_what_the_cohort_scored(cohort, monkeypatch):
