@@ -12,13 +12,14 @@ import pandas as pd
 import streamlit as st
 
 from engine import survival as sv
+from engine.exports import safe_csv
 
 PENDING, PRESET = "handoff_to_survival", "handoff_survival_preset"
 
 
 def send_to_survival(name: str, table: pd.DataFrame, *, features: list[str], time: str | None = None, event: str | None = None) -> None:
     """Queue ``table`` for the survival page, as if uploaded there as ``<name>.csv`` (same reading, same content id)."""
-    loaded = sv.load_table(table.to_csv(index=False).encode(), f"{name}.csv")
+    loaded = sv.load_table(safe_csv(table), f"{name}.csv")  # the bytes the page's download holds
     st.session_state[PENDING] = {"table": loaded, "features": list(features), "time": time, "event": event}
 
 

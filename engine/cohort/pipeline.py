@@ -52,7 +52,7 @@ from engine.cohort.store import EmbeddingStore, slide_key
 from engine.cohort.worker import ChunkJob, ChunkResult, ModelSpec
 from engine.errors import Cancelled, HistoDashError, InvalidInputError
 from engine.exports import safe_csv
-from engine.heatmap import HeatmapResult, HeatmapRun, TileGrid, thumbnail_and_mask
+from engine.heatmap import HeatmapResult, HeatmapRun, TileGrid, exporters, thumbnail_and_mask
 from engine.heatmap.result import frozen
 from engine.slides import SLIDE_SUFFIXES, SlideLibrary, open_slide
 from engine.tissue import DEFAULT_MIN_TISSUE, TissueMasker
@@ -441,7 +441,7 @@ def _write_slide_result(folder: Path, plan: SlidePlan, record: dict, scores, lab
         columns=frozen({} if labels is None else {"cluster": np.asarray(labels, np.int64), "cluster_distance": np.asarray(dists, np.float64)}),
     )
     folder.mkdir(parents=True, exist_ok=True)
-    result.to_csv(folder / "tiles.csv")  # the Slide heatmap's files, less the PNG and GeoJSON
+    exporters.tiles_csv(result, folder / "tiles.csv")  # the Slide heatmap's files, less the PNG and GeoJSON
     (folder / "summary.json").write_text(json.dumps(result.summary(), indent=2))
     (folder / "manifest.json").write_text(json.dumps(result.manifest(), indent=2, default=str))
 

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import InvalidInputError
+from engine.exports import safe_csv
 from engine.synthetic import write_pyramid_tiff
 
 
@@ -160,6 +161,6 @@ def write_cohort(folder: str | Path, patches: dict[str, list[Path]], n_patients:
 
     patients = pd.DataFrame(rows_out)
     clinical = folder / "clinical.csv"
-    patients[["patient_id", "time", "event", "age"]].to_csv(clinical, index=False)
+    safe_csv(patients[["patient_id", "time", "event", "age"]], clinical)
     truth.sort(key=lambda t: Path(t["path"]).name)
     return {"slide_dir": str(slide_dir), "clinical": str(clinical), "truth": truth, "patients": patients}
