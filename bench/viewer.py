@@ -219,7 +219,7 @@ def main() -> int:
     env = {"HISTODASH_HOME": str(work / "home"), "HISTODASH_SLIDES_DIR": str(lib), "HISTODASH_MODELS_DIR": str(ROOT / "models"),
            "HISTODASH_DEFAULT_MODEL": "lc25000-lung-cnn", "HISTODASH_PASSWORD_HASH": None, "HISTODASH_CACHE_DIR": str(work / "cache"),
            "HISTODASH_JOBS_DIR": str(work / "jobs"), "HISTODASH_WORK_DIR": str(work / "sessions")}
-    results: dict = {"machine": machine_info(("streamlit", "openslide-python", "openslide-bin", "playwright"), args.device), "quick": args.quick,
+    results: dict = {"machine": machine_info(("streamlit", "uvicorn", "uvloop", "httptools", "openslide-python", "openslide-bin", "playwright"), args.device), "quick": args.quick,
                      "goals": GOALS, "tiles": {}}
     load = MachineLoad().start()
     try:
@@ -266,9 +266,9 @@ def report(r: dict) -> str:
     if "health" in r:
         h = r["health"]
         lines += ["", f"Server floor (Streamlit's `/_stcore/health`, same client): p50 {h['p50_ms']:.1f} ms, p95 {h['p95_ms']:.1f} ms ({h['n']} requests).",
-                  "A floor near 40 ms is TCP's delayed ACK meeting Nagle: Streamlit 1.67 pre-binds its server socket with `socket.socket(family)`",
-                  "(proto 0), and asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, so a response written as headers + body",
-                  "waits for the client's delayed ACK. Every HTTP response of the app pays it (a bare `st.App` too), not only tiles."]
+                  "A floor near 40 ms would be TCP's delayed ACK meeting Nagle: Streamlit 1.67 pre-binds its server socket with protocol 0 and",
+                  "asyncio's loop sets TCP_NODELAY only when the protocol is IPPROTO_TCP. With uvloop installed (requirements.txt; uvicorn picks it)",
+                  "every accepted connection gets TCP_NODELAY (tests/test_server_socket.py); the versions line above says whether it was."]
     lines += ["", "First request of a slide (DZI descriptor, opens the slide): " + ", ".join(f"{n} {t['first_request_ms']:.0f} ms" for n, t in r["tiles"].items()), "",
               "Display change → redrawn overlay in Chromium (mode, colour map, opacity, threshold; no Streamlit rerun):", "",
               "| heatmap | tiles | changes | in-page p50 ms | in-page p95 ms | end-to-end p50 ms | end-to-end p95 ms | blur change ms |", "|---|---|---|---|---|---|---|---|"]

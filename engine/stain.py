@@ -281,8 +281,9 @@ def _percentiles(x: np.ndarray, qs: list[float], monotone=None) -> list[float]:
                 if n - kept.size <= below:
                     candidates, offset = kept, n - kept.size
         k = below - offset
-        part = np.partition(candidates, [k, k + 1] if candidates.size > 1 else [0])
-        lo, hi = part[k], part[min(k + 1, candidates.size - 1)]
+        part = np.partition(candidates, k)  # one kth: see _order_pair
+        lo = part[k]
+        hi = part[k + 1:].min() if k + 1 < candidates.size else lo
         if monotone is not None:
             lo, hi = monotone(lo), monotone(hi)
         results.append(float(hi) if virtual >= n - 1 else _interpolate(float(lo), float(hi), virtual - below))
@@ -614,34 +615,39 @@ class _Tails:
     """Exact order statistics ``sorted(V)[k], sorted(V)[k + 1]`` of values produced block by block.
 
     ``V`` (``n`` values, NaN never counted) arrives in blocks through :meth:`add`; only the values
-    beyond each position's threshold (read from a sorted subsample of ``V``, with a margin) are
+    beyond each position's threshold (an order statistic of a subsample of ``V``, with a margin) are
     kept. :meth:`result` checks by counting that both order statistics are among the kept values
     and returns None for a position where they are not (the caller then uses all values).
     """
 
     def __init__(self, sample: np.ndarray, n: int, positions: list[int]):
-        sample = np.sort(sample[~np.isnan(sample)])
+        sample = sample[~np.isnan(sample)]
         m = sample.size
-        self.n, self.positions, self.sides, self.thresholds, self.kept = n, positions, [], [], []
+        self.n, self.positions, self.sides, self.kept = n, positions, [], []
+        ranks = []  # the rank in the subsample of each position's threshold
         for k in positions:
             if m < _MIN_SAMPLE:
-                side, threshold = "all", None
+                side, rank = "all", None
             elif k < n // 2:
-                side, threshold = "low", sample[min(m - 1, (k + 2) * m // n + 16 + m // 100)]
+                side, rank = "low", min(m - 1, (k + 2) * m // n + 16 + m // 100)
             else:
-                side, threshold = "high", sample[max(0, m - 1 - ((n - k) * m // n + 16 + m // 100))]
+                side, rank = "high", max(0, m - 1 - ((n - k) * m // n + 16 + m // 100))
             self.sides.append(side)
-            self.thresholds.append(threshold)
+            ranks.append(rank)
             self.kept.append([])
+        # one partition per order statistic (NumPy's partition with several kth takes a path ~6x slower)
+        self.thresholds = [None if r is None else np.partition(sample, r)[r] for r in ranks]
 
-    def add(self, block: np.ndarray) -> None:
+    def add(self, block: np.ndarray, where: np.ndarray | None = None) -> None:
+        """Keep the values of ``block`` beyond each threshold (only those where ``where`` is True, if given)."""
         for side, threshold, kept in zip(self.sides, self.thresholds, self.kept, strict=True):
-            if side == "low":
-                kept.append(block[block <= threshold])
-            elif side == "high":
-                kept.append(block[block >= threshold])
-            else:
-                kept.append(block[~np.isnan(block)])
+            if side == "all":
+                kept.append(block[~np.isnan(block) if where is None else where])
+                continue
+            selected = block <= threshold if side == "low" else block >= threshold
+            if where is not None:
+                selected &= where
+            kept.append(block[selected])
 
     def result(self) -> list[tuple[float, float] | None]:
         out = []
@@ -653,9 +659,18 @@ class _Tails:
             if not (0 <= j and k1 - offset < values.size):
                 out.append(None)
                 continue
-            part = np.partition(values, [j, k1 - offset])
-            out.append((float(part[j]), float(part[k1 - offset])))
+            out.append(_order_pair(values, j, k1 - offset))
         return out
+
+
+def _order_pair(values: np.ndarray, j: int, j1: int) -> tuple[float, float]:
+    """``(sorted(values)[j], sorted(values)[j1])`` for ``j1`` in ``{j, j + 1}``: one single-kth partition and a minimum.
+
+    (``np.partition`` with two kth values takes a path several times slower than with one.)
+    """
+    part = np.partition(values, j)
+    hi = part[j] if j1 == j else part[j + 1:].min()
+    return float(part[j]), float(hi)
 
 
 def _percentile_positions(n: int, q: float) -> tuple[int, float, bool]:
@@ -757,17 +772,18 @@ class _FastTile:
         if not np.all(plane[:, 0] > 0):  # x could be <= 0: angles from arctan2, over all tissue pixels
             return self._angle_percentiles_general(plane, qs)
 
-        def slopes(od: np.ndarray, tissue: np.ndarray) -> np.ndarray:  # y / x for tissue pixels (x > 0 there), NaN elsewhere
+        def slopes(od: np.ndarray) -> np.ndarray:  # y / x (x > 0 for tissue pixels; anything for the others)
             x, y = p.T @ od  # (2, 3) @ (3, k): see _BLOCK on this product
             with np.errstate(divide="ignore", invalid="ignore"):
                 y /= x
-            np.copyto(y, np.float32(np.nan), where=~tissue)
             return y
 
         places = [_percentile_positions(n, q) for q in qs]
-        tails = _Tails(slopes(self.sample_od, self.sample_tissue), n, [below for below, _, _ in places])
+        sample = slopes(self.sample_od)
+        np.copyto(sample, np.float32(np.nan), where=~self.sample_tissue)
+        tails = _Tails(sample, n, [below for below, _, _ in places])
         for rows in self.blocks:
-            tails.add(slopes(self.od(rows), self.tissue(rows)))
+            tails.add(slopes(self.od(rows)), where=self.tissue(rows))  # tissue pixels only
         pairs = tails.result()
         if any(pair is None for pair in pairs):
             return self._angle_percentiles_general(plane, qs)
@@ -794,6 +810,8 @@ class _FastTile:
 
         def solve_block(od: np.ndarray, c: np.ndarray) -> None:
             np.matmul(solve, od, out=c)  # (2, 3) @ (3, k): the unconstrained solutions
+            if not c.min() < 0:  # usually: every unconstrained solution is non-negative
+                return
             c0, c1 = c
             infeasible = np.flatnonzero(np.minimum(c0, c1) < 0)  # a few % of the pixels
             if infeasible.size:
