@@ -41,6 +41,15 @@ RUN sed "s|^tensorflow-cpu==.*|${TENSORFLOW}|" requirements.txt > /tmp/requireme
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+# The slide viewer's browser library (OpenSeadragon, pinned in package-lock.json) from the npm registry at
+# build time, as `make run` does; Debian's nodejs/npm are build tools only, removed in the same layer.
+COPY dashboard/components/viewer/frontend/package.json dashboard/components/viewer/frontend/package-lock.json dashboard/components/viewer/frontend/
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nodejs npm \
+    && npm ci --prefix dashboard/components/viewer/frontend --no-audit --no-fund --loglevel=error \
+    && apt-get purge -y --auto-remove nodejs npm \
+    && rm -rf /var/lib/apt/lists/* /root/.npm
+
 COPY engine/ engine/
 COPY dashboard/ dashboard/
 COPY models/ models/
