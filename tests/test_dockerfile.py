@@ -320,6 +320,6 @@ def test_image_installs_the_viewer_library_from_the_lock_file(parsed):
     runs = [args for w, args, _ in parsed if w == "RUN"]
     assert any("npm ci --prefix dashboard/components/viewer/frontend" in a for a in runs)
     lock = next(i for i, (w, a, _) in enumerate(parsed) if w == "COPY" and "package-lock.json" in a)
-    sources = next(i for i, (w, a, _) in enumerate(parsed) if w == "COPY" and a.startswith("dashboard/"))
+    sources = next(i for i, (w, a, _) in enumerate(parsed) if w == "COPY" and a.startswith("dashboard/ "))
     assert lock < sources  # a change of the viewer's code does not reinstall node packages
     assert ignored("dashboard/components/viewer/frontend/node_modules", dockerignore_patterns())  # no local copy enters
