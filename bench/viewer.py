@@ -4,7 +4,7 @@
 
 Against the running app (``streamlit run dashboard/server.py``, started here on a free port) with a slide
 library holding CMU-1-Small-Region.svs and a generated 100,000² pyramid (real CMU tissue textures in a disc,
-bench/heatmap.py's generator; cached in ``$HISTODASH_BENCH_CACHE``, default ``<tmp>/histodash-bench``):
+bench/heatmap.py's generator; cached in ``<tmp>/histodash-bench``):
 
 (a) tile latency: a headless Chromium opens each slide on the Slide heatmap page (the page mints the tile token
     for that browser session; the browser's own tile requests are blocked so no tile is warmed by it), then an
@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from bench._stats import MachineLoad, load_line, machine_info, provenance, publish  # noqa: E402
 from bench.heatmap import CMU, write_disc_pyramid  # noqa: E402
 
-CACHE = Path(os.environ.get("HISTODASH_BENCH_CACHE", Path(tempfile.gettempdir()) / "histodash-bench"))
+CACHE = Path(tempfile.gettempdir()) / "histodash-bench"  # the generated pyramids, kept between runs (bench/heatmap.py's too)
 BIG = "disc-100000.tif"
 GOALS = {"warm_p95_ms": 50.0, "cold_level0_p95_ms": 150.0, "display_change_ms": 200.0}
 
