@@ -172,6 +172,7 @@ class Slide:
             raise InvalidInputError(f"Region size {size} must be positive.")
         if w * h > MAX_REGION_PIXELS:
             raise TooLargeError(f"A region of {w}×{h} pixels is too large to read at once.")
+        self._check_overlaps((int(location[0]), int(location[1])), level, (w, h))
         try:
             return self._read((int(location[0]), int(location[1])), level, (w, h))
         except HistoDashError:  # already a message naming the file (an image slide's decoder): not wrapped again
@@ -185,6 +186,31 @@ class Slide:
 
     def _read(self, location, level, size) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _check_overlaps(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> None:
+        """A region with no pixel on the slide is a request for nothing: refused (reads across the edge are fine)."""
+        ds = self.level_downsamples[level]
+        W, H = self.dimensions
+        x, y = location
+        x1, y1 = x + size[0] * ds, y + size[1] * ds
+        if x1 <= 0 or y1 <= 0 or x >= W or y >= H:
+            raise InvalidInputError(
+                f"The region at ({x:,}, {y:,}) of {size[0]:,}×{size[1]:,} px (level {level}) is outside '{self.path.name}', "
+                f"which is {W:,}×{H:,} px at level 0.", "Pick a region inside the slide.", path=str(self.path))
+
+    def check_region(self, location: tuple[int, int], size: tuple[int, int], *, level: int = 0) -> None:
+        """Raise :class:`InvalidInputError` unless the region (level-0 ``location``, ``size`` at ``level``) lies
+        wholly inside the slide: a tile someone asks for by its coordinates (a Grad-CAM link) must be of the slide."""
+        if not 0 <= level < self.level_count:
+            raise InvalidInputError(f"Level {level} does not exist in '{self.path.name}' ({self.level_count} levels).")
+        ds = self.level_downsamples[level]
+        W, H = self.dimensions
+        x, y = int(location[0]), int(location[1])
+        w0, h0 = int(round(int(size[0]) * ds)), int(round(int(size[1]) * ds))
+        if x < 0 or y < 0 or w0 <= 0 or h0 <= 0 or x + w0 > W or y + h0 > H:
+            raise InvalidInputError(
+                f"The region at ({x:,}, {y:,}) of {w0:,}×{h0:,} level-0 px is not inside '{self.path.name}', which is {W:,}×{H:,} px.",
+                "Pick a tile inside the slide (open it from the Slide heatmap page).", path=str(self.path))
 
     def read_level(self, level: int) -> np.ndarray:
         """A whole level as RGB (only for small levels: thumbnails and tissue masks)."""

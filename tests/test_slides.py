@@ -200,6 +200,23 @@ def test_a_bigtiff_declaring_a_million_px_a_side_is_named_with_bounded_memory(tm
     assert isinstance(out["pyramid"], list) and all(n > 0 for n in out["pyramid"]), out  # every Deep Zoom level serves its first tile
 
 
+def test_regions_outside_the_slide_are_refused(pyramid):
+    """Issue 15: a Grad-CAM link for a region outside the slide computed a map of nothing. ``check_region`` wants the
+    region wholly inside; ``read_region`` refuses a region with no pixel on the slide (reads across the edge stay)."""
+    with open_slide(pyramid) as slide:
+        W, H = slide.dimensions
+        slide.check_region((W - 224, H - 224), (224, 224))  # the last whole tile
+        slide.check_region((0, 0), (W // 4, H // 4), level=2)
+        for location, size, level in (((W - 100, 0), (224, 224), 0), ((-1, 0), (64, 64), 0), ((0, H), (64, 64), 0),
+                                      ((10**7, 10**7), (224, 224), 0), ((0, 0), (W // 4 + 1, 8), 2)):
+            with pytest.raises(InvalidInputError, match=f"is not inside 'synthetic.tif', which is {W:,}×{H:,} px"):
+                slide.check_region(location, size, level=level)
+        assert slide.read_region((W - 32, H - 32), 0, (64, 64)).shape == (64, 64, 3)  # across the edge: glass beyond it
+        for location in ((W, 0), (10**7, 10**7), (-64, 0), (0, -64)):
+            with pytest.raises(InvalidInputError, match=f"is outside 'synthetic.tif', which is {W:,}×{H:,} px at level 0"):
+                slide.read_region(location, 0, (64, 64))
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(CorruptFileError, match="nope.svs"):
         open_slide(tmp_path / "nope.svs")
