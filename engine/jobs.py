@@ -295,6 +295,66 @@ def validate_job_id(job_id: str) -> str:
     return job_id
 
 
+# ----------------------------------------------------------------------------- who may see a job
+
+#: parameters that name a job's input files (a slide, a training folder, CSV or zip)
+INPUT_PARAMS = ("slide_path", "data")
+
+
+def is_private(rec: JobRecord) -> bool:
+    """Whether the job reads a browser session's own files: an uploaded slide (``slide_id`` ``up:…``) or any input
+    inside the session workspaces (``settings.work_dir``). Such a job belongs to its owner alone; a job on library
+    slides or configured data roots may be opened by any signed-in user."""
+    if str(rec.params.get("slide_id") or "").startswith("up:"):
+        return True
+    work_dir = get_settings().work_dir
+    with contextlib.suppress(OSError, RuntimeError):
+        work_dir = work_dir.resolve()
+    for key in INPUT_PARAMS:
+        value = rec.params.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        try:
+            Path(value).resolve().relative_to(work_dir)
+        except (ValueError, OSError, RuntimeError):
+            continue
+        return True
+    return False
+
+
+def visible_to(rec: JobRecord, session: str | None, *, signed_in: bool = True) -> bool:
+    """May browser session ``session`` open this job? A private job (:func:`is_private`): only the session that
+    submitted it (``rec.owner``); any other job: any signed-in user. A damaged record carries nothing but its id
+    and is listed as damaged (issue 15: never a crash)."""
+    if not signed_in:
+        return False
+    if rec.state == DAMAGED:
+        return True
+    if not is_private(rec):
+        return True
+    return bool(session) and isinstance(rec.owner, str) and secrets.compare_digest(rec.owner.encode(), str(session).encode())
+
+
+def get_visible(runner: JobRunner, job_id: str, session: str | None, *, signed_in: bool = True) -> JobRecord:
+    """``runner.get(job_id)`` for browser session ``session``: a job it may not open is answered exactly as a job
+    that does not exist (:class:`JobNotFoundError`, one message for both that does not repeat the id), so a ``?job=``
+    id of another session opens nothing and tells nothing."""
+    try:
+        rec = runner.get(job_id)
+    except JobNotFoundError:
+        rec = None
+    if rec is None or not visible_to(rec, session, signed_in=signed_in):
+        raise JobNotFoundError(
+            "The job in the link cannot be opened here: there is no such job, or it belongs to another browser session.",
+            "A job on an uploaded slide opens only in the browser that uploaded it; start it again here if you need it.")
+    return rec
+
+
+def list_visible(runner: JobRunner, session: str | None, kind: str | None = None, *, signed_in: bool = True) -> list[JobRecord]:
+    """``runner.list(kind)`` without the jobs browser session ``session`` may not open (:func:`visible_to`)."""
+    return [r for r in runner.list(kind=kind) if visible_to(r, session, signed_in=signed_in)]
+
+
 # ----------------------------------------------------------------------------- context (worker side)
 
 
