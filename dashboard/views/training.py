@@ -14,12 +14,13 @@ import streamlit as st
 
 from dashboard.common import disclaimer, guarded, session_id, session_workspace, show_error
 from engine.config import REPO_ROOT, get_settings
-from engine.errors import HistoDashError
+from engine.errors import HistoDashError, storage_errors
 from engine.jobs import describe_progress, format_duration, get_runner, list_visible
 from engine.privacy import strip_server_paths
 from engine.registry import Registry
 from engine.training.config import ARCHITECTURE_LABELS, ARCHITECTURES, OPTIMIZERS
 from engine.training.submit import check_submission
+from engine.uploads import safe_filename, save_bytes
 
 DEMO = Path(os.environ.get("HISTODASH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "lc25000-lung-224"
 STATE_ICON = {"queued": ":material/schedule:", "running": ":material/play_circle:", "succeeded": ":material/check_circle:",
@@ -93,11 +94,10 @@ if submitted:
     with guarded("Training job"):
         path = data.strip()
         if upload is not None:
-            folder = session_workspace() / "training"
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / Path(upload.name).name
-            target.write_bytes(upload.getvalue())
-            path = str(target)
+            name = safe_filename(upload.name, fallback="tiles.zip")  # never a path ('..' stayed one)
+            with storage_errors(f"'{name}' could not be saved"):  # the workspace folder on a full disk
+                folder = session_workspace() / "training"
+            path = str(save_bytes(upload.getvalue(), folder, name))  # a full disk: a message, nothing half-written
         config = {
             "data": path, "architecture": architecture, "input_px": int(input_px) or None, "epochs": int(epochs), "batch_size": int(batch_size),
             "learning_rate": float(learning_rate), "optimizer": optimizer, "normalization": normalization, "class_weights": class_weights,
