@@ -40,12 +40,14 @@ the same :class:`JobContext` verbs, records in a shared store) can replace
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import json
 import logging
 import math
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,7 +59,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.config import REPO_ROOT, get_settings
-from engine.errors import Cancelled, HistoDashError, JobError, JobNotFoundError
+from engine.errors import Cancelled, HistoDashError, JobError, JobNotFoundError, storage_error, storage_errors
 
 try:  # POSIX file locks; on other systems the lock is a no-op (one dashboard process assumed)
     import fcntl
@@ -155,8 +157,23 @@ class JobRunner(Protocol):
 def _write_json(path: Path, data: Any) -> None:
     """Atomic: readers see the old or the new file, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk: no half-written temp file left to fill it further
+            tmp.unlink()
+        raise
+
+
+def _lost_message(job_dir: Path, pid: Any) -> str:
+    """Why a ``running`` job has no worker any more; names a full disk when the jobs folder has no room left."""
+    msg = f"The worker process (pid {pid}) is gone: it was killed or crashed without reporting (out of memory?)."
+    with contextlib.suppress(OSError):
+        st = os.statvfs(job_dir)
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            msg = f"The worker process (pid {pid}) is gone without recording how it ended: the server's disk is full."
+    return msg
 
 
 def _job_problem(job: Any) -> str | None:
@@ -475,17 +492,22 @@ class LocalProcessRunner:
             params = json.loads(json.dumps(params))
         except (TypeError, ValueError) as exc:
             raise JobError(f"Job parameters must be plain JSON values ({exc}).") from exc
-        self.root.mkdir(parents=True, exist_ok=True)
         now = time.time()
         # 128 random bits: a job id is a capability (a ?job= link), it must not be guessable from the time
         job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{secrets.token_hex(16)}"
         job_dir = self.root / job_id
-        job_dir.mkdir()
-        (job_dir / "work").mkdir()
-        (job_dir / LOG_FILE).touch()
-        _write_json(job_dir / STATE_FILE, {"state": "queued"})
-        # job.json last: a folder without it is not a job yet (list() skips it)
-        _write_json(job_dir / JOB_FILE, {"id": job_id, "kind": kind, "target": JOB_KINDS[kind], "params": params, "owner": owner, "created": now})
+        try:
+            with storage_errors("the job could not be queued"):  # a full or read-only disk: a message, no half-written job
+                self.root.mkdir(parents=True, exist_ok=True)
+                job_dir.mkdir()
+                (job_dir / "work").mkdir()
+                (job_dir / LOG_FILE).touch()
+                _write_json(job_dir / STATE_FILE, {"state": "queued"})
+                # job.json last: a folder without it is not a job yet (list() skips it)
+                _write_json(job_dir / JOB_FILE, {"id": job_id, "kind": kind, "target": JOB_KINDS[kind], "params": params, "owner": owner, "created": now})
+        except HistoDashError:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
         self._schedule()
         return job_id
 
@@ -564,13 +586,16 @@ class LocalProcessRunner:
             return JobRecord(id=job_dir.name, kind=kind, state=DAMAGED, params={}, error=f"The job record is damaged ({problem}).",
                              log_path=log_path, cancel_requested=cancel)
         state = st.get("state") if st is not None else None
+        error = _text((st or {}).get("error")) if state in STATES else "The job's state file cannot be read: its state is unknown."
+        if state == "running" and not _pid_alive(st.get("pid"), st.get("pid_start")):  # gone, and that could not be recorded
+            state, error = "failed", _lost_message(job_dir, st.get("pid"))
         progress = _read_json(job_dir / PROGRESS_FILE, {})
         return JobRecord(
             id=job_dir.name, kind=job["kind"], state=state if state in STATES else UNKNOWN, params=job.get("params") or {},
             owner=_text(job.get("owner")), pid=_whole(st, "pid"), created=_seconds(job.get("created")), started=_seconds((st or {}).get("started")),
             finished=_seconds((st or {}).get("finished")), progress=_clean_progress(progress), metrics=metrics,
             result=(st or {}).get("result") if isinstance((st or {}).get("result"), dict) else None,
-            error=_text((st or {}).get("error")) if state in STATES else "The job's state file cannot be read: its state is unknown.",
+            error=error,
             log_path=log_path, cancel_requested=cancel,
         )
 
@@ -606,10 +631,13 @@ class LocalProcessRunner:
             st = _state_of(job_dir) or {}
             if st.get("state") != "running" or _pid_alive(st.get("pid"), st.get("pid_start")):
                 return  # it finished (or is alive) after all
-            msg = f"The worker process (pid {st.get('pid')}) is gone: it was killed or crashed without reporting (out of memory?)."
+            msg = _lost_message(job_dir, st.get("pid"))
             st.update(state="failed", finished=time.time(), error=msg)
-            _write_json(job_dir / STATE_FILE, st)
-            _append(job_dir / LOG_FILE, f"FAILED: {msg}")
+            try:
+                _write_json(job_dir / STATE_FILE, st)
+                _append(job_dir / LOG_FILE, f"FAILED: {msg}")
+            except OSError as exc:  # a full or read-only disk: the record cannot change; _record says it failed anyway
+                log.warning("job %s: its end cannot be recorded (%s)", job_dir.name, errno_name(exc))
 
     def _launch(self, job_dir: Path) -> bool:
         with _locked(job_dir / ".lock"):
@@ -661,6 +689,22 @@ def _finish(job_dir: Path, **update) -> None:
         _write_json(job_dir / STATE_FILE, st)
 
 
+def _finish_failed(job_dir: Path, message: str) -> None:
+    """Record a failure; when even that meets a full disk, the job's own scratch folder (a failed job's partial
+    output) is removed to make room for the record, and it is tried once more."""
+    try:
+        _finish(job_dir, state="failed", error=message)
+    except OSError as exc:
+        if storage_error(exc, "") is None:
+            raise
+        shutil.rmtree(job_dir / "work", ignore_errors=True)
+        _finish(job_dir, state="failed", error=message + " (Its partial output was removed to record this.)")
+
+
+def errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
 def _on_sigterm(signum, frame):  # noqa: ARG001
     raise Cancelled("terminated (SIGTERM)")
 
@@ -697,11 +741,13 @@ def run_worker(job_dir: Path | str) -> int:
         ctx.log(f"cancelled ({exc})")
         _finish(job_dir, state="cancelled", error=None)
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded, with its traceback in the log
-        message = str(exc) if isinstance(exc, HistoDashError) else f"{type(exc).__name__}: {exc}"
-        with open(job_dir / LOG_FILE, "a") as fh:
-            fh.write(traceback.format_exc())
-        ctx.log(f"FAILED: {message}")
-        _finish(job_dir, state="failed", error=message)
+        full = storage_error(exc, "the job's results could not be written")  # a full disk is said as such, not as an OSError
+        message = str(exc) if isinstance(exc, HistoDashError) else str(full) if full else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(OSError):  # a full disk may refuse the log too: the state below says what happened
+            with open(job_dir / LOG_FILE, "a") as fh:
+                fh.write(traceback.format_exc())
+            ctx.log(f"FAILED: {message}")
+        _finish_failed(job_dir, message)
         code = 1
     finally:
         sys.stdout.flush()
