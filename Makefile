@@ -47,6 +47,7 @@ bench: $(VENV)/.test $(VIEWER_JS)
 	$(PY) bench/train.py
 	$(PY) bench/predict.py
 	$(PY) bench/viewer.py
+	$(PY) bench/cohort.py
 
 lint: $(VENV)/.test
 	$(PY) -m ruff check engine dashboard tests bench

@@ -54,7 +54,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 JOB_KINDS: dict[str, str] = {
     "train": "engine.training.run:run_job",
     "heatmap": "engine.heatmap:run_job",
+    "cohort": "engine.cohort.job:run_job",
 }
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -461,6 +462,82 @@ class JobContext:
             raise Cancelled(f"job {self.job_id} was cancelled")
 
 
+# ----------------------------------------------------------------------------- records on disk (every runner)
+
+
+def check_submission(kind: str, params: dict) -> dict:
+    """``params`` as plain JSON for a known ``kind`` (a :class:`JobError` otherwise)."""
+    if kind not in JOB_KINDS:
+        raise JobError(f"Unknown job kind '{kind}'. Known: {', '.join(sorted(JOB_KINDS))}.")
+    try:
+        return json.loads(json.dumps(params))
+    except (TypeError, ValueError) as exc:
+        raise JobError(f"Job parameters must be plain JSON values ({exc}).") from exc
+
+
+def create_job(root: Path, kind: str, params: dict, owner: str | None, **extra) -> Path:
+    """A new queued job's folder under ``root`` (``extra`` goes into ``job.json``, e.g. the backend)."""
+    now = time.time()
+    # 128 random bits: a job id is a capability (a ?job= link), it must not be guessable from the time
+    job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{secrets.token_hex(16)}"
+    job_dir = root / job_id
+    try:
+        with storage_errors("the job could not be queued"):  # a full or read-only disk: a message, no half-written job
+            root.mkdir(parents=True, exist_ok=True)
+            job_dir.mkdir()
+            (job_dir / "work").mkdir()
+            (job_dir / LOG_FILE).touch()
+            _write_json(job_dir / STATE_FILE, {"state": "queued"})
+            # job.json last: a folder without it is not a job yet (list() skips it)
+            _write_json(job_dir / JOB_FILE, {"id": job_id, "kind": kind, "target": JOB_KINDS[kind], "params": params, "owner": owner, "created": now, **extra})
+    except HistoDashError:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise
+    return job_dir
+
+
+def read_record(job_dir: Path, state: dict | None = None) -> JobRecord:
+    """The job in ``job_dir``, its files read as untrusted input: anything malformed gives a "damaged" (or "unknown" state)
+    record, never an exception. ``state``: an already read (and brought up to date) ``state.json``."""
+    if not (job_dir / JOB_FILE).exists():
+        raise JobNotFoundError(f"No job '{job_dir.name}'.")
+    job = _read_json(job_dir / JOB_FILE)
+    problem = _job_problem(job)
+    st = state if state is not None else _state_of(job_dir)
+    metrics = []
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in (job_dir / METRICS_FILE).read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                row = json.loads(line)
+                if isinstance(row, dict):
+                    metrics.append(row)
+    log_path, cancel = str(job_dir / LOG_FILE), (job_dir / CANCEL_FILE).exists()
+    if problem:
+        kind = job.get("kind") if isinstance(job, dict) and isinstance(job.get("kind"), str) else UNKNOWN
+        return JobRecord(id=job_dir.name, kind=kind, state=DAMAGED, params={}, error=f"The job record is damaged ({problem}).",
+                         log_path=log_path, cancel_requested=cancel)
+    state = st.get("state") if st is not None else None
+    progress = _read_json(job_dir / PROGRESS_FILE, {})
+    return JobRecord(
+        id=job_dir.name, kind=job["kind"], state=state if state in STATES else UNKNOWN, params=job.get("params") or {},
+        owner=_text(job.get("owner")), pid=_whole(st, "pid"), created=_seconds(job.get("created")), started=_seconds((st or {}).get("started")),
+        finished=_seconds((st or {}).get("finished")), progress=_clean_progress(progress), metrics=metrics,
+        result=(st or {}).get("result") if isinstance((st or {}).get("result"), dict) else None,
+        error=_text((st or {}).get("error")) if state in STATES else "The job's state file cannot be read: its state is unknown.",
+        log_path=log_path, cancel_requested=cancel,
+    )
+
+
+def wait_until_done(runner: JobRunner, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> JobRecord:
+    """Block until the job is finished (or ``timeout`` seconds passed); the last record."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        rec = runner.get(job_id)
+        if not rec.active or (deadline is not None and time.monotonic() >= deadline):
+            return rec
+        time.sleep(poll_s)
+
+
 # ----------------------------------------------------------------------------- the local runner
 
 
@@ -486,30 +563,9 @@ class LocalProcessRunner:
     # -- public API
     def submit(self, kind: str, params: dict, *, owner: str | None = None) -> str:
         """Queue a job; it starts at once when a slot is free. Returns the job id."""
-        if kind not in JOB_KINDS:
-            raise JobError(f"Unknown job kind '{kind}'. Known: {', '.join(sorted(JOB_KINDS))}.")
-        try:
-            params = json.loads(json.dumps(params))
-        except (TypeError, ValueError) as exc:
-            raise JobError(f"Job parameters must be plain JSON values ({exc}).") from exc
-        now = time.time()
-        # 128 random bits: a job id is a capability (a ?job= link), it must not be guessable from the time
-        job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{secrets.token_hex(16)}"
-        job_dir = self.root / job_id
-        try:
-            with storage_errors("the job could not be queued"):  # a full or read-only disk: a message, no half-written job
-                self.root.mkdir(parents=True, exist_ok=True)
-                job_dir.mkdir()
-                (job_dir / "work").mkdir()
-                (job_dir / LOG_FILE).touch()
-                _write_json(job_dir / STATE_FILE, {"state": "queued"})
-                # job.json last: a folder without it is not a job yet (list() skips it)
-                _write_json(job_dir / JOB_FILE, {"id": job_id, "kind": kind, "target": JOB_KINDS[kind], "params": params, "owner": owner, "created": now})
-        except HistoDashError:
-            shutil.rmtree(job_dir, ignore_errors=True)
-            raise
+        job_dir = create_job(self.root, kind, check_submission(kind, params), owner)
         self._schedule()
-        return job_id
+        return job_dir.name
 
     def get(self, job_id: str) -> JobRecord:
         self._schedule()
@@ -553,12 +609,7 @@ class LocalProcessRunner:
 
     def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> JobRecord:
         """Block until the job is finished (or ``timeout`` seconds passed); the last record."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            rec = self.get(job_id)
-            if not rec.active or (deadline is not None and time.monotonic() >= deadline):
-                return rec
-            time.sleep(poll_s)
+        return wait_until_done(self, job_id, timeout, poll_s)
 
     # -- internals
     def _job_dirs(self) -> list[Path]:
@@ -567,37 +618,12 @@ class LocalProcessRunner:
         return [p for p in self.root.iterdir() if p.is_dir() and (p / JOB_FILE).exists()]
 
     def _record(self, job_dir: Path) -> JobRecord:
-        """The job's files read as untrusted input: anything malformed gives a "damaged" (or "unknown" state) record, never an exception."""
-        if not (job_dir / JOB_FILE).exists():
-            raise JobNotFoundError(f"No job '{job_dir.name}'.")
-        job = _read_json(job_dir / JOB_FILE)
-        problem = _job_problem(job)
-        st = _state_of(job_dir)
-        metrics = []
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            for line in (job_dir / METRICS_FILE).read_text().splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    row = json.loads(line)
-                    if isinstance(row, dict):
-                        metrics.append(row)
-        log_path, cancel = str(job_dir / LOG_FILE), (job_dir / CANCEL_FILE).exists()
-        if problem:
-            kind = job.get("kind") if isinstance(job, dict) and isinstance(job.get("kind"), str) else UNKNOWN
-            return JobRecord(id=job_dir.name, kind=kind, state=DAMAGED, params={}, error=f"The job record is damaged ({problem}).",
-                             log_path=log_path, cancel_requested=cancel)
-        state = st.get("state") if st is not None else None
-        error = _text((st or {}).get("error")) if state in STATES else "The job's state file cannot be read: its state is unknown."
-        if state == "running" and not _pid_alive(st.get("pid"), st.get("pid_start")):  # gone, and that could not be recorded
-            state, error = "failed", _lost_message(job_dir, st.get("pid"))
-        progress = _read_json(job_dir / PROGRESS_FILE, {})
-        return JobRecord(
-            id=job_dir.name, kind=job["kind"], state=state if state in STATES else UNKNOWN, params=job.get("params") or {},
-            owner=_text(job.get("owner")), pid=_whole(st, "pid"), created=_seconds(job.get("created")), started=_seconds((st or {}).get("started")),
-            finished=_seconds((st or {}).get("finished")), progress=_clean_progress(progress), metrics=metrics,
-            result=(st or {}).get("result") if isinstance((st or {}).get("result"), dict) else None,
-            error=error,
-            log_path=log_path, cancel_requested=cancel,
-        )
+        rec = read_record(job_dir)
+        if rec.state == "running":  # its worker is gone, and that could not be recorded (a full disk): say it failed
+            st = _state_of(job_dir) or {}
+            if not _pid_alive(st.get("pid"), st.get("pid_start")):
+                rec = replace(rec, state="failed", error=_lost_message(job_dir, st.get("pid")))
+        return rec
 
     def _schedule(self) -> None:
         """Mark vanished workers failed, then start queued jobs (oldest first) while slots are free."""
@@ -675,7 +701,14 @@ def _append(path: Path, line: str) -> None:
 
 
 def get_runner() -> JobRunner:
-    """The configured runner: the embedded :class:`LocalProcessRunner` on ``settings.jobs_dir``."""
+    """The configured runner (``settings.runner``, ``HISTODASH_RUNNER``): the embedded :class:`LocalProcessRunner` on
+    ``settings.jobs_dir`` (default), or :class:`engine.ray_runner.RayRunner` on the cluster at ``settings.ray_address``
+    (imported only then: the local runner needs no Ray)."""
+    settings = get_settings()
+    if settings.runner == "ray":
+        from engine.ray_runner import RayRunner
+
+        return RayRunner(settings.ray_address)
     return LocalProcessRunner()
 
 
@@ -709,6 +742,59 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise Cancelled("terminated (SIGTERM)")
 
 
+def claim(job_dir: Path, **info) -> bool:
+    """Mark a job running in this process (``info``: more of ``state.json``); False when it has already ended."""
+    with _locked(job_dir / ".lock"):
+        st = _state_of(job_dir) or {}
+        if st.get("state") in FINISHED:
+            return False
+        st.update(state="running", pid=os.getpid(), started=st.get("started") or time.time(), **info)
+        _write_json(job_dir / STATE_FILE, st)
+    return True
+
+
+def execute(job_dir: Path, ctx: JobContext, call, *, cause=lambda exc: exc, cancel_wins: bool = False, echo_traceback: bool = False) -> int:
+    """Run ``call()`` (the job function) and record how it ended; returns the exit code (0, or 1 when it failed).
+
+    Args:
+        cause: the job's own exception inside a wrapper (a Ray task's error); a wrapped one brought its traceback along.
+        cancel_wins: a failure after a cancel request counts as cancelled (what the cancel broke on its way).
+        echo_traceback: also print a failure's traceback on stderr (a Ray driver: Ray's job log is its output).
+    """
+    try:
+        ctx.raise_if_cancelled()
+        result = call()
+        try:
+            result = json.loads(json.dumps(result if result is not None else {}, default=_jsonable))
+        except (TypeError, ValueError) as exc:
+            raise JobError(f"The job's result is not JSON-serialisable ({exc}).") from exc
+        ctx.log("succeeded")  # the log line first: whoever sees the final state sees the whole log
+        _finish(job_dir, state="succeeded", result=result, error=None)
+    except BaseException as exc:  # noqa: BLE001 - every ending is recorded, a failure with its traceback in the log
+        own = cause(exc)
+        if isinstance(own, Cancelled) or (cancel_wins and ctx.cancelled()):
+            ctx.log(f"cancelled ({own})")
+            _finish(job_dir, state="cancelled", error=None)
+            return 0
+        full = storage_error(own, "the job's results could not be written")  # a full disk is said as such, not as an OSError
+        message = str(own) if isinstance(own, HistoDashError) else str(full) if full else f"{type(own).__name__}: {own}"
+        if own is exc:
+            text = traceback.format_exc()
+            with contextlib.suppress(OSError):  # a full disk may refuse the log too: the state below says what happened
+                with open(job_dir / LOG_FILE, "a") as fh:
+                    fh.write(text)
+            if echo_traceback:
+                print(text, file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            ctx.log(f"FAILED: {message}")
+        _finish_failed(job_dir, message)
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return 0
+
+
 def run_worker(job_dir: Path | str) -> int:
     """Run one job in this process (``python -m engine.jobs _worker DIR``) and record how it ended."""
     job_dir = Path(job_dir)
@@ -716,42 +802,13 @@ def run_worker(job_dir: Path | str) -> int:
     if not job:
         print(f"no job in {job_dir}", file=sys.stderr)
         return 2
-    with _locked(job_dir / ".lock"):
-        st = _state_of(job_dir) or {}
-        if st.get("state") in FINISHED:
-            return 0
-        st.update(state="running", pid=os.getpid(), pid_start=_proc_start(os.getpid()), started=st.get("started") or time.time())
-        _write_json(job_dir / STATE_FILE, st)
+    if not claim(job_dir, pid_start=_proc_start(os.getpid())):
+        return 0
     # SIGTERM (cancel with force, or a shutdown) → cancelled, with the log kept
     signal.signal(signal.SIGTERM, _on_sigterm)
     ctx = JobContext(job_dir, job.get("params"))
     ctx.log(f"job {job['id']} ({job['kind']}) started in pid {os.getpid()}")
-    code = 0
-    try:
-        ctx.raise_if_cancelled()
-        fn = _resolve(job.get("target") or JOB_KINDS[job["kind"]])
-        result = fn(job.get("params") or {}, ctx)
-        try:
-            result = json.loads(json.dumps(result if result is not None else {}, default=_jsonable))
-        except (TypeError, ValueError) as exc:
-            raise JobError(f"The job's result is not JSON-serialisable ({exc}).") from exc
-        ctx.log("succeeded")  # the log line first: whoever sees the final state sees the whole log
-        _finish(job_dir, state="succeeded", result=result, error=None)
-    except Cancelled as exc:
-        ctx.log(f"cancelled ({exc})")
-        _finish(job_dir, state="cancelled", error=None)
-    except BaseException as exc:  # noqa: BLE001 - every failure is recorded, with its traceback in the log
-        full = storage_error(exc, "the job's results could not be written")  # a full disk is said as such, not as an OSError
-        message = str(exc) if isinstance(exc, HistoDashError) else str(full) if full else f"{type(exc).__name__}: {exc}"
-        with contextlib.suppress(OSError):  # a full disk may refuse the log too: the state below says what happened
-            with open(job_dir / LOG_FILE, "a") as fh:
-                fh.write(traceback.format_exc())
-            ctx.log(f"FAILED: {message}")
-        _finish_failed(job_dir, message)
-        code = 1
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+    code = execute(job_dir, ctx, lambda: _resolve(job.get("target") or JOB_KINDS[job["kind"]])(job.get("params") or {}, ctx))
     # hand the slot on: start the next queued job (if any) before this process ends
     with contextlib.suppress(Exception):
         LocalProcessRunner(job_dir.parent)._schedule()

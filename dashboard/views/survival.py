@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard import handoff  # the Cohort page's "Open in Cohort survival" (branch cohort)
 from dashboard import survival_panels as panels
 from dashboard.common import disclaimer, show_error
 from engine import survival as sv
@@ -28,6 +29,7 @@ st.caption("Kaplan–Meier curves, log-rank tests, Cox models and risk scores fo
 
 # ------------------------------------------------------------------------------------------- table
 demo = None
+handoff.receive()  # --- cohort hand-off: a patient table sent from the Cohort page becomes the uploaded table
 if st.radio("Cohort", ["Demo cohort", "Upload a table"], horizontal=True, key="survival_source") == "Demo cohort":
     demo = sv.DEMO_COHORTS[st.selectbox("Demo cohort", list(sv.DEMO_COHORTS), format_func=lambda k: sv.DEMO_COHORTS[k].title, key="survival_demo")]
     st.caption(demo.description)
@@ -55,6 +57,7 @@ def idx(options: list, value, fallback: int = 0) -> int:
 
 # ------------------------------------------------------------------------------------------- mapping form
 tid, columns, numeric = table.id, list(table.frame.columns), table.numeric_columns
+handoff.preselect(tid, columns)  # --- cohort hand-off: its time, event and cluster features pre-selected
 with st.form(f"survival_form_{tid}"):
     c1, c2, c3, c4 = st.columns(4)
     time_col = c1.selectbox("Time", columns, index=idx(columns, demo.time if demo else "time"), key=f"survival_time_{tid}")

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "models": "engine.cli.registry:add_parser",
     "gradcam": "engine.cli.gradcam:add_parser",
     "heatmap": "engine.cli.heatmap:add_parser",
+    "cohort": "engine.cli.cohort:add_cohort_parser",
     "cohort-scores": "engine.cli.cohort:add_parser",
     "survival": "engine.cli.survival:add_parser",
     "train": "engine.cli.training:add_train_parser",

@@ -158,4 +158,10 @@ def load(out_dir: Path | str) -> HeatmapResult:
         model_sha256=meta["model"]["sha256"], threshold=float(meta["model"]["threshold"]),
         slide_name=meta["slide"]["name"], slide_hash=meta["slide"]["hash"], params=frozen(meta.get("params", {})),
         timings=frozen(meta.get("timings", {})), complete=bool(meta.get("complete", True)),
+        columns=frozen({c: frame[c].to_numpy() for c in frame.columns if c not in _known(classes) and pd.api.types.is_numeric_dtype(frame[c])}),
     )
+
+
+def _known(classes) -> set[str]:
+    """The columns every tiles.csv has; any other numeric one is a per-tile extra (``HeatmapResult.columns``)."""
+    return {"x", "y", "width", "height", "score", "tissue", "cached", *(f"p_{c}" for c in classes)}

@@ -64,6 +64,9 @@ class HeatmapResult:
     params: Mapping[str, Any] = field(default_factory=frozen)
     timings: Mapping[str, Any] = field(default_factory=frozen)
     complete: bool = True
+    #: more per-tile columns, ``name -> array`` aligned with ``x`` (e.g. a cohort's ``cluster``): :meth:`to_frame` and the
+    #: files carry them, so the viewer offers each numeric one as a layer
+    columns: Mapping[str, np.ndarray] = field(default_factory=frozen)
 
     def __post_init__(self):
         n = len(self.x)
@@ -74,18 +77,23 @@ class HeatmapResult:
             if len(arr) != n:
                 raise ValueError(f"HeatmapResult.{name} has {len(arr)} entries for {n} tiles.")
             arr.setflags(write=False)
+        for name, arr in self.columns.items():
+            if not isinstance(arr, np.ndarray) or len(arr) != n:
+                raise ValueError(f"HeatmapResult column '{name}' must be an array of {n} entries.")
+            arr.setflags(write=False)
 
     @property
     def n_tiles(self) -> int:
         return int(len(self.scores))
 
     def to_frame(self) -> pd.DataFrame:
-        """``x, y`` (level 0), ``width, height`` (level 0), ``score``, ``p_<class>``…, ``tissue``, ``cached``."""
+        """``x, y`` (level 0), ``width, height`` (level 0), ``score``, ``p_<class>``…, ``tissue``, ``cached``, then :attr:`columns`."""
         data = {"x": self.x, "y": self.y, "width": np.full(len(self.x), self.grid.tile0), "height": np.full(len(self.x), self.grid.tile0), "score": self.scores}
         for i, c in enumerate(self.classes):
             data[f"p_{c}"] = self.probabilities[:, i] if len(self.probabilities) else np.zeros(0)
         data["tissue"] = self.tissue
         data["cached"] = self.cached
+        data.update({name: arr for name, arr in self.columns.items() if name not in data})
         return pd.DataFrame(data)
 
     def top_k(self, k: int = 12) -> pd.DataFrame:
