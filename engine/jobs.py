@@ -315,28 +315,40 @@ def validate_job_id(job_id: str) -> str:
 
 # ----------------------------------------------------------------------------- who may see a job
 
-#: parameters that name a job's input files (a slide, a training folder, CSV or zip)
-INPUT_PARAMS = ("slide_path", "data")
+#: the slide library's hidden folder where uploaded slides are staged for a Ray cluster (engine.cohort.job)
+UPLOAD_STAGING = ".histodash-uploads"
+
+
+def _param_paths(params: dict) -> Iterator[str]:
+    """Every absolute path among the job's parameters (one level into lists, e.g. a cohort's ``slides``)."""
+    for value in params.values():
+        for item in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(item, str) and item.startswith(("/", "~")):
+                yield item
+
+
+def _resolved(path: Path) -> Path:
+    with contextlib.suppress(OSError, RuntimeError):
+        return path.resolve()
+    return path
 
 
 def is_private(rec: JobRecord) -> bool:
-    """Whether the job reads a browser session's own files: an uploaded slide (``slide_id`` ``up:…``) or any input
-    inside the session workspaces (``settings.work_dir``). Such a job belongs to its owner alone; a job on library
+    """Whether the job reads a browser session's own files: an uploaded slide (``slide_id`` ``up:…``), any input
+    inside the session workspaces (``settings.work_dir``: a slide, training data, a cohort's clinical table) or an
+    upload staged into the slide library for the cluster. Such a job belongs to its owner alone; a job on library
     slides or configured data roots may be opened by any signed-in user."""
     if str(rec.params.get("slide_id") or "").startswith("up:"):
         return True
-    work_dir = get_settings().work_dir
-    with contextlib.suppress(OSError, RuntimeError):
-        work_dir = work_dir.resolve()
-    for key in INPUT_PARAMS:
-        value = rec.params.get(key)
-        if not isinstance(value, str) or not value:
-            continue
+    settings = get_settings()
+    private = [_resolved(settings.work_dir)] + ([_resolved(settings.slides_dir / UPLOAD_STAGING)] if settings.slides_dir else [])
+    for value in _param_paths(rec.params):
         try:
-            Path(value).resolve().relative_to(work_dir)
+            path = Path(value).expanduser().resolve()
         except (ValueError, OSError, RuntimeError):
             continue
-        return True
+        if any(path.is_relative_to(folder) for folder in private):
+            return True
     return False
 
 

@@ -112,6 +112,56 @@ def test_the_heatmap_job_keeps_an_uploaded_slide_and_only_that(dirs, tmp_path, t
     assert list((tmp_path / "job3" / "work" / "slide").iterdir()) == []  # no heatmap: no copy of the upload kept
 
 
+def test_a_cohorts_session_files_make_it_private(dirs, tmp_path, monkeypatch):
+    """A cohort reads a clinical table saved in the session workspace and uploaded slides (there, or staged into
+    the slide library for the cluster): its owner's alone. A cohort of library slides alone is anyone's."""
+    from engine.cohort.job import STAGING
+
+    work, _ = dirs
+    library = tmp_path / "library"
+    monkeypatch.setenv("HISTODASH_SLIDES_DIR", str(library))
+    cohort = {"slide_dir": str(library / "study"), "patient_pattern": r"^([^_.]+)", "clusters": 3}
+    clinical = {**cohort, "clinical": str(work / A / "cohort" / "clinical.csv")}
+    uploads = {**cohort, "slides": [str(work / A / "slides" / "case.svs")]}
+    staged = {**cohort, "slides": [str(library / STAGING / "0123456789ab_case.svs")]}
+    recs = [JobRecord(id="cohort-x", kind="cohort", state="succeeded", params=p, owner=A) for p in (cohort, clinical, uploads, staged)]
+    assert [is_private(r) for r in recs] == [False, True, True, True]
+    assert all(visible_to(r, A) for r in recs) and [visible_to(r, B) for r in recs] == [True, False, False, False]
+
+
+def test_cohort_page_opens_another_sessions_cohort_job_for_nobody_else(dirs, monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_page_cohort import APP
+
+    work, jobs_dir = dirs
+    monkeypatch.setitem(jobs.JOB_KINDS, "cohort", "tests.jobfuncs:hold")  # held running until cancelled
+    runner = jobs.get_runner()
+    job_id = runner.submit("cohort", {"clinical": str(work / A / "cohort" / "clinical.csv"), "clusters": 3}, owner=A)
+
+    def cohort_page(session: str):
+        at = AppTest.from_file(APP, default_timeout=90)
+        at.session_state["session_id"] = session
+        at.query_params["cohort_job"] = job_id
+        at.run()
+        at.switch_page("views/cohort.py")
+        at.run()
+        assert not at.exception, at.exception
+        return at
+
+    try:
+        other = cohort_page(B)
+        errors = "\n".join(e.value for e in other.error)
+        assert CANNOT in errors and job_id not in errors and "cohort_job" not in other.query_params
+        assert not other.get("progress")  # nothing of A's job
+        owner = cohort_page(A)
+        assert not owner.error, [e.value for e in owner.error]
+        assert owner.query_params["cohort_job"] in (job_id, [job_id]) and owner.get("progress")  # its job, running
+    finally:
+        runner.cancel(job_id)
+        runner.wait(job_id, timeout=60)
+
+
 # ----------------------------------------------------------------------------- the Training page
 
 def test_training_page_lists_another_sessions_upload_job_for_nobody_else(dirs, monkeypatch, tiny_registry):
