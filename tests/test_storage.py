@@ -187,3 +187,23 @@ def test_training_page_zip_upload_onto_a_full_disk(small_disk, monkeypatch, tmp_
     assert f"{FULL}: 'tiles.zip' could not be saved." in errors and "Something went wrong" not in errors, errors
     assert not list(disk.rglob("*tiles.zip*"))  # nothing half-written
 
+
+
+def test_cohort_page_clinical_table_onto_a_full_disk(small_disk, monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_page_cohort import APP
+
+    monkeypatch.setenv("HISTODASH_JOBS_DIR", str(tmp_path / "jobs"))
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    at.switch_page("views/cohort.py")
+    at.run()
+    disk = small_disk()
+    monkeypatch.setenv("HISTODASH_WORK_DIR", str(disk))
+    table = "patient_id,time,event\n" + "".join(f"P{i:06d},{i % 900},{i % 2}\n" for i in range(250_000))  # 3 MB
+    next(w for w in at.get("file_uploader") if w.label.startswith("Clinical table")).set_value(("clinical.csv", table.encode(), "text/csv")).run()
+    assert not at.exception, at.exception
+    errors = "\n".join(e.value for e in at.error)
+    assert f"{FULL}: 'clinical.csv' could not be saved." in errors and "Something went wrong" not in errors, errors
+    assert not list(disk.rglob("*clinical.csv*"))  # nothing half-written

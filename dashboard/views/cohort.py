@@ -17,7 +17,7 @@ from engine.jobs import format_duration, get_runner, get_visible
 from engine.slides import SlideLibrary
 from engine.survival import read_table
 from engine.tissue import DEFAULT_MIN_TISSUE
-from engine.uploads import safe_filename, uploads_dir
+from engine.uploads import safe_filename, save_bytes, uploads_dir
 
 SID, QP = session_id(), st.query_params
 st.title("Cohort")
@@ -53,9 +53,7 @@ clinical_path, clinical_cols = None, []
 if clinical_file is not None:
     with guarded(f"Reading {clinical_file.name}"):
         clinical_cols = list(read_table(clinical_file.getvalue(), name=clinical_file.name).columns)
-        clinical_path = session_workspace() / "cohort" / safe_filename(clinical_file.name)
-        clinical_path.parent.mkdir(parents=True, exist_ok=True)
-        clinical_path.write_bytes(clinical_file.getvalue())
+        clinical_path = save_bytes(clinical_file.getvalue(), session_workspace() / "cohort", safe_filename(clinical_file.name))  # a full disk: a message
 c1, c2, c3 = st.columns(3)
 how = c1.radio("Slide → patient", ["File-name pattern", "Clinical-table column"], key="cohort_mapping", disabled=not clinical_cols)
 params: dict = {}
