@@ -177,6 +177,8 @@ def test_slide_region_from_query_params(tmp_path):
         ({"slide": "lib:../../etc/passwd", "x": "0", "y": "0", "size": "64"}, ""),
         ({"slide": "lib:slide.png", "x": "ten", "y": "0", "size": "64"}, "not a whole number"),
         ({"slide": "lib:slide.png", "x": "0", "y": "0", "size": "100000"}, "outside"),
+        ({"slide": "lib:slide.png", "x": "9000000", "y": "0", "size": "64"}, "is outside 'slide.png', which is"),  # issue 15: no pixel of the slide
+        ({"slide": "lib:slide.png", "x": "0", "y": "5000000", "size": "4096"}, "is outside 'slide.png', which is"),
     ],
 )
 def test_bad_slide_links_are_messages(query, message):
