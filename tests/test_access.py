@@ -39,6 +39,23 @@ def record(params: dict, owner: str | None = A, state: str = "succeeded") -> Job
     return JobRecord(id="heatmap-x", kind="heatmap", state=state, params=params, owner=owner)
 
 
+def page_as(session: str, view: str, query: dict | None = None):
+    """The page ``view`` (AppTest) for browser session ``session`` with the link's ``query``."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=90)
+    at.session_state["session_id"] = session  # the id the signed cookie names (AppTest sends no cookie)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page(view)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
 def test_who_may_see_a_job(dirs, tmp_path):
     work, _ = dirs
     upload = record({"slide_id": "up:case.svs", "slide_path": str(work / A / "slides" / "case.svs")})
@@ -130,31 +147,17 @@ def test_a_cohorts_session_files_make_it_private(dirs, tmp_path, monkeypatch):
 
 
 def test_cohort_page_opens_another_sessions_cohort_job_for_nobody_else(dirs, monkeypatch, tmp_path):
-    from streamlit.testing.v1 import AppTest
-
-    from tests.test_page_cohort import APP
-
-    work, jobs_dir = dirs
+    work, _ = dirs
     monkeypatch.setitem(jobs.JOB_KINDS, "cohort", "tests.jobfuncs:hold")  # held running until cancelled
     runner = jobs.get_runner()
     job_id = runner.submit("cohort", {"clinical": str(work / A / "cohort" / "clinical.csv"), "clusters": 3}, owner=A)
 
-    def cohort_page(session: str):
-        at = AppTest.from_file(APP, default_timeout=90)
-        at.session_state["session_id"] = session
-        at.query_params["cohort_job"] = job_id
-        at.run()
-        at.switch_page("views/cohort.py")
-        at.run()
-        assert not at.exception, at.exception
-        return at
-
     try:
-        other = cohort_page(B)
+        other = page_as(B, "views/cohort.py", {"cohort_job": job_id})
         errors = "\n".join(e.value for e in other.error)
         assert CANNOT in errors and job_id not in errors and "cohort_job" not in other.query_params
         assert not other.get("progress")  # nothing of A's job
-        owner = cohort_page(A)
+        owner = page_as(A, "views/cohort.py", {"cohort_job": job_id})
         assert not owner.error, [e.value for e in owner.error]
         assert owner.query_params["cohort_job"] in (job_id, [job_id]) and owner.get("progress")  # its job, running
     finally:
@@ -175,36 +178,14 @@ def test_training_page_lists_another_sessions_upload_job_for_nobody_else(dirs, m
     other = page({"job": job_id})
     assert "is not in this job list" in texts(other, "warning") and job_id not in texts(other, "warning")
     assert "No training jobs yet." in texts(other, "info")  # nothing of A's job
-    from streamlit.testing.v1 import AppTest
-
-    from tests.test_page_training import APP, TIMEOUT
-
-    owner = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    owner.session_state["session_id"] = A
-    owner.query_params["job"] = job_id
-    owner.run()
-    owner.switch_page("views/training.py")
-    owner.run()
-    assert not owner.exception, owner.exception
+    owner = page_as(A, "views/training.py", {"job": job_id})
     assert f"Job {job_id}" in texts(owner, "subheader") and "Registered model" in "\n".join(s.value for s in owner.success)
 
 
 # ----------------------------------------------------------------------------- the Slide heatmap page + the tile server
 
 def slide_page(session: str, query: dict | None = None):
-    from streamlit.testing.v1 import AppTest
-
-    from tests.test_page_slides import APP
-
-    at = AppTest.from_file(APP, default_timeout=90)
-    at.session_state["session_id"] = session  # the id the signed cookie names (AppTest sends no cookie)
-    for k, v in (query or {}).items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page("views/slides.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return page_as(session, "views/slides.py", query)
 
 
 def test_an_uploaded_slides_heatmap_is_its_owners_and_outlives_the_sweep(dirs, tmp_path, tiny_registry):
