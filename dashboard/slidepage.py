@@ -8,7 +8,10 @@ State rules:
 * opening another slide drops a job of a different slide from the URL;
 * a heatmap is drawn only when its job was run on this slide id *and* its content hash is this file's
   (a re-uploaded file of the same name is another slide);
-* the viewer's key names the slide version, so a tile clicked on one slide is never read on another.
+* the viewer's key names the slide version, so a tile clicked on one slide is never read on another;
+* a ``?job=`` id is opened only through :func:`engine.jobs.get_visible`: a job on an uploaded slide opens in its
+  owner's browser session only (anyone else gets one message and nothing of the job); a finished job of an upload
+  brings its own copy of the slide (``result["slide_path"]``), so it still opens after the workspace was swept.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dashboard.common import guarded, show_error
 from engine.cohort.pipeline import slide_result as cohort_slide_result
 from engine.errors import HistoDashError
 from engine.heatmap import HeatmapResult, png_bytes, render_overlay
+from engine.jobs import get_visible
 from engine.slides import SlideLibrary, open_slide
 from engine.tissue import DEFAULT_MIN_TISSUE, TissueMasker
 from engine.uploads import save_upload, uploads_dir
@@ -40,12 +44,12 @@ def remember_or_restore() -> None:
     st.session_state[LAST_KEY] = {k: QP[k] for k in ("slide", "job") if k in QP}
 
 
-def open_slide_id(slide_id: str, runner=None) -> None:
-    """Show ``slide_id``; a job of another slide leaves the URL."""
+def open_slide_id(slide_id: str, runner=None, sid: str | None = None) -> None:
+    """Show ``slide_id``; a job of another slide (or one this session may not open) leaves the URL."""
     job = QP.get("job")
     if job and runner is not None:
         try:
-            if runner.get(job).params.get("slide_id") != slide_id:
+            if get_visible(runner, job, sid).params.get("slide_id") != slide_id:
                 del QP["job"]
         except HistoDashError:
             del QP["job"]
@@ -62,7 +66,7 @@ def pick_source(sid: str, runner) -> None:
             st.session_state["slide_upload_done"] = upload.file_id
             try:
                 path = save_upload(upload, upload.name, sid)
-                open_slide_id(f"up:{path.name}", runner)
+                open_slide_id(f"up:{path.name}", runner, sid)
                 st.success(f"Saved '{upload.name}' ({path.stat().st_size / 1e6:.1f} MB).")
             except Exception as err:  # noqa: BLE001 - message; the slide shown before stays
                 show_error(err, context=f"Upload of '{upload.name}'")
@@ -73,7 +77,7 @@ def pick_source(sid: str, runner) -> None:
             index = mine.index(current[3:]) if current.startswith("up:") and current[3:] in mine else len(mine) - 1
             pick = st.selectbox("This session's slides", mine, index=index)
             if st.button("Open", key="open_upload"):
-                open_slide_id(f"up:{pick}", runner)
+                open_slide_id(f"up:{pick}", runner, sid)
         return
     library = SlideLibrary.configured()
     if library is None:
@@ -96,21 +100,36 @@ def pick_source(sid: str, runner) -> None:
         if files:
             pick = c2.selectbox("Slides", [e.relpath for e in files], format_func=lambda r: r.rsplit("/", 1)[-1], key="lib_pick")
             if c2.button("Open slide", type="primary"):
-                open_slide_id(f"lib:{pick}", runner)
+                open_slide_id(f"lib:{pick}", runner, sid)
         elif not dirs:
             st.info("No slides in this folder.")
 
 
-def job_record(runner):
-    """The job named in the URL (its id is the capability: a refreshed browser re-attaches with it)."""
+def job_record(runner, sid: str, *, explain: bool = False):
+    """The job named in the URL, when this browser session may open it (its id is the capability: a refreshed
+    browser re-attaches with it). Otherwise the id leaves the URL; with ``explain`` the page says why (one message
+    for a job that does not exist and one of another session's upload)."""
     job_id = QP.get("job")
     if not job_id or runner is None:
         return None
     try:
-        return runner.get(job_id)
-    except HistoDashError:
+        return get_visible(runner, job_id, sid)
+    except HistoDashError as err:
         del QP["job"]
+        if explain:
+            show_error(err, context="Heatmap job")
         return None
+
+
+def slide_of_job(rec, slide_id: str) -> Path | None:
+    """The slide a job of ``slide_id`` scored, when the upload is gone (the workspace was swept): the job's own
+    copy (kept by finished jobs), else the path it was given, if either still exists."""
+    if rec is None or rec.params.get("slide_id") != slide_id:
+        return None
+    for value in ((rec.result or {}).get("slide_path"), rec.params.get("slide_path")):
+        if isinstance(value, str) and value and Path(value).is_file():
+            return Path(value)
+    return None
 
 
 def restore_job_settings(attached, slide_id: str) -> None:
@@ -195,12 +214,12 @@ def read_tile(path: str, _mtime: int, x: int, y: int, size: int, max_px: int) ->
     return np.asarray(Image.fromarray(rgb).resize((out, out), Image.BILINEAR)) if rgb.shape[0] != out else rgb
 
 
-def job_panel(runner, slide_id: str, busy: bool) -> None:
+def job_panel(runner, sid: str, slide_id: str, busy: bool) -> None:
     """The progress of this slide's job; polls only while one runs (an idle page sends the browser nothing)."""
 
     @st.fragment(run_every=1.5 if busy else None)
     def panel():
-        rec = job_record(runner)
+        rec = job_record(runner, sid)
         if rec is None or rec.params.get("slide_id") != slide_id:
             return
         p = rec.progress or {}

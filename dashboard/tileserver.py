@@ -15,7 +15,8 @@ token), the browser session that minted it, its scope and its expiry. Each reque
 * when a login is configured, the requesting browser session must be signed in.
 
 Anything else gets **403 and never a tile** (with ``Cache-Control: no-store``). A valid token with a
-malformed or out-of-range tile address gets 404. Tiles are served with ``Cache-Control: private,
+malformed or out-of-range tile address gets 404 (the body says why: no such level or tile, or a tile that
+would decode more than ``engine.slides.MAX_REGION_PIXELS`` of the slide). Tiles are served with ``Cache-Control: private,
 max-age=…, immutable`` (the token names one version of one file). Label and macro images have no address.
 """
 
@@ -194,8 +195,8 @@ def _forbidden() -> Response:
     return Response("Forbidden", status_code=403, media_type="text/plain", headers={"Cache-Control": "no-store"})
 
 
-def _not_found() -> Response:
-    return Response("Not found", status_code=404, media_type="text/plain", headers={"Cache-Control": "no-store"})
+def _not_found(message: str = "Not found") -> Response:
+    return Response(message, status_code=404, media_type="text/plain", headers={"Cache-Control": "no-store"})
 
 
 async def serve(request: Request) -> Response:
@@ -218,8 +219,8 @@ async def serve(request: Request) -> Response:
         data = cached_tile_if_present(grant.key, level, col, row)
         if data is None:
             data = await run_in_threadpool(_decode, grant, level, col, row)
-    except HistoDashError:
-        return _not_found()
+    except HistoDashError as err:  # an address outside the slide, or a tile too large to decode: says which (no path)
+        return _not_found(err.message)
     except Exception:  # noqa: BLE001 - a damaged region: no tile, no traceback to the browser
         log.exception("tile request failed")
         return Response("Tile unavailable", status_code=500, media_type="text/plain", headers={"Cache-Control": "no-store"})

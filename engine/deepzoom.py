@@ -28,8 +28,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from engine.errors import InvalidInputError
-from engine.slides import open_slide
+from engine.errors import InvalidInputError, TooLargeError
+from engine.slides import MAX_REGION_PIXELS, open_slide
 
 TILE_SIZE = 254
 OVERLAP = 1
@@ -103,6 +103,11 @@ class DeepZoomSlide:
         cols, rows = self.level_tiles[int(level)]
         if not (0 <= int(col) < cols and 0 <= int(row) < rows):
             raise InvalidInputError(f"Tile ({col}, {row}) does not exist at Deep Zoom level {level} ({cols} × {rows} tiles).")
+        _, slide_level, (w, h) = self._gen.get_tile_coordinates(int(level), (int(col), int(row)))
+        if w * h > MAX_REGION_PIXELS:  # a tile drawn from a level far larger than it: refused before OpenSlide allocates it
+            raise TooLargeError(
+                f"Tile ({col}, {row}) of Deep Zoom level {level} would decode {w:,}×{h:,} px of slide level {slide_level} "
+                f"(over {MAX_REGION_PIXELS:,}): the slide has no pyramid level near this zoom.", "Zoom in, or convert the slide to a pyramidal format.")
 
     def read_args(self, level: int, col: int, row: int) -> tuple[tuple[int, int], int, tuple[int, int]]:
         """``(level-0 location, slide level, size at that level)``: the region a tile is read from."""

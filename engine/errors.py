@@ -14,6 +14,10 @@ first): a cancelled run is not a failed one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
+
 
 class HistoDashError(Exception):
     """Base class of every error meant to be shown to a user."""
@@ -88,6 +92,44 @@ class SlotTimeoutError(HistoDashError):
     """No inference slot became free in time (:mod:`engine.limits`)."""
 
     default_hint = "The server is busy with other users' work: try again in a minute."
+
+
+class StorageError(HistoDashError):
+    """The server cannot write: its disk is full (or over quota) or its storage is read-only (:func:`storage_errors`)."""
+
+    default_hint = "Nothing was saved, and what you had before is unchanged. Ask the server's administrator to free disk space."
+
+
+#: ``errno`` values of a write the server's storage refuses: no space (or quota) left; read-only or not writable
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def storage_error(exc: BaseException, action: str) -> StorageError | None:
+    """The :class:`StorageError` for an ``OSError`` of a full or read-only disk (``action``: what failed, e.g.
+    ``"'a.svs' could not be saved"``), None for any other exception. Never names a server path."""
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno in DISK_FULL:
+        return StorageError(f"The server's disk is full: {action}.")
+    if exc.errno in NOT_WRITABLE:
+        return StorageError(f"The server's storage is read-only (or not writable by HistoDash): {action}.",
+                            "Nothing was saved, and what you had before is unchanged. Ask the server's administrator to make "
+                            "HistoDash's data folder (HISTODASH_HOME) writable.")
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(action: str) -> Iterator[None]:
+    """``with storage_errors("'a.svs' could not be saved"):`` around writes: a full or read-only disk raises
+    :class:`StorageError` with that action; every other error passes unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        err = storage_error(exc, action)
+        if err is None:
+            raise
+        raise err from exc
 
 
 class JobError(HistoDashError):

@@ -61,7 +61,7 @@ import numpy as np
 from engine import render
 from engine.cache import ResultCache, make_key, shared_cache
 from engine.errors import HistoDashError, IncompatibleModelError, InvalidInputError
-from engine.imageio import pixel_hash, read_image, resize_tile
+from engine.imageio import check_tile_array, pixel_hash, read_image, resize_tile
 from engine.predict import probabilities_from_output
 from engine.registry import ModelCard, Registry, load_model_for_card
 
@@ -72,9 +72,6 @@ METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "integrated-g
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "cividis", "turbo", "jet")
 PREDICTED = "predicted"
 SCORE = "score"
-MIN_TILE_PX = 16
-MAX_TILE_PX = 4096
-MAX_ASPECT = 4.0
 CACHE_VERSION = "gradcam/v1"
 
 # Layers with a 4-D output that are never offered as a target: they move or drop pixels but
@@ -218,18 +215,12 @@ def upsample(saliency: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def check_tile(rgb: np.ndarray, name: str = "tile") -> np.ndarray:
-    """An ``(H, W, 3) uint8`` tile of a usable size, or :class:`InvalidInputError` saying what is wrong."""
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise InvalidInputError(f"'{name}' is not an RGB uint8 image (shape {rgb.shape}, {rgb.dtype}).", "Give a JPEG, PNG or TIFF tile.")
-    h, w = rgb.shape[:2]
-    if min(h, w) < MIN_TILE_PX:
-        raise InvalidInputError(f"'{name}' is {w}×{h} px: too small for a saliency map (at least {MIN_TILE_PX} px a side).", "Use a larger tile.")
-    if max(h, w) > MAX_TILE_PX:
-        raise InvalidInputError(f"'{name}' is {w}×{h} px: larger than a tile ({MAX_TILE_PX} px a side at most).", "Cut it into tiles, or use the Slide heatmap page.")
-    if max(h, w) / min(h, w) > MAX_ASPECT:
-        raise InvalidInputError(f"'{name}' is {w}×{h} px: too elongated to be resized to a square model input (aspect ratio over {MAX_ASPECT:g}).", "Crop it to a square tile.")
-    return rgb
+    """An ``(H, W, 3) uint8`` tile of a usable size, or :class:`InvalidInputError` saying what is wrong.
+
+    The bounds are the tile bounds of :mod:`engine.imageio` (:func:`engine.imageio.check_tile_array`): an
+    array handed in directly meets the same ones as a tile read from a file.
+    """
+    return check_tile_array(rgb, name)
 
 
 def check_method(method: str) -> str:

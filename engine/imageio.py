@@ -220,6 +220,17 @@ def check_finite(arr: np.ndarray, name: str) -> None:
             "Export the image again as 8- or 16-bit, or replace the missing values.", path=name)
 
 
+def check_tile_array(rgb: np.ndarray, name: str = "tile", *, max_pixels: int | None = None) -> np.ndarray:
+    """An ``(H, W, 3) uint8`` array within the bounds of a tile read from a file (the one set of tile bounds:
+    ``MIN_SIDE_PX``, ``MAX_ASPECT`` and ``max_pixels``, default ``settings.max_pixels``), else the same errors."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise InvalidInputError(f"'{name}' is not an RGB uint8 image (shape {rgb.shape}, {rgb.dtype}).", "Give a JPEG, PNG or TIFF tile.", path=name)
+    h, w = rgb.shape[:2]
+    check_header(name, "array", w, h, rgb.nbytes, max_pixels if max_pixels is not None else get_settings().max_pixels)
+    return rgb
+
+
 def check_scorable(rgb: np.ndarray, name: str) -> np.ndarray:
     """A tile a model may score, or :class:`InvalidInputError` naming why not (blank: one colour, no content).
 

@@ -40,24 +40,26 @@ the same :class:`JobContext` verbs, records in a shared store) can replace
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import json
 import logging
 import math
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from engine.config import REPO_ROOT, get_settings
-from engine.errors import Cancelled, HistoDashError, JobError, JobNotFoundError
+from engine.errors import Cancelled, HistoDashError, JobError, JobNotFoundError, storage_error, storage_errors
 
 try:  # POSIX file locks; on other systems the lock is a no-op (one dashboard process assumed)
     import fcntl
@@ -156,8 +158,23 @@ class JobRunner(Protocol):
 def _write_json(path: Path, data: Any) -> None:
     """Atomic: readers see the old or the new file, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk: no half-written temp file left to fill it further
+            tmp.unlink()
+        raise
+
+
+def _lost_message(job_dir: Path, pid: Any) -> str:
+    """Why a ``running`` job has no worker any more; names a full disk when the jobs folder has no room left."""
+    msg = f"The worker process (pid {pid}) is gone: it was killed or crashed without reporting (out of memory?)."
+    with contextlib.suppress(OSError):
+        st = os.statvfs(job_dir)
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            msg = f"The worker process (pid {pid}) is gone without recording how it ended: the server's disk is full."
+    return msg
 
 
 def _job_problem(job: Any) -> str | None:
@@ -296,6 +313,78 @@ def validate_job_id(job_id: str) -> str:
     return job_id
 
 
+# ----------------------------------------------------------------------------- who may see a job
+
+#: the slide library's hidden folder where uploaded slides are staged for a Ray cluster (engine.cohort.job)
+UPLOAD_STAGING = ".histodash-uploads"
+
+
+def _param_paths(params: dict) -> Iterator[str]:
+    """Every absolute path among the job's parameters (one level into lists, e.g. a cohort's ``slides``)."""
+    for value in params.values():
+        for item in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(item, str) and item.startswith(("/", "~")):
+                yield item
+
+
+def _resolved(path: Path) -> Path:
+    with contextlib.suppress(OSError, RuntimeError):
+        return path.resolve()
+    return path
+
+
+def is_private(rec: JobRecord) -> bool:
+    """Whether the job reads a browser session's own files: an uploaded slide (``slide_id`` ``up:…``), any input
+    inside the session workspaces (``settings.work_dir``: a slide, training data, a cohort's clinical table) or an
+    upload staged into the slide library for the cluster. Such a job belongs to its owner alone; a job on library
+    slides or configured data roots may be opened by any signed-in user."""
+    if str(rec.params.get("slide_id") or "").startswith("up:"):
+        return True
+    settings = get_settings()
+    private = [_resolved(settings.work_dir)] + ([_resolved(settings.slides_dir / UPLOAD_STAGING)] if settings.slides_dir else [])
+    for value in _param_paths(rec.params):
+        try:
+            path = Path(value).expanduser().resolve()
+        except (ValueError, OSError, RuntimeError):
+            continue
+        if any(path.is_relative_to(folder) for folder in private):
+            return True
+    return False
+
+
+def visible_to(rec: JobRecord, session: str | None, *, signed_in: bool = True) -> bool:
+    """May browser session ``session`` open this job? A private job (:func:`is_private`): only the session that
+    submitted it (``rec.owner``); any other job: any signed-in user. A damaged record carries nothing but its id
+    and is listed as damaged (issue 15: never a crash)."""
+    if not signed_in:
+        return False
+    if rec.state == DAMAGED:
+        return True
+    if not is_private(rec):
+        return True
+    return bool(session) and isinstance(rec.owner, str) and secrets.compare_digest(rec.owner.encode(), str(session).encode())
+
+
+def get_visible(runner: JobRunner, job_id: str, session: str | None, *, signed_in: bool = True) -> JobRecord:
+    """``runner.get(job_id)`` for browser session ``session``: a job it may not open is answered exactly as a job
+    that does not exist (:class:`JobNotFoundError`, one message for both that does not repeat the id), so a ``?job=``
+    id of another session opens nothing and tells nothing."""
+    try:
+        rec = runner.get(job_id)
+    except JobNotFoundError:
+        rec = None
+    if rec is None or not visible_to(rec, session, signed_in=signed_in):
+        raise JobNotFoundError(
+            "The job in the link cannot be opened here: there is no such job, or it belongs to another browser session.",
+            "A job on an uploaded slide opens only in the browser that uploaded it; start it again here if you need it.")
+    return rec
+
+
+def list_visible(runner: JobRunner, session: str | None, kind: str | None = None, *, signed_in: bool = True) -> list[JobRecord]:
+    """``runner.list(kind)`` without the jobs browser session ``session`` may not open (:func:`visible_to`)."""
+    return [r for r in runner.list(kind=kind) if visible_to(r, session, signed_in=signed_in)]
+
+
 # ----------------------------------------------------------------------------- context (worker side)
 
 
@@ -400,17 +489,22 @@ def check_submission(kind: str, params: dict) -> dict:
 
 def create_job(root: Path, kind: str, params: dict, owner: str | None, **extra) -> Path:
     """A new queued job's folder under ``root`` (``extra`` goes into ``job.json``, e.g. the backend)."""
-    root.mkdir(parents=True, exist_ok=True)
     now = time.time()
     # 128 random bits: a job id is a capability (a ?job= link), it must not be guessable from the time
     job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{secrets.token_hex(16)}"
     job_dir = root / job_id
-    job_dir.mkdir()
-    (job_dir / "work").mkdir()
-    (job_dir / LOG_FILE).touch()
-    _write_json(job_dir / STATE_FILE, {"state": "queued"})
-    # job.json last: a folder without it is not a job yet (list() skips it)
-    _write_json(job_dir / JOB_FILE, {"id": job_id, "kind": kind, "target": JOB_KINDS[kind], "params": params, "owner": owner, "created": now, **extra})
+    try:
+        with storage_errors("the job could not be queued"):  # a full or read-only disk: a message, no half-written job
+            root.mkdir(parents=True, exist_ok=True)
+            job_dir.mkdir()
+            (job_dir / "work").mkdir()
+            (job_dir / LOG_FILE).touch()
+            _write_json(job_dir / STATE_FILE, {"state": "queued"})
+            # job.json last: a folder without it is not a job yet (list() skips it)
+            _write_json(job_dir / JOB_FILE, {"id": job_id, "kind": kind, "target": JOB_KINDS[kind], "params": params, "owner": owner, "created": now, **extra})
+    except HistoDashError:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise
     return job_dir
 
 
@@ -536,7 +630,12 @@ class LocalProcessRunner:
         return [p for p in self.root.iterdir() if p.is_dir() and (p / JOB_FILE).exists()]
 
     def _record(self, job_dir: Path) -> JobRecord:
-        return read_record(job_dir)
+        rec = read_record(job_dir)
+        if rec.state == "running":  # its worker is gone, and that could not be recorded (a full disk): say it failed
+            st = _state_of(job_dir) or {}
+            if not _pid_alive(st.get("pid"), st.get("pid_start")):
+                rec = replace(rec, state="failed", error=_lost_message(job_dir, st.get("pid")))
+        return rec
 
     def _schedule(self) -> None:
         """Mark vanished workers failed, then start queued jobs (oldest first) while slots are free."""
@@ -570,10 +669,13 @@ class LocalProcessRunner:
             st = _state_of(job_dir) or {}
             if st.get("state") != "running" or _pid_alive(st.get("pid"), st.get("pid_start")):
                 return  # it finished (or is alive) after all
-            msg = f"The worker process (pid {st.get('pid')}) is gone: it was killed or crashed without reporting (out of memory?)."
+            msg = _lost_message(job_dir, st.get("pid"))
             st.update(state="failed", finished=time.time(), error=msg)
-            _write_json(job_dir / STATE_FILE, st)
-            _append(job_dir / LOG_FILE, f"FAILED: {msg}")
+            try:
+                _write_json(job_dir / STATE_FILE, st)
+                _append(job_dir / LOG_FILE, f"FAILED: {msg}")
+            except OSError as exc:  # a full or read-only disk: the record cannot change; _record says it failed anyway
+                log.warning("job %s: its end cannot be recorded (%s)", job_dir.name, errno_name(exc))
 
     def _launch(self, job_dir: Path) -> bool:
         with _locked(job_dir / ".lock"):
@@ -632,6 +734,22 @@ def _finish(job_dir: Path, **update) -> None:
         _write_json(job_dir / STATE_FILE, st)
 
 
+def _finish_failed(job_dir: Path, message: str) -> None:
+    """Record a failure; when even that meets a full disk, the job's own scratch folder (a failed job's partial
+    output) is removed to make room for the record, and it is tried once more."""
+    try:
+        _finish(job_dir, state="failed", error=message)
+    except OSError as exc:
+        if storage_error(exc, "") is None:
+            raise
+        shutil.rmtree(job_dir / "work", ignore_errors=True)
+        _finish(job_dir, state="failed", error=message + " (Its partial output was removed to record this.)")
+
+
+def errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
 def _on_sigterm(signum, frame):  # noqa: ARG001
     raise Cancelled("terminated (SIGTERM)")
 
@@ -670,15 +788,18 @@ def execute(job_dir: Path, ctx: JobContext, call, *, cause=lambda exc: exc, canc
             ctx.log(f"cancelled ({own})")
             _finish(job_dir, state="cancelled", error=None)
             return 0
-        message = str(own) if isinstance(own, HistoDashError) else f"{type(own).__name__}: {own}"
+        full = storage_error(own, "the job's results could not be written")  # a full disk is said as such, not as an OSError
+        message = str(own) if isinstance(own, HistoDashError) else str(full) if full else f"{type(own).__name__}: {own}"
         if own is exc:
             text = traceback.format_exc()
-            with open(job_dir / LOG_FILE, "a") as fh:
-                fh.write(text)
+            with contextlib.suppress(OSError):  # a full disk may refuse the log too: the state below says what happened
+                with open(job_dir / LOG_FILE, "a") as fh:
+                    fh.write(text)
             if echo_traceback:
                 print(text, file=sys.stderr, flush=True)
-        ctx.log(f"FAILED: {message}")
-        _finish(job_dir, state="failed", error=message)
+        with contextlib.suppress(OSError):
+            ctx.log(f"FAILED: {message}")
+        _finish_failed(job_dir, message)
         return 1
     finally:
         sys.stdout.flush()

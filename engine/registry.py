@@ -26,7 +26,7 @@ from pathlib import Path
 
 from engine.cache import sha256_file
 from engine.config import get_settings
-from engine.errors import IncompatibleModelError, InvalidInputError, ModelNotFoundError
+from engine.errors import IncompatibleModelError, InvalidInputError, ModelNotFoundError, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -536,12 +536,15 @@ def import_model(raw: bytes, card_fields: dict, models_dir: Path | str | None = 
     final = root / card["id"]
     if final.exists() or card["id"] in Registry(root).ids():
         raise InvalidInputError(f"A model with id '{card['id']}' is already registered.", "Choose another id.")
-    root.mkdir(parents=True, exist_ok=True)
     staging = root / f".incoming-{secrets.token_hex(6)}"
-    staging.mkdir()
+    action = f"the model '{card['id']}' could not be saved"  # a full or read-only models folder: a message, nothing left
+    with storage_errors(action):
+        root.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
     try:
         weights = staging / "model.keras"
-        weights.write_bytes(raw)
+        with storage_errors(action):
+            weights.write_bytes(raw)
         model = load_keras_file(weights)
         check_shapes(model, card["input_px"], len(card["classes"]), name=file_name)
         if model.count_params() > MAX_PARAMETERS:
@@ -549,8 +552,9 @@ def import_model(raw: bytes, card_fields: dict, models_dir: Path | str | None = 
         check_outputs(model, card["input_px"], len(card["classes"]), file_name)
         card["keras_config_class"] = config.get("class_name")
         tmp = staging / f".{CARD_FILE}.tmp"
-        tmp.write_text(json.dumps(card, indent=2))
-        os.replace(tmp, staging / CARD_FILE)
+        with storage_errors(action):
+            tmp.write_text(json.dumps(card, indent=2))
+            os.replace(tmp, staging / CARD_FILE)
         try:
             os.rename(staging, final)
         except OSError as exc:

@@ -39,6 +39,7 @@ from PIL import Image
 from engine.cache import sha256_file
 from engine.config import get_settings
 from engine.errors import CorruptFileError, HistoDashError, InvalidInputError, TooLargeError, UnsupportedFormatError
+from engine.imageio import read_image  # also replaces Pillow's decompression-bomb guard by HistoDash's own limits
 from engine.privacy import strip_server_paths
 
 # Formats OpenSlide reads, plus plain images (opened as one-level slides).
@@ -51,6 +52,11 @@ SAFE_ASSOCIATED = ("thumbnail",)
 #: metadata keys shown on the page / written into manifests (no free-text comments, no user names).
 MAX_SIDE = 10_000_000  # level-0 side beyond any real scanner (a 2 m slide at 0.2 µm/px)
 MAX_LEVEL0_PIXELS = 2 * 10**12
+#: the most pixels one read decodes at once (a region, a whole level for a thumbnail, a Deep Zoom tile's source)
+MAX_REGION_PIXELS = 64 * 1024 * 1024
+#: the smallest level must be at most this wide and tall (and MAX_REGION_PIXELS in all): the overview,
+#: the tissue mask and the viewer's first screen are drawn from it
+MAX_OVERVIEW_SIDE = 16384
 
 
 @dataclass(frozen=True)
@@ -164,8 +170,9 @@ class Slide:
         w, h = int(size[0]), int(size[1])
         if w <= 0 or h <= 0:
             raise InvalidInputError(f"Region size {size} must be positive.")
-        if w * h > 64 * 1024 * 1024:
+        if w * h > MAX_REGION_PIXELS:
             raise TooLargeError(f"A region of {w}×{h} pixels is too large to read at once.")
+        self._check_overlaps((int(location[0]), int(location[1])), level, (w, h))
         try:
             return self._read((int(location[0]), int(location[1])), level, (w, h))
         except HistoDashError:  # already a message naming the file (an image slide's decoder): not wrapped again
@@ -179,6 +186,31 @@ class Slide:
 
     def _read(self, location, level, size) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _check_overlaps(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> None:
+        """A region with no pixel on the slide is a request for nothing: refused (reads across the edge are fine)."""
+        ds = self.level_downsamples[level]
+        W, H = self.dimensions
+        x, y = location
+        x1, y1 = x + size[0] * ds, y + size[1] * ds
+        if x1 <= 0 or y1 <= 0 or x >= W or y >= H:
+            raise InvalidInputError(
+                f"The region at ({x:,}, {y:,}) of {size[0]:,}×{size[1]:,} px (level {level}) is outside '{self.path.name}', "
+                f"which is {W:,}×{H:,} px at level 0.", "Pick a region inside the slide.", path=str(self.path))
+
+    def check_region(self, location: tuple[int, int], size: tuple[int, int], *, level: int = 0) -> None:
+        """Raise :class:`InvalidInputError` unless the region (level-0 ``location``, ``size`` at ``level``) lies
+        wholly inside the slide: a tile someone asks for by its coordinates (a Grad-CAM link) must be of the slide."""
+        if not 0 <= level < self.level_count:
+            raise InvalidInputError(f"Level {level} does not exist in '{self.path.name}' ({self.level_count} levels).")
+        ds = self.level_downsamples[level]
+        W, H = self.dimensions
+        x, y = int(location[0]), int(location[1])
+        w0, h0 = int(round(int(size[0]) * ds)), int(round(int(size[1]) * ds))
+        if x < 0 or y < 0 or w0 <= 0 or h0 <= 0 or x + w0 > W or y + h0 > H:
+            raise InvalidInputError(
+                f"The region at ({x:,}, {y:,}) of {w0:,}×{h0:,} level-0 px is not inside '{self.path.name}', which is {W:,}×{H:,} px.",
+                "Pick a tile inside the slide (open it from the Slide heatmap page).", path=str(self.path))
 
     def read_level(self, level: int) -> np.ndarray:
         """A whole level as RGB (only for small levels: thumbnails and tissue masks)."""
@@ -200,11 +232,7 @@ class Slide:
         """
         level = self.thumbnail_level(max(max_side, 2048))
         w, h = self.level_dimensions[level]
-        if max(w, h) > 16384:
-            raise TooLargeError(
-                f"'{self.path.name}' has no pyramid level small enough for a thumbnail (smallest {w}×{h}).",
-                "Convert the slide to a pyramidal format (e.g. with vips tiffsave --pyramid --tile).",
-            )
+        _check_overview(self.path.name, self.level_dimensions)
         rgb = self.read_level(level)
         scale = min(1.0, max_side / max(w, h))
         if scale < 1.0:
@@ -316,8 +344,6 @@ class ImageSlide(Slide):
     def _pixels(self) -> np.ndarray:
         with self._lock:
             if self._rgb is None:
-                from engine.imageio import read_image
-
                 limit = max(get_settings().max_pixels, self.dimensions[0] * self.dimensions[1])
                 self._rgb = read_image(self.path, max_pixels=limit)
             return self._rgb
@@ -363,7 +389,12 @@ def open_slide(path: str | Path, *, user_mpp: float | None = None, max_image_pix
             raise UnsupportedFormatError(f"'{name}' is not a slide format OpenSlide reads ({_clean(exc, path)}).", path=str(path)) from exc
         except Exception as exc:  # noqa: BLE001 - OpenSlideError: the file is damaged
             raise CorruptFileError(f"'{name}' looks like a {vendor} slide but cannot be opened ({_clean(exc, path)}).", path=str(path)) from exc
-        _check_dimensions(name, handle.level_dimensions)
+        try:
+            _check_dimensions(name, handle.level_dimensions)
+            _check_overview(name, handle.level_dimensions)
+        except HistoDashError:
+            handle.close()
+            raise
         slide = OpenSlideSlide(path, handle, user_mpp)
         _probe(slide)
         return slide
@@ -389,6 +420,7 @@ def open_slide(path: str | Path, *, user_mpp: float | None = None, max_image_pix
             "Convert it to a tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid) so it can be read piece by piece.",
             path=str(path),
         )
+    _check_overview(name, [(w, h)])
     slide = ImageSlide(path, w, h, user_mpp)
     _probe(slide)
     return slide
@@ -405,6 +437,20 @@ def _check_dimensions(name: str, dims) -> None:
         raise CorruptFileError(f"'{name}' has no pixels ({w}×{h}).")
     if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_LEVEL0_PIXELS:
         raise TooLargeError(f"'{name}' claims {w:,}×{h:,} pixels, beyond any real slide; the header is probably damaged.", path=name)
+
+
+def _check_overview(name: str, dims) -> None:
+    """The smallest level must be small enough to decode whole (the overview, tissue mask and first viewer screen
+    come from it): a 10⁶ × 10⁶ px single-level file is refused here, before anything is allocated for it."""
+    w, h = (int(v) for v in min(dims, key=lambda d: int(d[0]) * int(d[1])))
+    if max(w, h) > MAX_OVERVIEW_SIDE or w * h > MAX_REGION_PIXELS:
+        W, H = (int(v) for v in dims[0])
+        levels = f"its smallest of {len(dims)} levels is {w:,}×{h:,} px" if len(dims) > 1 else "it has no smaller level"
+        raise TooLargeError(
+            f"'{name}' is {W:,}×{H:,} px and {levels}: no pyramid level small enough for an overview "
+            f"(at most {MAX_OVERVIEW_SIDE:,} px a side and {MAX_REGION_PIXELS:,} px), so it cannot be shown or tiled.",
+            "Convert the slide to a pyramidal format (e.g. vips tiffsave --tile --pyramid); scanners' own formats have one.",
+            path=name)
 
 
 def _probe(slide: Slide) -> None:

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from engine.config import get_settings
-from engine.errors import InvalidInputError
+from engine.errors import InvalidInputError, storage_errors
 from engine.slides import SlideLibrary, open_slide
 
 
@@ -42,24 +42,43 @@ def save_upload(fileobj, name: str, session: str, *, chunk: int = 8 << 20) -> Pa
     """Copy an uploaded file object to the session's slide folder in chunks and check it opens.
 
     Written to a temporary name first and renamed only when it opens as a slide, so a broken upload
-    leaves nothing behind (the error says why). Returns the final path.
+    leaves nothing behind (the error says why); so does a full or read-only disk
+    (:class:`~engine.errors.StorageError`, "the server's disk is full…"). Returns the final path.
     """
     folder = uploads_dir(session)
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / safe_filename(name, fallback="slide")
-    staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=folder))
+    action = f"'{final.name}' could not be saved"  # a full or read-only disk: this message, nothing left behind
+    with storage_errors(action):
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=folder))
     tmp = staging / final.name  # same name and suffix: format detection and messages see the real name
     try:
         if hasattr(fileobj, "seek"):
             fileobj.seek(0)
-        with open(tmp, "wb") as out:
+        with storage_errors(action), open(tmp, "wb") as out:
             shutil.copyfileobj(fileobj, out, chunk)
         with open_slide(tmp):
             pass
-        os.replace(tmp, final)
+        with storage_errors(action):
+            os.replace(tmp, final)
         return final
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_bytes(data: bytes, folder: Path, name: str) -> Path:
+    """Write ``data`` as ``folder/name`` through a temporary file renamed into place, so a failed write leaves nothing
+    behind; a full or read-only disk raises :class:`~engine.errors.StorageError` naming ``name``. Returns the path."""
+    target = Path(folder) / name
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with storage_errors(f"'{name}' could not be saved"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def slide_id_for(path: Path, *, session: str | None = None) -> str:

@@ -117,6 +117,40 @@ def huge_header_tiff(path: Path, width: int, height: int, *, tiled: bool = True)
     return path
 
 
+def sparse_bigtiff(path: Path, width: int = 1_000_000, height: int = 1_000_000, *, tile: int = 4096, levels: int = 1) -> Path:
+    """A *valid* tiled BigTIFF declaring ``width × height`` RGB px whose tiles are all absent (offset and byte count 0:
+    OpenSlide reads them as transparent), written by hand so the file stays small (10⁶ × 10⁶ px in 4096-px tiles:
+    about 1 MB, the tile tables). With ``levels`` > 1, levels each 32× smaller follow, the smallest one stored (glass
+    white, 256-px tiles) as a scanner would. tifffile, given only a shape, writes every tile (terabytes): never use
+    it for this."""
+    import math
+
+    SHORT, LONG, LONG8 = 3, 4, 16
+    dims = [(max(1, width // 32**k), max(1, height // 32**k)) for k in range(levels)]
+    out = bytearray(b"II" + struct.pack("<HHHQ", 43, 8, 0, 16))  # BigTIFF header; the first IFD at 16
+    for k, (w, h) in enumerate(dims):
+        stored = levels > 1 and k == levels - 1
+        side = 256 if stored else tile
+        n = math.ceil(w / side) * math.ceil(h / side)
+        small = [(254, LONG, [0 if k == 0 else 1]), (256, LONG, [w]), (257, LONG, [h]), (258, SHORT, [8, 8, 8]), (259, SHORT, [1]),
+                 (262, SHORT, [2]), (277, SHORT, [3]), (284, SHORT, [1]), (322, LONG, [side]), (323, LONG, [side])]
+        count = len(small) + 2
+        tables_at = len(out) + 8 + 20 * count + 8
+        data_at = tables_at + 16 * n
+        nbytes = side * side * 3 if stored else 0
+        offsets = [data_at + i * nbytes for i in range(n)] if stored else [0] * n
+        out += struct.pack("<Q", count)
+        for tag, typ, values in small:
+            data = struct.pack(f"<{len(values)}{ {SHORT: 'H', LONG: 'I'}[typ] }", *values)
+            out += struct.pack("<HHQ", tag, typ, len(values)) + data.ljust(8, b"\0")
+        out += struct.pack("<HHQQ", 324, LONG8, n, tables_at) + struct.pack("<HHQQ", 325, LONG8, n, tables_at + 8 * n)
+        out += struct.pack("<Q", data_at + n * nbytes if k + 1 < len(dims) else 0)  # the next IFD follows this one's data
+        out += struct.pack(f"<{n}Q", *offsets) + struct.pack(f"<{n}Q", *([nbytes] * n))
+        out += b"\xff" * (n * nbytes)
+    path.write_bytes(bytes(out))
+    return path
+
+
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -366,6 +400,8 @@ SLIDE_CASES = [
     file_case("slide", "stub.tif", lambda: b"II*\x00" + b"\xff" * 12, CorruptFileError, "TIFF that cannot be opened"),
     case("slide", "huge.tif", lambda d: huge_header_tiff(d / "huge.tif", 4_000_000_000, 4_000_000_000), CorruptFileError, "cannot be opened (Invalid TIFF"),
     case("slide", "flat.tif", lambda d: huge_header_tiff(d / "flat.tif", 30_000, 30_000, tiled=False), TooLargeError, "not tiled"),
+    # issue 15: a BigTIFF declaring 10⁶ × 10⁶ px (valid, sparse, ~1 MB) crashed with a 7 GiB allocation; refused at open
+    case("slide", "sparse.tif", lambda d: sparse_bigtiff(d / "sparse.tif"), TooLargeError, "no pyramid level small enough"),
     file_case("slide", "anim.svs", lambda: encode(rgb(0, 8), "GIF"), UnsupportedFormatError, "GIF"),
     # these load: a slide without tissue (tiling finds nothing, the page warns) and a PNG named .ndpi (read as an image)
     case("slide", "blank.svs", _blank_slide, LOADS, "no tissue: zero tissue tiles", tissue=0.0, kind="openslide"),

@@ -105,3 +105,12 @@ def test_bad_numbers_on_the_command_line(argv, fragment, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2
     assert_one_line_error(2, err, fragment)
+
+
+@pytest.mark.parametrize("case", [c for c in cases("slide") if c.expect is not None], ids=lambda c: c.name)
+def test_heatmap_cli_slide(case, tmp_path, capsys, tiny_registry):
+    """``python -m engine heatmap SLIDE``: every broken slide (the 10⁶ × 10⁶ px BigTIFF included) exits 2 with one line."""
+    path = case.make(tmp_path)
+    rc, _, err = run_cli(["heatmap", str(path), "--out", str(tmp_path / "out"), "-q"], capsys)
+    assert_one_line_error(rc, err, case.fragment)
+    assert path.name in err and not (tmp_path / "out").exists()

@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 from scipy.stats import spearmanr
 
-from engine.errors import IncompatibleModelError, InvalidInputError, UnsupportedFormatError
+from engine.errors import IncompatibleModelError, InvalidInputError, TooLargeError, UnsupportedFormatError
 from tests.conftest import ROOT, rgb_tile, shared_path
 
 PX, SQUARE, MARGIN = 32, 6, 2
@@ -298,16 +298,21 @@ def test_result_is_frozen_and_renders(tiny_registry):
 # ----------------------------------------------------------------------------- bad input (5)
 
 
-def test_bad_inputs_raise_clear_errors(tiny_registry):
+def test_bad_inputs_raise_clear_errors(tiny_registry, monkeypatch):
     from engine.gradcam import Explainer
 
     explainer = Explainer.from_card(tiny_registry.get("tiny-test"), cache=False)
     with pytest.raises(UnsupportedFormatError, match="not an image"):
         explainer.explain(b"plain text, not a tile", name="notes.png")
-    with pytest.raises(InvalidInputError, match="too small"):
-        explainer.explain(rgb_tile(0, size=8))
-    with pytest.raises(InvalidInputError, match="too elongated"):
-        explainer.explain(np.zeros((20, 200, 3), np.uint8))
+    # the tile bounds of engine.imageio, for arrays as for files
+    with pytest.raises(InvalidInputError, match="below the minimum of 8 px"):
+        explainer.explain(rgb_tile(0, size=4))
+    with pytest.raises(InvalidInputError, match="aspect ratio over 16:1"):
+        explainer.explain(np.zeros((10, 200, 3), np.uint8))
+    monkeypatch.setenv("HISTODASH_MAX_PIXELS", "10000")
+    with pytest.raises(TooLargeError, match="over the limit of 10,000"):
+        explainer.explain(rgb_tile(0, size=128))
+    monkeypatch.delenv("HISTODASH_MAX_PIXELS")
     with pytest.raises(InvalidInputError, match="not an RGB uint8"):
         explainer.explain(np.zeros((32, 32), np.uint8))
     with pytest.raises(InvalidInputError, match="no convolutional layer named 'conv9'"):

@@ -7,8 +7,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from engine.errors import CorruptFileError, TooLargeError, UnsupportedFormatError
-from engine.imageio import pixel_hash, read_image, read_image_with_info, resize_tile
+from engine.errors import CorruptFileError, InvalidInputError, TooLargeError, UnsupportedFormatError
+from engine.imageio import pixel_hash, read_image, read_image_with_info, resize_tile, to_png_bytes
 from tests.conftest import rgb_tile, shared_path
 
 
@@ -130,3 +130,18 @@ def test_real_pcam_tiff_patch():
     path = sorted(folder.glob("*.tif"))[0]
     rgb, info = read_image_with_info(path)
     assert rgb.shape == (96, 96, 3) and info.format == "TIFF"
+
+
+@pytest.mark.parametrize("shape", [(4, 40, 3), (10, 200, 3)])
+def test_arrays_meet_the_bounds_of_files(shape):
+    """One set of tile bounds: an array handed in (Grad-CAM) is refused with the very message its PNG gets."""
+    from engine.gradcam import check_tile
+    from engine.imageio import check_tile_array
+
+    arr = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    with pytest.raises(InvalidInputError) as from_file:
+        read_image(to_png_bytes(arr), name="t.png")
+    for check in (check_tile_array, check_tile):
+        with pytest.raises(InvalidInputError) as from_array:
+            check(arr, "t.png")
+        assert from_array.value.message == from_file.value.message

@@ -133,11 +133,11 @@ def test_session_tile_panels_then_errors_keep_the_result():
     assert at.session_state["gradcam_result"]["result"].target_class == "benign"
     assert shown(at) == 3
 
-    # a too-small tile
-    at.file_uploader[0].set_value(("tiny.png", png(3, size=8), "image/png"))
-    at.run()
-    compute(at)
-    assert "too small" in texts(at, "error")
+    # a too-small tile: under the one set of tile bounds (engine.imageio.MIN_SIDE_PX = 8 px a side)
+    at.file_uploader[0].set_value(("tiny.png", png(3, size=6), "image/png"))
+    at.run()  # refused when read: nothing to compute
+    assert next(b for b in at.button if b.label == "Compute").disabled
+    assert "is 6×6 px, below the minimum of 8 px a side" in texts(at, "error")
     assert at.session_state["gradcam_result"]["result"].target_class == "benign"
 
     # a model without a convolutional layer: a message, the previous map stays (flagged as another model's)
@@ -177,6 +177,8 @@ def test_slide_region_from_query_params(tmp_path):
         ({"slide": "lib:../../etc/passwd", "x": "0", "y": "0", "size": "64"}, ""),
         ({"slide": "lib:slide.png", "x": "ten", "y": "0", "size": "64"}, "not a whole number"),
         ({"slide": "lib:slide.png", "x": "0", "y": "0", "size": "100000"}, "outside"),
+        ({"slide": "lib:slide.png", "x": "9000000", "y": "0", "size": "64"}, "is outside 'slide.png', which is"),  # issue 15: no pixel of the slide
+        ({"slide": "lib:slide.png", "x": "0", "y": "5000000", "size": "4096"}, "is outside 'slide.png', which is"),
     ],
 )
 def test_bad_slide_links_are_messages(query, message):

@@ -30,6 +30,9 @@ def library(tmp_path, monkeypatch, tiny_registry):
     with tifffile.TiffFile(root / "huge.tif", mode="r+b") as tif:
         tif.pages[0].tags["ImageWidth"].overwrite(4_000_000_000)
         tif.pages[0].tags["ImageLength"].overwrite(4_000_000_000)
+    from tests.corpus import sparse_bigtiff
+
+    sparse_bigtiff(root / "million.tif")  # issue 15: a valid BigTIFF declaring 10⁶ × 10⁶ px (1 MB on disk)
     for name in ("CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs"):
         if (SHARED_DATA / "wsi" / name).exists():
             shutil.copy(SHARED_DATA / "wsi" / name, root / name)
@@ -127,7 +130,8 @@ def test_broken_upload_keeps_current_slide(library):
     assert "synthetic.tif" in texts(at, "subheader")  # what the user had stays
 
 
-BROKEN = [("broken.svs", "not a slide"), ("zero.svs", "is empty"), ("cut.tif", "cut.tif"), ("huge.tif", "huge.tif")]
+BROKEN = [("broken.svs", "not a slide"), ("zero.svs", "is empty"), ("cut.tif", "cut.tif"), ("huge.tif", "huge.tif"),
+          ("million.tif", "no pyramid level small enough for an overview")]
 
 
 def test_broken_library_slides_are_messages(library):

@@ -133,7 +133,7 @@ def test_failed_and_running_jobs_reattach_from_the_query_string(runner, monkeypa
     assert runner.wait(running, timeout=120).state == "cancelled"
 
     at = page({"job": "train-nope"})
-    assert "is not in the job list" in texts(at, "warning")
+    assert "is not in this job list" in texts(at, "warning") and "train-nope" not in texts(at, "warning")
 
 
 def test_page_never_imports_tensorflow():

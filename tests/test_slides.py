@@ -144,6 +144,79 @@ def test_huge_dimension_tiff_header(tmp_path):
         open_slide(stripped)
 
 
+BOUNDED = r"""
+import json, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # the 7 GiB allocation of issue 15 cannot happen here
+from engine.deepzoom import DeepZoomSlide
+from engine.errors import HistoDashError
+from engine.heatmap import TileGrid
+from engine.slides import open_slide
+from engine.tissue import TissueMasker
+out = {}
+def attempt(key, fn):
+    try:
+        out[key] = fn()
+    except HistoDashError as err:
+        out[key] = f"{type(err).__name__}: {err.message}"
+def pyramid():
+    with open_slide(sys.argv[2]) as slide:
+        thumb, _ = slide.get_thumbnail(1024)
+        mask = TissueMasker().thumbnail_mask(thumb, slide.dimensions[0] / thumb.shape[1], slide.dimensions[1] / thumb.shape[0])
+        out["tissue"] = mask.tissue_fraction
+        attempt("grid", lambda: TileGrid.for_slide(slide, 224, level=0).n_tiles)
+    dz = DeepZoomSlide(sys.argv[2])
+    return [len(dz.tile(level, 0, 0)) for level in range(dz.level_count)]
+attempt("open", lambda: open_slide(sys.argv[1]).dimensions)
+attempt("deepzoom", lambda: DeepZoomSlide(sys.argv[1]).level_count)
+attempt("pyramid", pyramid)
+out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def test_a_bigtiff_declaring_a_million_px_a_side_is_named_with_bounded_memory(tmp_path):
+    """Issue 15: a (valid, sparse) BigTIFF of 10⁶ × 10⁶ px crashed with a 7 GiB allocation. One level only: refused at
+    open, naming why; with a small stored level under it (a real pyramid): it opens, has no tissue, and the viewer's
+    tiles decode within bounds. Run under a 3 GiB address-space limit; the files stay small on disk."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.corpus import sparse_bigtiff
+
+    single = sparse_bigtiff(tmp_path / "million.tif")
+    pyramid = sparse_bigtiff(tmp_path / "million-pyramid.tif", levels=3)
+    for path in (single, pyramid):
+        assert path.stat().st_blocks * 512 < 50 << 20 and path.stat().st_size < 50 << 20
+    proc = subprocess.run([sys.executable, "-c", BOUNDED, str(single), str(pyramid)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("open", "deepzoom"):
+        assert out[key].startswith("TooLargeError: 'million.tif' is 1,000,000×1,000,000 px and it has no smaller level: no pyramid level small enough"), out
+    assert out["tissue"] == 0.0  # absent tiles are glass, not tissue
+    assert out["grid"].startswith("TooLargeError") and "over the limit" in out["grid"], out  # 10⁶² px in 224-px tiles: refused, not allocated
+    assert isinstance(out["pyramid"], list) and all(n > 0 for n in out["pyramid"]), out  # every Deep Zoom level serves its first tile
+
+
+def test_regions_outside_the_slide_are_refused(pyramid):
+    """Issue 15: a Grad-CAM link for a region outside the slide computed a map of nothing. ``check_region`` wants the
+    region wholly inside; ``read_region`` refuses a region with no pixel on the slide (reads across the edge stay)."""
+    with open_slide(pyramid) as slide:
+        W, H = slide.dimensions
+        slide.check_region((W - 224, H - 224), (224, 224))  # the last whole tile
+        slide.check_region((0, 0), (W // 4, H // 4), level=2)
+        for location, size, level in (((W - 100, 0), (224, 224), 0), ((-1, 0), (64, 64), 0), ((0, H), (64, 64), 0),
+                                      ((10**7, 10**7), (224, 224), 0), ((0, 0), (W // 4 + 1, 8), 2)):
+            with pytest.raises(InvalidInputError, match=f"is not inside 'synthetic.tif', which is {W:,}×{H:,} px"):
+                slide.check_region(location, size, level=level)
+        assert slide.read_region((W - 32, H - 32), 0, (64, 64)).shape == (64, 64, 3)  # across the edge: glass beyond it
+        for location in ((W, 0), (10**7, 10**7), (-64, 0), (0, -64)):
+            with pytest.raises(InvalidInputError, match=f"is outside 'synthetic.tif', which is {W:,}×{H:,} px at level 0"):
+                slide.read_region(location, 0, (64, 64))
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(CorruptFileError, match="nope.svs"):
         open_slide(tmp_path / "nope.svs")

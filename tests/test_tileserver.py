@@ -121,6 +121,30 @@ def test_path_tricks_never_reach_a_file(app, slide_file):
         assert b"root:" not in r.content and not r.content.startswith(b"\xff\xd8"), url
 
 
+def test_tiles_outside_the_slide_or_too_large_to_decode_get_404_saying_why(app, slide_file, tmp_path):
+    """Issue 15: a tile request outside the slide's bounds gets a message (the 404's body), never a tile or a path;
+    so does the slide of 10⁶ × 10⁶ px with no small level (it is refused before anything is allocated for it)."""
+    from tests.corpus import sparse_bigtiff
+
+    sid = websession.new_session_id()
+    client = browser(app, sid)
+    token = tileserver.mint(slide_file, sid, "upload")
+    dz = deepzoom.deepzoom_for(slide_file)
+    last = dz.level_count - 1
+    cols, rows = dz.level_tiles[last]
+    for url, why in ((f"{tileserver.tiles_url(token)}{last}/{cols}_0.jpeg", f"Tile ({cols}, 0) does not exist at Deep Zoom level {last}"),
+                     (f"{tileserver.tiles_url(token)}{last}/0_{rows + 7}.jpeg", f"({cols} × {rows} tiles)"),
+                     (f"{tileserver.tiles_url(token)}{last + 1}/0_0.jpeg", f"Deep Zoom level {last + 1} does not exist")):
+        r = client.get(url)
+        assert r.status_code == 404 and why in r.text and r.headers["cache-control"] == "no-store", (url, r.text)
+    million = sparse_bigtiff(tmp_path / "million.tif")
+    token = tileserver.mint(million, sid, "upload")
+    for url in (tileserver.dzi_url(token), f"{tileserver.tiles_url(token)}0/0_0.jpeg"):
+        r = client.get(url)
+        assert r.status_code == 404 and "no pyramid level small enough" in r.text, (url, r.text)
+        assert str(tmp_path) not in r.text
+
+
 def test_library_tokens_serve_any_visitor_without_a_login(app, slide_file):
     token = tileserver.mint(slide_file, websession.new_session_id(), "library")
     assert browser(app, websession.new_session_id()).get(deepest_tile(token)).status_code == 200

@@ -8,16 +8,16 @@ import plotly.express as px
 import streamlit as st
 
 from dashboard import handoff, sidebar
-from dashboard.common import disclaimer, guarded, session_id, session_workspace
+from dashboard.common import disclaimer, guarded, session_id, session_workspace, show_error
 from engine.cohort.job import library_folders, submit_cohort
 from engine.cohort.patients import AGGREGATIONS
 from engine.cohort.pipeline import gallery_tiles, load_result, slide_files
 from engine.errors import HistoDashError
-from engine.jobs import format_duration, get_runner
+from engine.jobs import format_duration, get_runner, get_visible
 from engine.slides import SlideLibrary
 from engine.survival import read_table
 from engine.tissue import DEFAULT_MIN_TISSUE
-from engine.uploads import safe_filename, slide_id_for, uploads_dir
+from engine.uploads import safe_filename, save_bytes, slide_id_for, uploads_dir
 
 SID, QP = session_id(), st.query_params
 st.title("Cohort")
@@ -28,11 +28,14 @@ runner = get_runner()
 library = SlideLibrary.configured()
 
 
-def job():
+def job(explain: bool = False):
+    """The job in the URL, when this session may open it (engine.jobs.get_visible: another session's is a message)."""
     try:
-        return runner.get(QP["cohort_job"]) if "cohort_job" in QP else None
-    except HistoDashError:
+        return get_visible(runner, QP["cohort_job"], SID) if "cohort_job" in QP else None
+    except HistoDashError as err:
         del QP["cohort_job"]
+        if explain:
+            show_error(err, context="Cohort job")
         return None
 
 
@@ -50,9 +53,7 @@ clinical_path, clinical_cols = None, []
 if clinical_file is not None:
     with guarded(f"Reading {clinical_file.name}"):
         clinical_cols = list(read_table(clinical_file.getvalue(), name=clinical_file.name).columns)
-        clinical_path = session_workspace() / "cohort" / safe_filename(clinical_file.name)
-        clinical_path.parent.mkdir(parents=True, exist_ok=True)
-        clinical_path.write_bytes(clinical_file.getvalue())
+        clinical_path = save_bytes(clinical_file.getvalue(), session_workspace() / "cohort", safe_filename(clinical_file.name))  # a full disk: a message
 c1, c2, c3 = st.columns(3)
 how = c1.radio("Slide → patient", ["File-name pattern", "Clinical-table column"], key="cohort_mapping", disabled=not clinical_cols)
 params: dict = {}
@@ -70,7 +71,7 @@ params["min_tissue"] = c5.slider("Min. tissue per tile", 0.0, 1.0, DEFAULT_MIN_T
 params.update(model_id=card.id if card else None, clinical=str(clinical_path) if clinical_path else None, patient_column=params.get("clinical_id"))
 if folder is not None:
     params["slide_dir"] = str(library.resolve(folder))
-busy = (rec := job()) is not None and rec.active
+busy = (rec := job(explain=True)) is not None and rec.active
 if st.button("Start the cohort job", type="primary", disabled=busy or card is None or (folder is None and not picked)):
     with guarded("Starting the cohort"):
         QP["cohort_job"] = submit_cohort(runner, {k: v for k, v in params.items() if v is not None}, uploads=[up_dir / n for n in picked], owner=SID)

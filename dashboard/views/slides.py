@@ -32,7 +32,7 @@ try:
 except ImportError:  # the jobs module is part of the foundation; without it nothing runs in the background
     runner = None
 sp.pick_source(SID, runner)
-attached = sp.job_record(runner)
+attached = sp.job_record(runner, SID, explain=True)
 slide_id = QP.get("slide") or (attached.params.get("slide_id") if attached is not None else None)
 sp.restore_job_settings(attached, slide_id)
 if not slide_id:
@@ -43,10 +43,10 @@ if not slide_id:
 try:
     try:
         slide_path = resolve_slide_id(slide_id, session=SID)
-    except HistoDashError:  # after a browser refresh the session (and its upload folder) may be new: the job knows the file
-        if attached is None or attached.params.get("slide_id") != slide_id:
+    except HistoDashError:  # the upload was swept with its workspace: this session's finished job kept its own copy
+        slide_path = sp.slide_of_job(attached, slide_id)
+        if slide_path is None:
             raise
-        slide_path = Path(attached.params["slide_path"])
     mpp_key = f"user_mpp::{slide_id}"
     user_mpp = st.session_state.get(mpp_key) or None
     mtime = slide_path.stat().st_mtime_ns
@@ -100,11 +100,11 @@ busy = attached is not None and attached.active and attached.params.get("slide_i
 if st.button("Compute heatmap", type="primary", disabled=not len(x) or busy, help="Runs in the background; the page stays usable." if not busy else "A heatmap job is running."):
     with guarded("Starting the heatmap"):
         QP["job"] = runner.submit("heatmap", params, owner=SID)
-        sp.open_slide_id(slide_id, runner)
+        sp.open_slide_id(slide_id, runner, SID)
         busy = True
-sp.job_panel(runner, slide_id, busy)
+sp.job_panel(runner, SID, slide_id, busy)
 try:
-    result, why_not = sp.result_of(sp.job_record(runner), slide_id, slide_hash)
+    result, why_not = sp.result_of(sp.job_record(runner, SID), slide_id, slide_hash)
 except Exception as err:  # noqa: BLE001
     result, why_not = None, None
     show_error(err, context="Loading the heatmap")

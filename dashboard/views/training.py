@@ -12,14 +12,15 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.common import disclaimer, guarded, session_workspace, show_error
+from dashboard.common import disclaimer, guarded, session_id, session_workspace, show_error
 from engine.config import REPO_ROOT, get_settings
-from engine.errors import HistoDashError
-from engine.jobs import describe_progress, format_duration, get_runner
+from engine.errors import HistoDashError, storage_errors
+from engine.jobs import describe_progress, format_duration, get_runner, list_visible
 from engine.privacy import strip_server_paths
 from engine.registry import Registry
 from engine.training.config import ARCHITECTURE_LABELS, ARCHITECTURES, OPTIMIZERS
 from engine.training.submit import check_submission
+from engine.uploads import safe_filename, save_bytes
 
 DEMO = Path(os.environ.get("HISTODASH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "lc25000-lung-224"
 STATE_ICON = {"queued": ":material/schedule:", "running": ":material/play_circle:", "succeeded": ":material/check_circle:",
@@ -30,8 +31,9 @@ st.title("Training")
 st.caption("Train a tile classifier on labelled tiles: a folder with one subfolder per class, a CSV manifest (path, label, optional patient) "
            "or a zip of class folders. Jobs run in the background: close the browser or restart the dashboard, they go on.")
 runner = get_runner()
+SID = session_id()
 try:
-    records = runner.list(kind="train")
+    records = list_visible(runner, SID, "train")  # a job on this session's uploaded zip is listed for this session only
 except HistoDashError as err:
     show_error(err, context="Jobs")
     records = []
@@ -92,11 +94,10 @@ if submitted:
     with guarded("Training job"):
         path = data.strip()
         if upload is not None:
-            folder = session_workspace() / "training"
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / Path(upload.name).name
-            target.write_bytes(upload.getvalue())
-            path = str(target)
+            name = safe_filename(upload.name, fallback="tiles.zip")  # never a path ('..' stayed one)
+            with storage_errors(f"'{name}' could not be saved"):  # the workspace folder on a full disk
+                folder = session_workspace() / "training"
+            path = str(save_bytes(upload.getvalue(), folder, name))  # a full disk: a message, nothing half-written
         config = {
             "data": path, "architecture": architecture, "input_px": int(input_px) or None, "epochs": int(epochs), "batch_size": int(batch_size),
             "learning_rate": float(learning_rate), "optimizer": optimizer, "normalization": normalization, "class_weights": class_weights,
@@ -108,12 +109,15 @@ if submitted:
         }
         # data from this session's uploads or the configured data roots only; every check before the job is queued
         cfg, found = check_submission(config, roots=[session_workspace(), *get_settings().data_roots], runner=runner)
-        job_id = runner.submit("train", cfg.to_dict(), owner=st.session_state.get("session_id"))
+        job_id = runner.submit("train", cfg.to_dict(), owner=SID)
         st.query_params["job"] = job_id
         st.success(f"Job **{job_id}** queued: {found.summary()}.")
 
 # ----------------------------------------------------------------------------- job list
-records = runner.list(kind="train") if submitted else records
+records = list_visible(runner, SID, "train") if submitted else records
+wanted = st.query_params.get("job")
+if wanted and wanted not in {r.id for r in records}:  # no such job, or another session's: one message, the id not repeated
+    st.warning("The job in the link is not in this job list (there is no such job, or it belongs to another browser session); showing the newest instead.")
 if not records:
     st.info("No training jobs yet.")
     disclaimer()
@@ -128,9 +132,6 @@ st.dataframe(pd.DataFrame([{
 } for r in records]), hide_index=True, width="stretch")
 
 ids = [r.id for r in records]
-wanted = st.query_params.get("job")
-if wanted and wanted not in ids:
-    st.warning(f"Job '{wanted}' is not in the job list; showing the newest instead.")
 current = wanted if wanted in ids else ids[0]
 states = {r.id: r.state for r in records}
 chosen = st.selectbox("Show job", ids, index=ids.index(current), format_func=lambda i: f"{i} ({states[i]})")

@@ -16,9 +16,8 @@ from engine.cohort.pipeline import CohortSpec, run_cohort
 from engine.cohort.worker import ModelSpec
 from engine.config import get_settings
 from engine.errors import InvalidInputError
+from engine.jobs import UPLOAD_STAGING as STAGING  # hidden folder of the slide library (the library's listing skips it)
 from engine.limits import inference_slot, wait_message
-
-STAGING = ".histodash-uploads"  # hidden folder of the slide library (the library's listing skips it)
 
 
 def stage_uploads(paths: list[str | Path], library_root: str | Path | None) -> list[str]:

@@ -4,11 +4,18 @@
 tiles the slide (:class:`~engine.heatmap.grid.TileGrid`), waits for a global inference slot
 (:mod:`engine.limits`; the place in line goes to ``status``) and runs :class:`~engine.heatmap.inference.HeatmapRun`.
 :func:`run_job` is the ``heatmap`` job kind (:data:`engine.jobs.JOB_KINDS`): it writes the five result
-files and a thumbnail into the job's folder.
+files and a thumbnail into the job's folder. A slide uploaded into a browser session's workspace is kept with
+the job (:func:`keep_slide`: a hard link, else a copy), so the finished heatmap and its viewer still open for
+their owner after the workspace is swept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.cache import make_key
+from engine.config import get_settings
 from engine.errors import Cancelled, InvalidInputError
 from engine.heatmap.grid import TileGrid
 from engine.heatmap.inference import HeatmapRun
@@ -28,6 +36,38 @@ from engine.progress import Progress, Status, say
 from engine.render import png_bytes
 from engine.slides import Slide, open_slide
 from engine.tissue import DEFAULT_MIN_TISSUE, TissueMask, TissueMasker
+
+log = logging.getLogger(__name__)
+KEPT_DIR = "slide"  # under the job's work folder: the job's own link to (or copy of) an uploaded slide
+
+
+def keep_slide(slide_path: str | Path, folder: Path) -> Path | None:
+    """Keep a session's uploaded slide (a file under ``settings.work_dir``) in ``folder``: a hard link (no space,
+    instant) where the file system allows, else a copy. Returns the kept path; None when the slide is not an
+    upload (a library slide stays where it is) or it cannot be kept (full disk: logged, the job goes on)."""
+    src = Path(slide_path)
+    try:
+        src.resolve().relative_to(get_settings().work_dir.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    dst = folder / src.name
+    with contextlib.suppress(FileNotFoundError):
+        dst.unlink()
+    try:
+        try:
+            os.link(src, dst)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+                raise
+            shutil.copy2(src, dst)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            dst.unlink()
+        log.warning("the uploaded slide could not be kept with its job (%s): its heatmap opens only while the upload exists",
+                    errno.errorcode.get(exc.errno or 0, type(exc).__name__))
+        return None
+    return dst
 
 
 def thumbnail_and_mask(slide: Slide, masker: TissueMasker, cache=None) -> tuple[np.ndarray, TissueMask]:
@@ -115,10 +155,18 @@ def run_job(params: dict, ctx) -> dict:
         raise InvalidInputError("The heatmap job needs a 'slide_path'.")
     out_dir = Path(params.get("out_dir") or ctx.workdir)
     ctx.log(f"heatmap of {loggable_name(Path(slide_path).name)} with model {kwargs.get('model_id') or '(default)'}")
+    kept = keep_slide(slide_path, Path(ctx.workdir) / KEPT_DIR)
+    if kept is not None:
+        ctx.log("the uploaded slide is kept with the job (its heatmap opens after the session's workspace is swept)")
+        slide_path = kept
     try:
         result, thumb = compute_heatmap(slide_path, progress=ctx.progress, status=ctx.status, cancelled=ctx.cancelled, **kwargs)
-    except Cancelled:
-        ctx.log("cancelled; finished tiles are cached and a re-run resumes from them")
+    except BaseException as exc:
+        if kept is not None:  # no heatmap to open later: the job keeps no copy of the upload
+            with contextlib.suppress(OSError):
+                kept.unlink()
+        if isinstance(exc, Cancelled):
+            ctx.log("cancelled; finished tiles are cached and a re-run resumes from them")
         raise
     paths = result.save(out_dir, thumbnail=thumb)
     (out_dir / "thumbnail.png").write_bytes(png_bytes(thumb))
@@ -126,4 +174,5 @@ def run_job(params: dict, ctx) -> dict:
     ctx.metric(**{k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     ctx.log(f"{result.n_tiles} tiles ({int(result.cached.sum())} from cache) in {result.timings['wall_s']:.1f} s")
     return {"out_dir": str(out_dir), "files": {k: str(v) for k, v in paths.items()}, "summary": summary, "n_tiles": result.n_tiles,
+            "slide_path": str(slide_path), "slide_kept": kept is not None,
             "n_cached": int(result.cached.sum()), "seconds": result.timings["wall_s"]}
