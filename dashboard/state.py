@@ -414,6 +414,22 @@ def add_tile_bytes(name: str, raw: bytes, report: IngestReport | None = None) ->
     return record
 
 
+def release_uploads(files) -> None:
+    """Let Streamlit drop uploaded files from server memory once their content is stored (``UploadedFile`` objects).
+
+    Streamlit keeps every file of a file_uploader in memory until its session ends, even after the widget is
+    reset; the upload page stores tiles on disk, then calls this (as ``st.chat_input`` does internally)."""
+    try:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+        manager = ctx.uploaded_file_mgr
+        for f in files:
+            manager.remove_file(ctx.session_id, f.file_id)
+    except Exception as err:  # noqa: BLE001 - internal API (MemoryUploadedFileManager.remove_file): best effort
+        log.debug("uploads not released (%s)", type(err).__name__)
+
+
 def ingest(name: str, raw: bytes) -> IngestReport:
     """One uploaded file (tile or zip of tiles) → an :class:`IngestReport`."""
     report = IngestReport()

@@ -121,6 +121,31 @@ def test_throttle_doubles_caps_and_resets():
     assert t.failures("a") == 0 and t.failure("a") == 1
 
 
+def test_throttle_begin_records_first_so_parallel_attempts_are_throttled():
+    import threading
+
+    clock = Clock()  # frozen: all twelve attempts arrive "at once"
+    t = LoginThrottle(base_s=1, cap_s=60, clock=clock)
+    start = threading.Barrier(12)
+    waits: list[float] = []
+
+    def attempt():
+        start.wait(10)
+        waits.append(t.begin("ip"))
+
+    threads = [threading.Thread(target=attempt) for _ in range(12)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert sorted(waits) == [0.0] + [1.0] * 11  # one attempt is checked, eleven are told to wait
+    assert t.failures("ip") == 1  # refused attempts are not counted again
+    t.success("ip")  # the checked one was right
+    assert t.begin("ip") == 0.0
+    clock.now += 0.5
+    assert t.begin("ip") == pytest.approx(0.5)  # the attempt just begun counts as a failure until success()
+
+
 def test_throttle_forgets_and_is_bounded():
     clock = Clock()
     t = LoginThrottle(base_s=1, cap_s=5, forget_s=10, max_keys=3, clock=clock)

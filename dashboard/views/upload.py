@@ -73,6 +73,7 @@ uploads = st.file_uploader("Tiles or a zip of tiles", type=["jpg", "jpeg", "png"
                            max_upload_size=MAX_MB, key=f"tile_uploader_{n}")
 if uploads:
     ingest_all([(u.name, u.getvalue) for u in uploads])
+    state.release_uploads(uploads)
     st.session_state[UPLOADER_KEY] = n + 1  # a fresh, empty uploader: the files are on disk now
     st.rerun()
 
