@@ -48,7 +48,9 @@ def predict_tiles(task, card: ModelCard, tiles: list, *, normalize: bool, method
     normalizer = make_normalizer(method, reference) if normalize else None
     predictor = TilePredictor(card, normalizer=normalizer)
     with inference_slot(on_wait=_waiting(task)):  # one global limit on heavy inference across all users
-        task.note("")
+        task.note("loading the model (once per server process)")
+        predictor.model  # noqa: B018 - loaded here, so the wait is named on the page
+        task.note("predicting")
         result = predictor.predict_paths([t.path for t in tiles], progress=task.progress)
     names = {t.path: t.name for t in tiles}
     frame = result.to_frame()

@@ -337,5 +337,5 @@ def test_awkward_tiles_predict_and_show_in_the_gallery(tmp_path, tiny_registry):
     run(at)
     frame = at.dataframe[0].value
     assert sorted(frame["path"]) == sorted(c.name for c in good)
-    assert frame["error"].isna().all() and frame["score"].between(0, 1).all()
+    assert "error" not in frame and frame["score"].between(0, 1).all()  # no error column when every tile was read
     assert len(at.get("image")) >= len(good)  # the gallery drew every thumbnail

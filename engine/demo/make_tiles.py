@@ -14,7 +14,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 SLIDE = HERE / "slides" / "CMU-1-Small-Region.svs"
