@@ -396,3 +396,28 @@ def test_authlib_is_installed_for_st_login():
     from streamlit.auth_util import is_authlib_installed
 
     assert is_authlib_installed(), "st.login needs Authlib>=1.3.2 (pinned in requirements.txt)"
+
+
+def test_password_sign_in_is_held_for_the_browser_and_sign_out_clears_its_work(password, clock):
+    """A new Streamlit session with the same cookie id (a refresh, a new tab, a restarted server) is still signed in;
+    sign-out ends that for every tab, deletes the workspace and gives this websocket a new, empty identity."""
+    from dashboard import websession
+    from engine.config import get_settings
+
+    at = run()
+    sign_in(at, PASSWORD)
+    assert_home(at)
+    sid = at.session_state["session_id"]
+    assert websession.is_signed_in(sid)
+    workspace = get_settings().work_dir / sid
+    (workspace / "tiles").mkdir(parents=True, exist_ok=True)
+    refreshed = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    refreshed.session_state["session_id"] = sid  # what the browser's cookie names
+    assert_home(run(at=refreshed))
+    next(b for b in at.sidebar.button if b.label == "Sign out").click()
+    run(at=at)
+    assert_only_login_form(at)
+    assert not websession.is_signed_in(sid) and websession.is_retired(sid)
+    assert not workspace.exists()
+    assert at.session_state["session_id"] != sid
+    assert_only_login_form(run(at=refreshed))  # the other tab is signed out too
