@@ -99,9 +99,9 @@ def _run(task: Task, fn: Callable, args: tuple, kwargs: dict) -> None:
     try:
         task.check()
         result = fn(task, *args, **kwargs)
-        if task.key is not None:
-            store_for(task.sid).put(task.key, result)
-        task.result, task.state = result, "succeeded"
+        kept = store_for(task.sid).put(task.key, result) if task.key is not None else None
+        # on disk: the page reads it from there (no second copy here); not writable: the page collects it from the task
+        task.result, task.state = (None if kept is not None else result), "succeeded"
     except TaskCancelled:
         task.state = "cancelled"
     except Exception as err:  # noqa: BLE001 - the page shows it (HistoDashError: its message)
@@ -156,6 +156,15 @@ def _prune() -> None:
 def run_or_show(task: Task) -> bool:
     """Give a task just submitted :data:`INLINE_WAIT_S` to finish; True when it is finished (draw its result now)."""
     return task.wait(INLINE_WAIT_S)
+
+
+def collect(task: Task | None) -> None:
+    """A result the worker could not keep on disk (read-only home, full disk): put it into this tab's state instead."""
+    from dashboard import state
+
+    if task is not None and task.state == "succeeded" and task.key is not None and task.result is not None:
+        state.put(task.key, task.result)  # tries the disk again; else kept for this websocket
+        task.result = None
 
 
 def failure(task: Task | None) -> BaseException | None:

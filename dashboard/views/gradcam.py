@@ -48,6 +48,7 @@ def task_messages(name: str, context: str) -> None:
         background.status(sid, name, key_prefix="gc_")
     if (err := background.failure(task)) is not None:
         show_error(err, context=context)
+    background.collect(task)
 
 
 def gallery_section(saved_predict: dict | None, options: dict, cmap: str, opacity: float) -> None:

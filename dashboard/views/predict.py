@@ -117,6 +117,7 @@ elif task is not None and task.state == "cancelled" and task.finished and not ta
     st.info("Prediction cancelled; the previous result (if any) is shown below.")
 if (err := background.failure(task)) is not None:
     show_error(err, context="Prediction")
+background.collect(task)
 
 saved = state.get(RESULT_KEY)
 if not saved:
