@@ -99,6 +99,7 @@ def _run(task: Task, fn: Callable, args: tuple, kwargs: dict) -> None:
     try:
         task.check()
         result = fn(task, *args, **kwargs)
+        task.check()  # replaced by a newer task meanwhile: its result must not overwrite the newer one's
         kept = store_for(task.sid).put(task.key, result) if task.key is not None else None
         # on disk: the page reads it from there (no second copy here); not writable: the page collects it from the task
         task.result, task.state = (None if kept is not None else result), "succeeded"
