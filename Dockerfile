@@ -30,7 +30,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HISTODASH_JOBS_DIR=/var/lib/histodash/jobs \
     HISTODASH_WORK_DIR=/var/lib/histodash/sessions \
     HISTODASH_MODELS_DIR=/app/models \
-    HISTODASH_SLIDES_DIR=/slides
+    HISTODASH_SLIDES_DIR=/slides \
+    HOME=/var/lib/histodash \
+    MPLCONFIGDIR=/var/lib/histodash/matplotlib
 
 WORKDIR /app
 COPY requirements.txt ./
@@ -44,11 +46,12 @@ COPY dashboard/ dashboard/
 COPY models/ models/
 COPY .streamlit/config.toml .streamlit/config.toml
 
-# An unprivileged user owns only what HistoDash writes: its home (cache, jobs, sessions) and the
+# An unprivileged user owns only what HistoDash writes: its home (cache, jobs, sessions, matplotlib's
+# config: without a writable home every CLI run warned that matplotlib cannot write it) and the
 # models folder (the Training page registers new models there). /slides is mounted read-only.
 RUN groupadd --gid 10001 histodash \
-    && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin histodash \
-    && mkdir -p /var/lib/histodash/cache /var/lib/histodash/jobs /var/lib/histodash/sessions /slides \
+    && useradd --uid 10001 --gid 10001 --home-dir /var/lib/histodash --no-create-home --shell /usr/sbin/nologin histodash \
+    && mkdir -p /var/lib/histodash/cache /var/lib/histodash/jobs /var/lib/histodash/sessions /var/lib/histodash/matplotlib /slides \
     && chown -R 10001:10001 /var/lib/histodash /app/models
 USER 10001:10001
 
@@ -62,4 +65,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
 # The README's start (`make run`: python -m streamlit run dashboard/server.py --server.address=$(HOST)
 # --server.port=$(PORT)), listening on all interfaces inside the container: publish the port on the
 # host's loopback behind a TLS reverse proxy, and set a login (else every page shows a warning banner).
+# No outbound lookup at start: .streamlit/config.toml sets browser.serverAddress, so Streamlit does not ask an
+# external service for this machine's public IP to print an "External URL" (it did, listening on 0.0.0.0).
 CMD ["python", "-m", "streamlit", "run", "dashboard/server.py", "--server.address=0.0.0.0", "--server.port=8501"]

@@ -48,7 +48,8 @@ from PIL import Image
 from engine.archive import ZipReport, iter_zip_tiles
 from engine.config import get_settings
 from engine.errors import HistoDashError
-from engine.imageio import read_image, read_image_with_info, to_png_bytes
+from engine.imageio import read_image, read_image_with_info, to_png_bytes, unique_name
+from engine.uploads import safe_filename as _safe_name
 
 log = logging.getLogger("histodash.state")
 
@@ -268,12 +269,13 @@ class TileRecord:
 @dataclass
 class IngestReport:
     """What one uploaded file gave: tiles added, ``(file, message)`` errors, skipped zip members,
-    names already in the session (same content) and names given a suffix (same name, other content)."""
+    ``(name, name kept)`` of tiles already in the session (same content) and ``(name, new name)`` of tiles
+    given a suffix (same name, other content)."""
 
     added: list[TileRecord] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
     renamed: list[tuple[str, str]] = field(default_factory=list)
 
     def extend(self, other: IngestReport) -> None:
@@ -342,11 +344,6 @@ def clear_tiles() -> None:
     remove_tiles([t.path for t in tiles()])
 
 
-def _safe_name(name: str) -> str:
-    base = name.replace("\\", "/").split("/")[-1]
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", base)[:120] or "tile"
-
-
 def _preview_png(rgb) -> bytes:
     img = Image.fromarray(rgb)
     img.thumbnail((PREVIEW_PX, PREVIEW_PX))
@@ -370,31 +367,20 @@ def preview_file(path: str | Path, name: str | None = None) -> str:
     return str(out)
 
 
-def _unique_name(name: str, taken: set[str]) -> str:
-    if name not in taken:
-        return name
-    stem, dot, ext = name.rpartition(".")
-    stem, ext = (stem, f".{ext}") if dot and stem else (name, "")
-    k = 2
-    while f"{stem} ({k}){ext}" in taken:
-        k += 1
-    return f"{stem} ({k}){ext}"
-
-
 def add_tile_bytes(name: str, raw: bytes, report: IngestReport | None = None) -> TileRecord:
     """Validate one tile and store it in the workspace; raises a HistoDashError naming the file.
 
-    The same content twice is kept once (noted in ``report.duplicates``); another file with a name already
-    in the session is kept under a suffixed name (``a (2).png``, noted in ``report.renamed``)."""
+    The same content twice is kept once (``(name, name already kept)`` in ``report.duplicates``); another file
+    with a name already in the session is kept under a suffixed name (``a (2).png``, noted in ``report.renamed``)."""
     rgb, info = read_image_with_info(raw, name=name)
     digest = hashlib.sha256(raw).hexdigest()
     current = tiles()
     for t in current:
         if t.sha256 == digest:
             if report is not None:
-                report.duplicates.append(name)
+                report.duplicates.append((name, t.name))
             return t
-    shown = _unique_name(name, {t.name for t in current})
+    shown = unique_name(name, {t.name for t in current})
     if shown != name and report is not None:
         report.renamed.append((name, shown))
     folder = session_workspace() / "tiles"

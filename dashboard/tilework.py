@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -55,6 +56,8 @@ def predict_tiles(task, card: ModelCard, tiles: list, *, normalize: bool, method
     names = {t.path: t.name for t in tiles}
     frame = result.to_frame()
     frame["path"] = frame["path"].map(lambda p: names.get(p, p))
+    stored = {t.path: Path(t.path).name for t in tiles}  # messages name the user's file, not the stored copy
+    frame["error"] = [e if not isinstance(e, str) else e.replace(f"'{stored[p]}'", f"'{names[p]}'") for p, e in zip(result.to_frame()["path"], frame["error"])]
     return {"card_id": card.id, "result": result, "frame": frame, "paths": [t.path for t in tiles], "tiles": [t.sha256 for t in tiles],
             "normalize": normalize, "method": method, "reference": reference}
 

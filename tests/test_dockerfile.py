@@ -280,3 +280,31 @@ def test_streamlit_config_keeps_hardening():
     assert cfg["browser"]["gatherUsageStats"] is False
     assert cfg["server"]["address"] == "127.0.0.1"  # exposed only on request (make run HOST=…, the image's CMD)
     assert cfg["theme"]
+
+
+def test_app_user_has_a_writable_home_for_matplotlib(parsed):
+    """Issue 15: the uid-10001 user had no home, so every CLI run in the image warned that matplotlib cannot write its config."""
+    env = env_vars(parsed)
+    assert env["HOME"] == "/var/lib/histodash" and env["MPLCONFIGDIR"].startswith("/var/lib/histodash/")
+    run = " ".join(args for word, args, _ in parsed if word == "RUN")
+    assert "--home-dir /var/lib/histodash" in run and env["MPLCONFIGDIR"] in run  # created, then chowned with the rest
+    assert "chown -R 10001:10001 /var/lib/histodash" in run
+
+
+def test_no_outbound_lookup_at_start(monkeypatch):
+    """Issue 15: listening on 0.0.0.0 (the image's CMD), Streamlit asked an external service for the public IP at start.
+    With the project's config.toml its start-up banner never calls that lookup."""
+    from streamlit import config, net_util
+    from streamlit.web import bootstrap
+
+    monkeypatch.chdir(ROOT)
+    config.get_config_options(force_reparse=True, options_from_flags={"server.address": "0.0.0.0", "server.headless": True})
+    called = []
+    monkeypatch.setattr(net_util, "get_external_ip", lambda: called.append(1))
+    monkeypatch.setattr(net_util, "get_internal_ip", lambda: "10.0.0.2")
+    try:
+        bootstrap._print_url(False)
+    finally:
+        config.get_config_options(force_reparse=True)
+    assert called == []
+    assert config.get_option("browser.serverAddress") == "localhost"

@@ -14,6 +14,7 @@ from dashboard import background, sidebar, state
 from dashboard.common import disclaimer, guarded, show_error
 from dashboard.tilework import export_frame, make_normalizer, predict_tiles, score_text
 from engine.config import get_settings
+from engine.exports import safe_csv
 from engine.imageio import read_image
 from engine.privacy import anonymise_frame
 
@@ -61,7 +62,7 @@ def result_view(saved: dict) -> None:
             **{c: st.column_config.NumberColumn(c, format="%.3f") for c in prob_cols}})
         anonymise = st.toggle("Anonymise names", key="predict_anonymise", help="The CSV names each tile by a stable pseudonym (tile-…) instead of its file name; the same tile name always gets the same pseudonym on this server.")
         export = anonymise_frame(shown, "path", "tile") if anonymise else shown
-        st.download_button("Download CSV", export.to_csv(index=False).encode(), file_name=f"histodash_predictions_{result.model_id}.csv", mime="text/csv")
+        st.download_button("Download CSV", safe_csv(export), file_name=f"histodash_predictions_{result.model_id}.csv", mime="text/csv")
     with gallery:
         paths = dict(zip(frame["path"], saved["paths"]))
         rows = view[view["error"].isna() & view["path"].map(lambda p: Path(paths[p]).exists())].head(50)  # not removed since

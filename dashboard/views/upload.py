@@ -22,11 +22,12 @@ MAX_MB = max(1, settings.max_upload_bytes // (1024 * 1024))
 def report_messages(report: state.IngestReport, source: str) -> list[tuple[str, str]]:
     """(kind, text) messages of one ingested file: errors, duplicates, renames and skipped zip entries."""
     out = [("error", f"**{name}** was not loaded: {message}") for name, message in report.errors]
-    if report.duplicates:
-        names = ", ".join(report.duplicates[:5]) + ("…" if len(report.duplicates) > 5 else "")
-        out.append(("info", f"{len(report.duplicates)} tile(s) were already in this session (same content): {names}."))
+    for name, kept in report.duplicates[:5]:
+        out.append(("info", f"{name} is identical to {kept}, already in this session: not added again."))
+    if len(report.duplicates) > 5:
+        out.append(("info", f"… and {len(report.duplicates) - 5} more tile(s) already in this session: not added again."))
     for old, new in report.renamed:
-        out.append(("info", f"Another tile is already called **{old}**: this one is kept as **{new}**."))
+        out.append(("info", f"Another tile is already named {old}: this one is kept as {new}."))
     if report.skipped:
         out.append(("info", f"{source}: skipped {len(report.skipped)} non-tile entries ({', '.join(report.skipped[:5])}{'…' if len(report.skipped) > 5 else ''})."))
     return out

@@ -17,10 +17,7 @@ Writes into ``--out``: ``model.keras``, ``card.json``, ``README.md`` and ``train
 
 from __future__ import annotations
 
-import argparse
-import csv
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -31,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cache import sha256_file
 from engine.errors import InvalidInputError
 
 MODEL_ID = "lc25000-lung-cnn"
@@ -210,14 +208,6 @@ def _cpu_name() -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def train(args) -> int:
     data_dir = Path(args.data).expanduser()
     out_dir = Path(args.out).expanduser()
@@ -349,10 +339,11 @@ def train(args) -> int:
         raise RuntimeError("reloaded model.keras gives different outputs")
     wall = time.time() - t_start
 
-    with open(out_dir / "training_log.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(log_rows[0]))
-        w.writeheader()
-        w.writerows(log_rows)
+    import pandas as pd
+
+    from engine.exports import safe_csv
+
+    safe_csv(pd.DataFrame(log_rows), out_dir / "training_log.csv")
 
     card = build_card(args, df, idx, counts, n_groups, m_va, m_te, cm_te, threshold, epochs_run, best["epoch"], wall,
                       fit_s, final.count_params(), model_path, tf.__version__, keras.__version__)
@@ -437,7 +428,7 @@ def build_card(args, df, idx, counts, n_groups, m_va, m_te, cm_te, threshold, ep
             "resize": "PIL bilinear (antialiased) from 224 px to input_px",
         },
         "weights_file": "model.keras",
-        "weights_sha256": _sha256(model_path),
+        "weights_sha256": sha256_file(model_path),
         "reproduce": REPRODUCE,
         "created": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
         "intended_use": (
@@ -490,38 +481,7 @@ def render_readme(card: dict) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
+if __name__ == "__main__":  # pragma: no cover - ``python -m engine.training.default …`` = ``python -m engine train-default …``
+    from engine.cli import main
 
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("train-default", help="train the default LC25000 lung model (CPU, ~15-20 min)",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="the lc25000-lung-224 folder (labels.csv + images/)")
-    p.add_argument("--out", required=True, help="output model folder, e.g. models/lc25000-lung-cnn")
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    p.add_argument("--input-px", type=int, default=DEFAULTS["input_px"])
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    p.add_argument("--architecture", default=DEFAULTS["architecture"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
-    p.add_argument("--label-smoothing", type=float, default=DEFAULTS["label_smoothing"])
-    p.add_argument("--dropout", type=float, default=DEFAULTS["dropout"])
-    p.add_argument("--width", type=int, default=DEFAULTS["width"], help="base filter count of lung_cnn")
-    p.add_argument("--val-frac", type=float, default=DEFAULTS["val_frac"])
-    p.add_argument("--test-frac", type=float, default=DEFAULTS["test_frac"])
-    p.add_argument("--patience", type=int, default=DEFAULTS["patience"], help="early-stopping patience (epochs)")
-    p.add_argument("--min-epochs", type=int, default=None,
-                   help="never stop early before this epoch (default: half of --epochs; the validation loss is noisy "
-                        "while the learning rate is high)")
-    p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (default: min(cores, 4))")
-    p.set_defaults(func=train)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    parser = argparse.ArgumentParser(prog="engine.training.default")
-    register(parser.add_subparsers())
-    a = parser.parse_args(["train-default", *sys.argv[1:]])
-    sys.exit(a.func(a))
+    sys.exit(main(["train-default", *sys.argv[1:]]))

@@ -23,7 +23,6 @@ Steps (each reported through the :class:`~engine.jobs.JobContext`):
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import math
@@ -31,17 +30,17 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from engine.config import REPO_ROOT, get_settings
-from engine.errors import IncompatibleModelError, InvalidInputError, JobError
-from engine.jobs import JobCancelled, JobContext, get_runner
+from engine.errors import Cancelled, IncompatibleModelError, InvalidInputError
+from engine.jobs import JobContext
+from engine.predict import probabilities_from_output
 from engine.privacy import loggable_name
-from engine.training.config import TrainConfig, defaults_yaml, load_config, parse_config
+from engine.training.config import TrainConfig, parse_config
 from engine.training.datasets import PreparedData, describe_skipped, discover, prepare, split_holdout, split_kfold, subsample
 from engine.training.metrics import evaluate, f1_optimal_threshold, mean_sd, roc_points
 
@@ -247,7 +246,7 @@ class _Trainer:
 
     def predict(self, model, idx: np.ndarray) -> np.ndarray:
         probs = model.predict(self.dataset(idx, training=False), verbose=0, callbacks=[_CancelCheck(self.ctx, self.keras)])
-        return _probabilities(probs, len(self.data.classes))
+        return probabilities_from_output(probs, len(self.data.classes))
 
     def fit(self, train_idx: np.ndarray, val_idx: np.ndarray | None, *, epochs: int, label: str, fold: int | None = None):
         """Fit one model; returns ``(model with the best weights, per-epoch rows, best epoch)``."""
@@ -283,16 +282,8 @@ def _set_bn_momentum(model, momentum: float, keras) -> int:
     return count
 
 
-def _probabilities(out, n_classes: int) -> np.ndarray:
-    out = np.asarray(out, dtype=np.float64)
-    if out.ndim == 1 or out.shape[1] == 1:
-        p = out.reshape(-1)
-        return np.stack([1 - p, p], axis=1)
-    return out
-
-
 def make_dataset(files, y, *, px: int, batch_size: int, training: bool, augmentation=None, seed: int = 0, workers: int = 2):
-    """``tf.data`` of ``(float32 0..255 images, int labels)`` read from PNG files: parallel decode, augmentation, prefetch."""
+    """``tf.data`` of ``(float32 0..255 images, int labels)`` read from the cache's BMP files: parallel reads, augmentation, prefetch."""
     from engine.runtime import tensorflow
 
     tf = tensorflow()
@@ -302,7 +293,7 @@ def make_dataset(files, y, *, px: int, batch_size: int, training: bool, augmenta
     parallel = tf.data.AUTOTUNE if workers <= 0 else workers
 
     def load(path, label):
-        img = tf.io.decode_png(tf.io.read_file(path), channels=3)
+        img = tf.io.decode_bmp(tf.io.read_file(path), channels=3)  # the uncompressed cache of datasets.prepare
         img.set_shape([px, px, 3])
         return img, label
 
@@ -446,7 +437,7 @@ def _EpochMonitor(trainer: _Trainer, model, val_idx, *, epochs: int, steps: int,
 
         def on_train_batch_end(self, batch, logs=None):
             if ctx.cancelled():
-                raise JobCancelled(f"cancelled during epoch {self.epoch + 1}, batch {batch + 1}")
+                raise Cancelled(f"cancelled during epoch {self.epoch + 1}, batch {batch + 1}")
             done = self.step_base + self.epoch * steps + batch + 1
             loss = (logs or {}).get("loss")
             ctx.progress(done, trainer.total_steps, f"{label}epoch {self.epoch + 1}/{epochs} · batch {batch + 1}/{steps}",
@@ -603,88 +594,3 @@ def _read_metrics(ctx: JobContext) -> list[dict]:
             row.pop("time", None)
             rows.append(row)
     return rows
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def _parse_overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    out: dict = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidInputError(f"--set expects KEY=VALUE, got '{pair}'.")
-        target = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            target = target.setdefault(p, {})
-        target[parts[-1]] = yaml.safe_load(value)
-    return out
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    if args.print_defaults:
-        print(defaults_yaml(args.config or "PATH/TO/TILES"), end="")
-        return 0
-    if not args.config:
-        raise InvalidInputError("Give a configuration file: python -m engine train CONFIG.yaml (see --print-defaults).")
-    overrides = _parse_overrides(args.set)
-    cfg = load_config(args.config, overrides=None)
-    if overrides:  # nested keys (augmentation.zoom=0) merge into the file's sections
-        merged = cfg.to_dict()
-        for k, v in overrides.items():
-            merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
-        cfg = parse_config(merged)
-    discover(cfg.data, label_column=cfg.label_column, path_column=cfg.path_column, group_column=cfg.group_column, classes=cfg.classes)
-    runner = get_runner()
-    job_id = runner.submit("train", cfg.to_dict(), owner=os.environ.get("USER"))
-    print(f"job {job_id} submitted", file=sys.stderr)
-    if args.detach:
-        print(job_id)
-        return 0
-    seen = 0
-    try:
-        while True:
-            rec = runner.get(job_id)
-            if not args.quiet:
-                seen = _follow(rec.log_path, seen)
-            if not rec.active:
-                break
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        runner.cancel(job_id)
-        print(f"\ncancel requested for {job_id}", file=sys.stderr)
-        rec = runner.wait(job_id, timeout=60)
-    if rec.state != "succeeded":
-        raise JobError(f"Training job {job_id} {rec.state}" + (f": {rec.error}" if rec.error else "."),
-                       f"See its log: python -m engine jobs show {job_id}")
-    result = rec.result or {}
-    for m in result.get("metrics", [])[:2]:
-        print(f"{m['split']}: " + ", ".join(f"{k} {m[k]}" for k in ("auc", "f1", "accuracy", "precision", "recall") if m.get(k) is not None), file=sys.stderr)
-    print(result["model_id"])
-    return 0
-
-
-def _follow(log_path: str, offset: int) -> int:
-    try:
-        with open(log_path, "rb") as fh:
-            fh.seek(offset)
-            chunk = fh.read()
-    except FileNotFoundError:
-        return offset
-    if chunk:
-        sys.stderr.write(chunk.decode("utf-8", "replace"))
-        sys.stderr.flush()
-    return offset + len(chunk)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train and register a tile model from a YAML configuration (runs as a background job)")
-    p.add_argument("config", nargs="?", help="YAML configuration (minimal: data, architecture, epochs)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. --set epochs=3 --set augmentation.zoom=0")
-    p.add_argument("--detach", action="store_true", help="print the job id and return at once (follow with `python -m engine jobs show ID`)")
-    p.add_argument("-q", "--quiet", action="store_true", help="do not stream the job's log")
-    p.add_argument("--print-defaults", action="store_true", help="print a configuration with every default and exit")
-    p.set_defaults(func=_cmd_train)
