@@ -33,7 +33,7 @@ import math
 
 import streamlit as st
 
-from dashboard import websession
+from dashboard import tileserver, websession
 from dashboard.state import session_id
 from engine.auth import LoginThrottle, hash_problem, verify_password, wait_message
 from engine.config import get_settings
@@ -165,7 +165,9 @@ def _end_sign_in() -> None:
     """Sign-out: the server forgets the sign-in, retires the cookie's id and deletes the session's workspace."""
     from dashboard.sessions import end_session  # noqa: PLC0415 - sessions imports state, which imports nothing of this
 
-    websession.sign_out(session_id())
+    sid = session_id()
+    websession.sign_out(sid)
+    tileserver.revoke_session(sid)  # the slide viewer's tile tokens of this browser stop at once
     end_session()
     st.session_state[RELOAD_KEY] = True
 

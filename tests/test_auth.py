@@ -16,6 +16,7 @@ from engine.cli import main
 from tests.conftest import ROOT
 
 APP = str(ROOT / "dashboard" / "app.py")
+DEMO_SLIDE = ROOT / "engine" / "demo" / "slides" / "CMU-1-Small-Region.svs"
 TIMEOUT = 60
 PASSWORD = "correct horse battery staple"
 HASH = hash_password(PASSWORD)
@@ -404,7 +405,7 @@ def test_authlib_is_installed_for_st_login():
 def test_password_sign_in_is_held_for_the_browser_and_sign_out_clears_its_work(password, clock):
     """A new Streamlit session with the same cookie id (a refresh, a new tab, a restarted server) is still signed in;
     sign-out ends that for every tab, deletes the workspace and gives this websocket a new, empty identity."""
-    from dashboard import websession
+    from dashboard import tileserver, websession
     from engine.config import get_settings
 
     at = run()
@@ -417,10 +418,13 @@ def test_password_sign_in_is_held_for_the_browser_and_sign_out_clears_its_work(p
     refreshed = AppTest.from_file(APP, default_timeout=TIMEOUT)
     refreshed.session_state["session_id"] = sid  # what the browser's cookie names
     assert_home(run(at=refreshed))
+    token = tileserver.mint(DEMO_SLIDE, sid, "upload")  # what the Slide page mints for this browser
+    assert tileserver.authorise(token, sid) is not None
     next(b for b in at.sidebar.button if b.label == "Sign out").click()
     run(at=at)
     assert_only_login_form(at)
     assert not websession.is_signed_in(sid) and websession.is_retired(sid)
+    assert token not in tileserver._GRANTS and tileserver.authorise(token, sid) is None  # revoked by the sign-out
     assert not workspace.exists()
     assert at.session_state["session_id"] != sid
     assert_only_login_form(run(at=refreshed))  # the other tab is signed out too
