@@ -172,6 +172,9 @@ def predict(page, frames, expect_cached: str) -> float:
 
 def predict_widget(page, frames) -> float:
     thumb = main_area(page).get_by_test_id("stSlider").filter(has_text="Threshold").get_by_role("slider")
+    deadline = time.monotonic() + 60
+    while thumb.count() != 1 and time.monotonic() < deadline:  # a fragment redraw briefly keeps the old slider too
+        page.wait_for_timeout(100)
     thumb.focus()
     settle(page, frames)
     t0 = time.perf_counter()

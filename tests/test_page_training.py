@@ -174,7 +174,8 @@ def test_browser_train_on_demo_data_survives_refresh_and_restart_then_predicts(t
                 job_id = re.search(r"job=([\w-]+)", page.url).group(1)
                 page.reload(wait_until="domcontentloaded")  # a browser refresh re-attaches through ?job=
                 page.get_by_text(f"Job {job_id}").first.wait_for(timeout=60_000)
-                page.get_by_text(re.compile(r"epoch \d+/\d+")).first.wait_for(timeout=120_000)
+                # the live progress bar (the jobs table's grid also holds the text, in cells the browser keeps hidden)
+                page.get_by_test_id("stProgress").filter(has_text=re.compile(r"epoch \d+/\d+")).first.wait_for(timeout=120_000)
             with streamlit_server(env, tmp_path / "streamlit-b.log") as url:  # the dashboard restarted; the job went on
                 page.goto(f"{url}/training?job={job_id}", wait_until="domcontentloaded")
                 page.get_by_text(f"Job {job_id}").first.wait_for(timeout=60_000)
