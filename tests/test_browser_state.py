@@ -160,9 +160,10 @@ def test_survival_result_survives_a_refresh(root, models_dir, new_page):
         strata.click()
         page.get_by_role("option", name="median split").click()
         main(page).get_by_role("button", name="Analyse").click()
-        main(page).get_by_text(re.compile("median split|≤ median|> median")).first.wait_for()
+        main(page).get_by_text(re.compile(r"low \(≤ \d")).first.wait_for()  # the median split's groups: low (≤ 63), high (> 63)
         before = main(page).get_by_test_id("stMetric").first.inner_text()
         page.reload(wait_until="domcontentloaded")
-        main(page).get_by_test_id("stMetric").first.wait_for()
+        main(page).get_by_text(re.compile(r"low \(≤ \d")).first.wait_for()  # without pressing Analyse again
+        main(page).get_by_test_id("stMetric").first.wait_for(state="attached")  # (in the Tests tab: attached, not shown)
         assert main(page).get_by_test_id("stMetric").first.inner_text() == before  # the analysis, not the default one
         no_exception(page)
