@@ -17,10 +17,6 @@ from dashboard import auth, sessions, sidebar  # noqa: E402
 
 st.set_page_config(page_title="HistoDash", page_icon=":material/biotech:", layout="wide")
 
-if not auth.gate():  # hosting with a login: visitors who have not signed in see the login form only
-    st.stop()
-sessions.housekeeping()  # this session's workspace is marked alive; idle ones are swept
-
 PAGES = Path(__file__).resolve().parent / "views"
 
 
@@ -43,6 +39,15 @@ sections = {
     "Cohorts": available(optional("cohort", "Cohort", ":material/groups:"), optional("survival", "Cohort survival", ":material/monitoring:")),
     "Models": available(optional("training", "Training", ":material/model_training:"), optional("models", "Models", ":material/inventory_2:")),
 }
-navigation = st.navigation({name: pages for name, pages in sections.items() if pages})
-sidebar.render()
-navigation.run()
+allowed = auth.gate()  # hosting with a login: visitors who have not signed in see the sign-in form only
+# The navigation is kept (hidden) while the form is shown, so the page and query string asked for
+# before signing in (a deep link) are the ones that open after it.
+navigation = st.navigation({name: pages for name, pages in sections.items() if pages}, position="sidebar" if allowed else "hidden")
+if not allowed:
+    st.stop()
+sessions.housekeeping()  # this session's workspace is marked alive; old and signed-out ones are swept
+cache_box = sidebar.render()
+try:
+    navigation.run()
+finally:  # after the page, so the numbers include what it just computed
+    sidebar.cache_stats(cache_box)

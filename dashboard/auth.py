@@ -9,9 +9,15 @@ no files. Three modes, the first that is configured wins:
    restrict which signed-in accounts get in (needed with a public provider such as Google, where any
    account can sign in).
 2. **Shared password** when ``HISTODASH_PASSWORD_HASH`` is set (``python -m engine hash-password``):
-   scrypt, constant-time comparison, and growing waits after failures per client address.
+   scrypt, constant-time comparison, and growing waits after failures per client address. Each attempt
+   is recorded *before* the password is checked, so parallel attempts are throttled too.
 3. **Neither**: everyone may see the app (a local demo). When the server also listens on a non-loopback
    address, every page shows a warning banner saying so.
+
+A sign-in is held on the server for the browser's session cookie (``dashboard.websession.sign_in``) with an
+expiry, so a refresh, a second tab or a server restart keeps it; *Sign out* ends it, retires the cookie's
+id and deletes the session's workspace. The page asked for before signing in (a deep link, with its query
+string) opens after it: ``app.py`` keeps the navigation, hidden, while the form is shown.
 
 "Non-loopback": ``server.address`` unset or empty (Streamlit then listens on all interfaces), ``0.0.0.0``,
 ``::``, or any address or host name other than ``localhost`` / ``127.x.x.x`` / ``::1``. A host name is
@@ -27,12 +33,14 @@ import math
 
 import streamlit as st
 
+from dashboard import tileserver, websession
+from dashboard.state import session_id
 from engine.auth import LoginThrottle, hash_problem, verify_password, wait_message
 from engine.config import get_settings
 
 log = logging.getLogger(__name__)
 
-SIGNED_IN_KEY = "_histodash_signed_in"
+RELOAD_KEY = "_histodash_reload"
 # One throttle for the whole server (every browser session), keyed by client address.
 THROTTLE = LoginThrottle(base_s=1.0, cap_s=60.0)
 HOSTING_HELP = "Set `HISTODASH_PASSWORD_HASH` or configure OIDC in `.streamlit/secrets.toml` (README: *Hosting for a lab*)."
@@ -139,9 +147,13 @@ def _oidc_gate(section: dict) -> bool:
         if st.button("Sign out"):
             st.logout()
         return False
+    sid = session_id()
+    if websession.signed_in_record(sid) is None:  # held on the server too (HTTP routes ask is_signed_in)
+        websession.sign_in(sid, how="oidc")
     with st.sidebar:
         st.caption(f":material/account_circle: {user.get('name') or email or 'signed in'}")
         if st.button("Sign out", key="logout"):
+            _end_sign_in()
             st.logout()
     return True
 
@@ -149,13 +161,32 @@ def _oidc_gate(section: dict) -> bool:
 # --- shared password -----------------------------------------------------------------------------
 
 
+def _end_sign_in() -> None:
+    """Sign-out: the server forgets the sign-in, retires the cookie's id and deletes the session's workspace."""
+    from dashboard.sessions import end_session  # noqa: PLC0415 - sessions imports state, which imports nothing of this
+
+    sid = session_id()
+    websession.sign_out(sid)
+    tileserver.revoke_session(sid)  # the slide viewer's tile tokens of this browser stop at once
+    end_session()
+    st.session_state[RELOAD_KEY] = True
+
+
+def _reload_after_sign_out() -> None:
+    """After a sign-out the page reloads once, so the browser is given a new session cookie at once."""
+    if st.session_state.pop(RELOAD_KEY, False):
+        st.markdown('<meta http-equiv="refresh" content="0">', unsafe_allow_html=True)
+
+
 def _password_gate(stored: str) -> bool:
-    if st.session_state.get(SIGNED_IN_KEY):
+    sid = session_id()
+    if websession.signed_in_record(sid) is not None:
         with st.sidebar:
             if st.button("Sign out", key="logout", icon=":material/logout:"):
-                st.session_state.pop(SIGNED_IN_KEY, None)
+                _end_sign_in()
                 st.rerun()
         return True
+    _reload_after_sign_out()
     _heading()
     problem = hash_problem(stored)
     if problem:  # fail closed, and tell the admin why without echoing the value
@@ -171,16 +202,15 @@ def _password_gate(stored: str) -> bool:
     if not submitted:
         return False
     key = _client_key()
-    wait = THROTTLE.wait_s(key)
+    wait = THROTTLE.begin(key)  # records this attempt before the password is checked (no check-then-act race)
     if wait > 0:
         st.error(wait_message(wait))
         return False
     if password and verify_password(password, stored):
         THROTTLE.success(key)
-        st.session_state[SIGNED_IN_KEY] = True
+        websession.sign_in(sid, how="password")
         log.info("sign-in from %s", key)
         st.rerun()
-    delay = THROTTLE.failure(key)
     log.warning("failed sign-in from %s (%d in a row)", key, THROTTLE.failures(key))  # never the password
-    st.error(f"Wrong password. Wait {math.ceil(delay)} s before trying again.")
+    st.error(f"Wrong password. Wait {math.ceil(THROTTLE.wait_s(key))} s before trying again.")
     return False

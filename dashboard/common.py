@@ -1,4 +1,5 @@
-"""Helpers shared by every page: error display, disclaimer, session workspace.
+"""Helpers shared by every page: error display, disclaimer (and, re-exported from ``dashboard.state``, the
+session id and workspace).
 
 Pages never let an exception reach the browser: user errors (``HistoDashError``) are shown with
 their message and hint; anything else is logged with its traceback and shown as a short generic
@@ -10,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import traceback
-import uuid
-from pathlib import Path
 
 import streamlit as st
 from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
 
+from dashboard.state import session_id, session_workspace  # noqa: F401 - re-exported for the pages
 from engine.config import get_settings
 from engine.errors import HistoDashError
 from engine.privacy import loggable_name
@@ -64,25 +64,3 @@ def guarded(context: str = ""):
         raise
     except Exception as err:  # noqa: BLE001 - every error becomes a message
         show_error(err, context=context)
-
-
-def session_id() -> str:
-    """This browser's session id: the one its signed ``histodash_session`` cookie names (so a refresh or a
-    second tab of the same browser gets the same workspace), else a random id kept in session state (AppTest,
-    clients without the cookie). Never derived from unsigned user input."""
-    if "session_id" not in st.session_state:
-        from dashboard.websession import browser_session_id  # noqa: PLC0415 - keeps this module light
-
-        st.session_state["session_id"] = browser_session_id() or uuid.uuid4().hex
-    return st.session_state["session_id"]
-
-
-def session_workspace() -> Path:
-    """This browser session's private upload folder (created on first use)."""
-    path = get_settings().work_dir / session_id()
-    if not path.is_dir():
-        from dashboard.sessions import mark_alive  # noqa: PLC0415 - sessions imports this module
-
-        mark_alive(force=True)  # a new workspace is marked alive at once (its session, this server)
-    path.mkdir(parents=True, exist_ok=True)
-    return path

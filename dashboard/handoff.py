@@ -2,8 +2,8 @@
 
 The Cohort page calls :func:`send_to_survival` and switches page; the survival page calls :func:`receive` before
 its table choice (the sent table becomes its uploaded table) and :func:`preselect` once the table's widget id is
-known (the feature columns are pre-selected for the risk score, time and event for the mapping form). Only
-session state is used: nothing is written to disk, and another browser session never sees it.
+known (the feature columns are pre-selected for the risk score, time and event for the mapping form). The received
+table is kept like an uploaded one (``dashboard.state``: this browser's workspace); another browser never sees it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from dashboard import state
 from engine import survival as sv
 from engine.exports import safe_csv
 
@@ -29,7 +30,7 @@ def receive() -> bool:
     if sent is None:
         return False
     st.session_state["survival_source"] = "Upload a table"
-    st.session_state["survival_table"] = sent["table"]
+    state.put("survival_table", sent["table"])  # kept for this browser, like an uploaded table
     st.session_state[PRESET] = sent
     return True
 

@@ -24,10 +24,14 @@ import streamlit as st  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from dashboard import tileserver  # noqa: E402
+from dashboard.gate import SignInGateMiddleware  # noqa: E402
 from dashboard.websession import BrowserSessionMiddleware  # noqa: E402
 
 ROUTES: list = []
 ROUTES += tileserver.routes()  # Deep Zoom tiles of the slide viewer (token-checked)
-MIDDLEWARE: list = [Middleware(BrowserSessionMiddleware)]
+MIDDLEWARE: list = [
+    Middleware(BrowserSessionMiddleware),  # first: the browser-session cookie (the gate reads the id it sets)
+    Middleware(SignInGateMiddleware),  # nothing before sign-in; bounded uploads
+]
 
 app = st.App(HERE / "app.py", routes=ROUTES, middleware=MIDDLEWARE)

@@ -1,15 +1,17 @@
-"""Per-session workspace lifetime: this session's workspace is marked alive, idle and ended ones are swept.
+"""Per-session workspace lifetime: this session's workspace is marked alive; old and signed-out ones are swept.
 
 :func:`housekeeping` runs at the top of every script run (``app.py``):
 
 * it touches this session's workspace marker (``engine.workspaces.touch``) at most every
-  :data:`TOUCH_EVERY_S` seconds, recording the Streamlit session id and this server process;
-* at most once every :data:`SWEEP_EVERY_S` seconds per process it deletes workspaces idle longer
-  than ``settings.session_max_age_s`` (``HISTODASH_SESSION_MAX_AGE_H``), and workspaces whose
-  Streamlit session has ended (idle past a short grace period), found through Streamlit's runtime
-  session manager (``Runtime.instance()._session_mgr.list_sessions()``, internal in Streamlit
-  1.67: when it is missing, only the age rule applies). Workspaces that an active background job
-  reads from (a slide being scored, a training zip) are never deleted.
+  :data:`TOUCH_EVERY_S` seconds;
+* at most once every :data:`SWEEP_EVERY_S` seconds per process it deletes workspaces idle longer than
+  ``settings.session_max_age_s`` (``HISTODASH_SESSION_MAX_AGE_H``: the session's age limit) and those
+  ended by a sign-out, plus expired sign-in records. A closed websocket or a restarted server ends
+  nothing: a refresh, a second tab or a restart opens the same workspace again. Workspaces that an
+  active background job reads from (a slide being scored, a training zip) are never deleted.
+
+:func:`end_session` is the sign-out: it deletes this session's workspace (or marks it for the sweep while a
+job still reads from it) and forgets everything the session held.
 
 Housekeeping never breaks a page: any failure is logged (without names) and ignored.
 """
@@ -23,9 +25,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard.common import session_id
+from dashboard.state import session_id, workspace_for
 from engine.config import get_settings
-from engine.workspaces import MARKER, read_marker, server_token, sweep_workspaces, touch, workspace_ids
+from engine.workspaces import MARKER, end_workspace, server_token, sweep_workspaces, touch
 
 log = logging.getLogger("histodash.sessions")
 
@@ -37,26 +39,9 @@ _last_sweep = [0.0]
 
 
 def _streamlit_session_id() -> str | None:
-    try:
-        from streamlit.runtime.scriptrunner import get_script_run_ctx
+    from dashboard.state import _streamlit_session_id as current  # noqa: PLC0415
 
-        ctx = get_script_run_ctx()
-        return ctx.session_id if ctx is not None else None
-    except Exception:  # noqa: BLE001 - internal API
-        return None
-
-
-def live_streamlit_sessions() -> set[str] | None:
-    """Ids of the sessions this server's runtime still holds (connected or resumable); None when unknown."""
-    try:
-        from streamlit.runtime import Runtime
-
-        if not Runtime.exists():
-            return None
-        manager = Runtime.instance()._session_mgr  # noqa: SLF001 - no public API lists sessions
-        return {info.session.id for info in manager.list_sessions()}
-    except Exception:  # noqa: BLE001 - the internal API moved: fall back to age only
-        return None
+    return current()
 
 
 def mark_alive(*, force: bool = False) -> None:
@@ -64,7 +49,7 @@ def mark_alive(*, force: bool = False) -> None:
     now = time.time()
     if not force and now - st.session_state.get(_TOUCHED_KEY, 0.0) < TOUCH_EVERY_S:
         return
-    workspace = get_settings().work_dir / session_id()
+    workspace = workspace_for(session_id())
     if not force and not workspace.is_dir():
         return
     touch(workspace, session=_streamlit_session_id(), server=server_token())
@@ -93,42 +78,41 @@ def _job_workspaces(work_dir: Path) -> set[str]:
     return out
 
 
-def _active_workspaces(work_dir: Path, live: set[str] | None, me: str) -> set[str] | None:
-    if live is None:
-        return None
-    token = server_token()
-    active = {me}
-    for ws_id in workspace_ids(work_dir):
-        marker = read_marker(work_dir / ws_id)
-        if marker.get("server") == token and marker.get("session") in live:
-            active.add(ws_id)
-    return active
-
-
 def sweep(*, force: bool = False) -> list[str]:
-    """Delete idle/ended workspaces (at most once a minute per process unless ``force``)."""
+    """Delete old and signed-out workspaces (at most once a minute per process unless ``force``)."""
     now = time.time()
     with _sweep_lock:
         if not force and now - _last_sweep[0] < SWEEP_EVERY_S:
             return []
         _last_sweep[0] = now
+    from dashboard.websession import sweep_signins  # noqa: PLC0415
+
+    sweep_signins(now=now)
     settings = get_settings()
     work_dir = settings.work_dir
     if not work_dir.is_dir():
         return []
-    me = session_id()
-    protect = {me} | _job_workspaces(work_dir)
-    removed = sweep_workspaces(
-        work_dir, settings.session_max_age_s, active_ids=_active_workspaces(work_dir, live_streamlit_sessions(), me),
-        protect=protect, server=server_token(), now=now,
-    )
+    protect = {session_id()} | _job_workspaces(work_dir)
+    removed = sweep_workspaces(work_dir, settings.session_max_age_s, protect=protect, now=now)
     if removed:
-        log.info("removed %d idle or ended session workspace(s)", len(removed))
+        log.info("removed %d old or signed-out session workspace(s)", len(removed))
     return removed
 
 
+def end_session() -> None:
+    """Sign-out: this session's workspace goes (now, or after the job that reads from it) and its state is cleared."""
+    sid = session_id()
+    work_dir = get_settings().work_dir
+    try:
+        end_workspace(work_dir, sid, protect=_job_workspaces(work_dir) if work_dir.is_dir() else set())
+    except Exception as err:  # noqa: BLE001 - the sign-out itself must still happen
+        log.warning("could not remove the signed-out workspace (%s)", type(err).__name__)
+    for key in list(st.session_state.keys()):
+        del st.session_state[key]
+
+
 def housekeeping() -> None:
-    """Mark this session's workspace as alive and sweep idle ones (never raises)."""
+    """Mark this session's workspace as alive and sweep old ones (never raises)."""
     try:
         mark_alive()
         sweep()
@@ -136,4 +120,4 @@ def housekeeping() -> None:
         log.warning("session housekeeping failed (%s)", type(err).__name__)
 
 
-__all__ = ["MARKER", "housekeeping", "live_streamlit_sessions", "mark_alive", "sweep"]
+__all__ = ["MARKER", "end_session", "housekeeping", "mark_alive", "sweep"]

@@ -1,8 +1,13 @@
-"""The sidebar shown on every page: model picker with its card summary, and cache statistics."""
+"""The sidebar shown on every page: model picker with its card summary, and cache statistics.
+
+``app.py`` calls :func:`render` before the page and :func:`cache_stats` again after it, so the cache
+numbers include what the page just computed (they used to lag one run behind).
+"""
 
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
 from engine.cache import shared_cache
 from engine.errors import HistoDashError
@@ -24,7 +29,8 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def render() -> None:
+def render():
+    """Draw the sidebar; returns the placeholder of the cache numbers (for :func:`cache_stats`)."""
     registry = Registry()
     cards = registry.cards()
     with st.sidebar:
@@ -48,8 +54,18 @@ def render() -> None:
         for folder, problem in registry.problems().items():
             st.caption(f":material/warning: {folder}: {problem}")
         st.subheader("Cache")
+        box = st.empty()
+    cache_stats(box)
+    return box
+
+
+def cache_stats(box) -> None:
+    """Fill the sidebar's cache placeholder with the current numbers (nothing when the page stopped the run)."""
+    try:
         stats = shared_cache().stats()
         if stats.enabled:
-            st.caption(f"{stats.entries:,} results · {stats.size_bytes / 1e6:.1f} MB of {stats.limit_bytes / 1e9:.1f} GB · this process: {stats.hits} hits / {stats.misses} misses")
+            box.caption(f"{stats.entries:,} results · {stats.size_bytes / 1e6:.1f} MB of {stats.limit_bytes / 1e9:.1f} GB · this process: {stats.hits} hits / {stats.misses} misses")
         else:
-            st.caption(f":material/warning: Cache off: {stats.warning}")
+            box.caption(f":material/warning: Cache off: {stats.warning}")
+    except StopException:  # the page called st.stop(): the numbers drawn before it stay
+        pass

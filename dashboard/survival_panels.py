@@ -1,5 +1,8 @@
 """What the Cohort survival page draws: one function per tab (rendering only; the numbers come from engine.survival).
 
+Tables, results and the Analyse form's values are kept with :mod:`dashboard.state` (``state.put``/``get``): a
+refresh, a second tab or a server restart of the same browser shows them again.
+
 The Cox and risk-score tabs hold their own forms; each submit makes ONE engine call
 (:func:`engine.survival.cox_analysis`, :func:`engine.survival.risk_analysis`) and keeps the previous
 result when it fails. Every CSV download goes through :func:`engine.exports.safe_csv`.
@@ -10,13 +13,39 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from dashboard import state
 from dashboard.common import guarded, show_error
 from engine import survival as sv
 from engine.errors import InvalidInputError
 from engine.exports import safe_csv
 
 CHART_CONFIG = {"toImageButtonOptions": {"format": "png", "scale": 3, "filename": "histodash-survival"}, "displaylogo": False}
-COX_KEY, RISK_KEY = "survival_cox", "survival_risk"
+COX_KEY, RISK_KEY, INPUTS_KEY = "survival_cox", "survival_risk", "survival_inputs"
+FORM_FIELDS = ("time", "event", "group", "unit", "strata", "split", "cuts", "show", "minprop", "perm", "test", "fh", "at")
+
+
+def saved_inputs(tid: str) -> dict:
+    """The Analyse form's values this browser last analysed ``tid`` with (``{}`` if none): the form's defaults,
+    so a refresh, a new tab or a restart shows the form that made the result below it."""
+    kept = state.get(INPUTS_KEY) or {}
+    return kept.get("values", {}) if kept.get("table_id") == tid else {}
+
+
+def remember(keys: tuple[str, ...]) -> None:
+    """Widgets kept for this browser (before they are drawn): a new Streamlit session (refresh, tab, restart) starts
+    from the values this browser chose last; later runs keep the current ones."""
+    kept = dict(state.get("survival_choices") or {})
+    restored = {k: kept[k] for k in keys if k not in st.session_state and k in kept}
+    st.session_state.update(restored)
+    current = {k: st.session_state[k] for k in keys if k in st.session_state}
+    if current != {k: kept.get(k) for k in current}:
+        state.put("survival_choices", {**kept, **current})
+
+
+def keep_inputs(tid: str) -> None:
+    """Keep the Analyse form's current values for this browser (called when Analyse is pressed)."""
+    values = {name: st.session_state[f"survival_{name}_{tid}"] for name in FORM_FIELDS if f"survival_{name}_{tid}" in st.session_state}
+    state.put(INPUTS_KEY, {"table_id": tid, "values": values})
 
 
 def read_upload(upload, state_key: str, encoding: str | None = None) -> None:
@@ -25,7 +54,7 @@ def read_upload(upload, state_key: str, encoding: str | None = None) -> None:
     if st.session_state.get(f"{state_key}_key") != key:
         st.session_state[f"{state_key}_key"] = key
         with guarded(f"Reading {upload.name}"):
-            st.session_state[state_key] = sv.load_table(upload.getvalue(), upload.name, encoding=encoding)
+            state.put(state_key, sv.load_table(upload.getvalue(), upload.name, encoding=encoding))
 
 
 def with_features(table: sv.Table) -> sv.Table:
@@ -34,7 +63,7 @@ def with_features(table: sv.Table) -> sv.Table:
         feat_file = st.file_uploader("Features table", type=["csv", "tsv", "txt", "xlsx"], key="survival_feat_upload")
         if feat_file is not None:
             read_upload(feat_file, "survival_features")
-        features = st.session_state.get("survival_features")
+        features = state.get("survival_features")
         if features is not None:
             c1, c2, c3, c4 = st.columns(4)
             left_id = c1.selectbox("Patient id (cohort table)", list(table.frame.columns), key="survival_join_left")
@@ -43,12 +72,12 @@ def with_features(table: sv.Table) -> sv.Table:
             aggregate = c4.checkbox("Average several rows per patient", key="survival_join_agg")
             if st.button("Join features", key="survival_join_button"):
                 with guarded("Joining features"):
-                    st.session_state["survival_join"] = (table.id, sv.join_tables(table, features, left_id, right_id, id_chars=int(id_chars) or None,
-                                                                                   aggregate=aggregate))
-        joined = st.session_state.get("survival_join")
+                    joined = sv.join_tables(table, features, left_id, right_id, id_chars=int(id_chars) or None, aggregate=aggregate)
+                    state.put("survival_join", (table.id, joined))
+        joined = state.get("survival_join")
         if joined and joined[0] == table.id and st.button("Remove the joined features", key="survival_join_remove"):
-            st.session_state.pop("survival_join")
-    joined = st.session_state.get("survival_join")
+            state.pop("survival_join")
+    joined = state.get("survival_join")
     if not joined or joined[0] != table.id:
         return table
     st.caption(f"Using **{joined[1].name}**: {len(joined[1].frame)} patients with features.")
@@ -144,10 +173,10 @@ def cox_tab(table: sv.Table, res: sv.AnalysisResult, defaults: tuple[str, ...]) 
         penalizer = c2.number_input("Penaliser (0 = none; ridge on standardised covariates)", 0.0, 10.0, 0.0, 0.05, key=f"survival_cox_pen_{table.id}")
         if st.form_submit_button("Fit Cox model"):
             try:
-                st.session_state[COX_KEY] = sv.cox_analysis(table, res, spec, sv.CoxSpec(tuple(covs), with_groups, penalizer))
+                state.put(COX_KEY, sv.cox_analysis(table, res, spec, sv.CoxSpec(tuple(covs), with_groups, penalizer)))
             except Exception as err:  # noqa: BLE001 - a message; the previous model stays
                 show_error(err, context="Cox model")
-    found = st.session_state.get(COX_KEY)
+    found = state.get(COX_KEY)
     if found is None or found.table_id != table.id:
         return
     cox = found.model
@@ -192,10 +221,10 @@ def risk_tab(table: sv.Table, res: sv.AnalysisResult, defaults: tuple[str, ...])
                 if not split and val_file is None:
                     raise InvalidInputError("No validation table uploaded.", "Upload one, or split this table.")
                 validation = None if split else sv.load_table(val_file.getvalue(), val_file.name)
-                st.session_state[RISK_KEY] = sv.risk_analysis(table, spec, sv.RiskSpec(tuple(feats), pen, l1, validation))
+                state.put(RISK_KEY, sv.risk_analysis(table, spec, sv.RiskSpec(tuple(feats), pen, l1, validation)))
             except Exception as err:  # noqa: BLE001 - a message; the previous risk score stays
                 show_error(err, context="Risk score")
-    found = st.session_state.get(RISK_KEY)
+    found = state.get(RISK_KEY)
     if found is None or found[0] != table.id:
         return
     risk = found[1]

@@ -36,7 +36,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dashboard import websession
-from engine.config import get_settings
 from engine.deepzoom import FileKey, cached_tile, cached_tile_if_present, deepzoom_for
 from engine.errors import HistoDashError
 
@@ -82,7 +81,6 @@ def mint(slide_path: str | Path, session_id: str, scope: str = "upload") -> str:
         raise ValueError("a token needs the browser session that mints it")
     key = FileKey.of(slide_path)
     now = time.time()
-    _note_signed_in(session_id, now)
     with _LOCK:
         owner = (key, session_id, scope)
         token = _BY_OWNER.get(owner)
@@ -103,7 +101,6 @@ def revoke_session(session_id: str) -> int:
         gone = [t for t, g in _GRANTS.items() if g.session_id == session_id]
         for t in gone:
             _drop(t)
-    _SIGNED_IN.pop(session_id, None)
     return len(gone)
 
 
@@ -130,43 +127,17 @@ def _sweep(now: float) -> None:
 
 
 # --- sign-in -------------------------------------------------------------------------------------
-# STAND-IN until branch `appstate` adds server-side sign-in state (`dashboard.websession.is_signed_in`):
-# pages only run after `auth.gate()` let the visitor in, so a browser session that minted a token was
-# signed in when it did; it counts as signed in for the token lifetime. A sign-out is not seen here until
-# then (the page cannot tell this module); `revoke_session` is the hook for it.
-_SIGNED_IN: dict[str, float] = {}
-
-
-def _note_signed_in(session_id: str, now: float) -> None:
-    _SIGNED_IN[session_id] = now + IDLE_TTL_S
-    if len(_SIGNED_IN) > MAX_GRANTS:
-        for sid in [s for s, t in _SIGNED_IN.items() if t <= now][: len(_SIGNED_IN) // 2]:
-            _SIGNED_IN.pop(sid, None)
-
-
 def login_configured() -> bool:
     """True when the dashboard asks visitors to sign in (shared password or OIDC)."""
-    if get_settings().password_hash:
-        return True
-    try:
-        import streamlit as st
-
-        return bool(st.secrets.get("auth"))
-    except Exception:  # noqa: BLE001 - no secrets file: no OIDC
-        return False
+    return websession.login_configured()
 
 
 def signed_in(session_id: str | None) -> bool:
-    """Whether the browser session ``session_id`` may read library tiles (always, without a login)."""
+    """Whether the browser session ``session_id`` may read tiles: always without a login; with one, only while the
+    server holds an unexpired sign-in for it (``websession.is_signed_in``: gone at once after *Sign out*)."""
     if not login_configured():
         return True
-    if not session_id:
-        return False
-    check = getattr(websession, "is_signed_in", None)
-    if check is not None:  # branch appstate's server-side sign-in state
-        return bool(check(session_id))
-    expiry = _SIGNED_IN.get(session_id)
-    return expiry is not None and time.time() < expiry
+    return bool(session_id) and websession.is_signed_in(session_id)
 
 
 # --- requests ------------------------------------------------------------------------------------

@@ -120,7 +120,8 @@ class LoginThrottle:
     """Growing delays after failed logins, per client key (an IP address, say).
 
     After the k-th consecutive failure the client must wait ``base_s * 2**(k-1)`` seconds (1, 2, 4, …)
-    capped at ``cap_s`` before the next attempt is checked. A success clears the key. Entries idle for
+    capped at ``cap_s`` before the next attempt is checked. A success clears the key. Use :meth:`begin`
+    before checking a password (it records the attempt first, atomically), :meth:`success` after a match. Entries idle for
     ``forget_s`` are dropped, and at most ``max_keys`` are kept, so the table cannot grow without bound.
     Thread-safe: one instance serves every browser session of the server.
     """
@@ -139,6 +140,22 @@ class LoginThrottle:
         with self._lock:
             failures, last = self._state.get(key, (0, 0.0))
             return max(0.0, last + self._delay(failures) - self._clock()) if failures else 0.0
+
+    def begin(self, key: str) -> float:
+        """Start an attempt: 0 and the attempt is recorded as a failure *before* the password is checked
+        (call :meth:`success` when it matches), or the seconds still to wait (nothing recorded, do not check).
+
+        Recording first and checking under one lock is what throttles parallel attempts: of several
+        attempts that arrive together, one is checked and the others are told to wait."""
+        now = self._clock()
+        with self._lock:
+            failures, last = self._state.get(key, (0, 0.0))
+            wait = max(0.0, last + self._delay(failures) - now) if failures else 0.0
+            if wait > 0:
+                return wait
+            self._prune(now)
+            self._state[key] = (failures + 1, now)
+            return 0.0
 
     def failure(self, key: str) -> float:
         """Record a failed attempt; returns the delay now imposed on ``key``."""

@@ -8,8 +8,8 @@
 | ``HISTODASH_CACHE_SIZE_GB`` | ``2`` | cache size limit in GB |
 | ``HISTODASH_WORK_DIR`` | ``$HISTODASH_HOME/sessions`` | per-session upload workspaces |
 | ``HISTODASH_JOBS_DIR`` | ``$HISTODASH_HOME/jobs`` | background job records and logs |
-| ``HISTODASH_EXAMPLES_DIR`` | ``<repo>/examples`` | demo tiles shown on the Upload page |
-| ``HISTODASH_SLIDES_DIR`` | unset | read-only slide library |
+| ``HISTODASH_EXAMPLES_DIR`` | ``<repo>/engine/demo/tiles`` | example tiles offered on the Upload page (bundled: cut from the demo slide) |
+| ``HISTODASH_SLIDES_DIR`` | ``<repo>/engine/demo/slides`` | read-only slide library (bundled: OpenSlide's CC0 test slide CMU-1-Small-Region) |
 | ``HISTODASH_DEFAULT_MODEL`` | ``lc25000-lung-cnn`` | model selected when the user has not picked one |
 | ``HISTODASH_MAX_PIXELS`` | ``50000000`` | largest image (pixels) decoded as a tile |
 | ``HISTODASH_MAX_UPLOAD_MB`` | ``200`` | largest single tile file / uncompressed zip member |
@@ -38,6 +38,8 @@ from pathlib import Path
 from engine.errors import InvalidInputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_SLIDES_DIR = REPO_ROOT / "engine" / "demo" / "slides"  # the bundled CC0 demo slide: the default slide library
+DEMO_TILES_DIR = REPO_ROOT / "engine" / "demo" / "tiles"  # tiles cut from it: the default example tiles
 
 
 def _path(name: str, default: Path) -> Path:
@@ -107,8 +109,8 @@ def get_settings() -> Settings:
         cache_size_bytes=int(_num("HISTODASH_CACHE_SIZE_GB", 2.0) * 1e9),
         work_dir=_path("HISTODASH_WORK_DIR", home / "sessions"),
         jobs_dir=_path("HISTODASH_JOBS_DIR", home / "jobs"),
-        examples_dir=_path("HISTODASH_EXAMPLES_DIR", REPO_ROOT / "examples"),
-        slides_dir=Path(slides).expanduser() if slides else None,
+        examples_dir=_path("HISTODASH_EXAMPLES_DIR", DEMO_TILES_DIR),
+        slides_dir=Path(slides).expanduser() if slides else DEMO_SLIDES_DIR,
         default_model=os.environ.get("HISTODASH_DEFAULT_MODEL", "lc25000-lung-cnn"),
         max_pixels=int(_num("HISTODASH_MAX_PIXELS", 50_000_000)),
         max_upload_bytes=int(_num("HISTODASH_MAX_UPLOAD_MB", 200) * 1024 * 1024),

@@ -1,19 +1,19 @@
-"""Lifetime of the per-session workspaces under ``settings.work_dir`` (uploads, slides, scratch files).
+"""Lifetime of the per-session workspaces under ``settings.work_dir`` (uploads, slides, kept results).
 
-Each browser session writes into ``<work_dir>/<workspace id>/``. The dashboard marks a workspace
-alive with :func:`touch` (a ``.last_seen`` file: its mtime is the last activity; its JSON names the
-Streamlit session and the server process). :func:`sweep_workspaces` deletes workspaces
+Each browser session writes into ``<work_dir>/<workspace id>/``; the id is the one its signed cookie names,
+so the workspace outlives the websocket (a refresh, a second tab, a server restart open it again). The
+dashboard marks a workspace alive with :func:`touch` (a ``.last_seen`` file: its mtime is the last
+activity; its JSON names the Streamlit session and the server process, for diagnosis).
+:func:`sweep_workspaces` deletes workspaces
 
-* idle longer than ``max_age_s``, or
-* whose session has *ended* and that have been idle longer than ``ended_grace_s`` (a grace period,
-  so a browser refresh that re-attaches to a background job still finds the slide it used). A
-  session has ended when the caller knows the live sessions of this server (``active_ids`` given)
-  and the workspace was last seen by this server (``server``) but is not among them, or when the
-  server process that last saw it (on this host) is gone.
+* idle longer than ``max_age_s`` (the session's age limit, ``HISTODASH_SESSION_MAX_AGE_H``), or
+* *ended* by a sign-out (:func:`end_workspace` removes one at once, or marks it ``.ended`` when a
+  background job still reads from it, for the next sweep).
 
-Workspaces in ``active_ids`` or ``protect`` are never deleted. Nothing outside ``work_dir`` is ever
-touched: only direct sub-folders with a plain id name are considered, symlinks are skipped (never
-followed) and removal uses :func:`shutil.rmtree`, which does not follow symlinks inside the tree.
+A websocket that closed, or a server process that is gone, ends nothing. Workspaces in ``protect`` are
+never deleted. Nothing outside ``work_dir`` is ever touched: only direct sub-folders with a plain id name
+are considered, symlinks are skipped (never followed) and removal uses :func:`shutil.rmtree`, which does
+not follow symlinks inside the tree.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 MARKER = ".last_seen"
+ENDED = ".ended"
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-DEFAULT_ENDED_GRACE_S = 600.0
 
 
 def _proc_start(pid: int) -> str | None:
@@ -45,22 +45,6 @@ def server_token() -> str:
     """``host:pid:start`` of this process (the start time tells a reused pid apart)."""
     pid = os.getpid()
     return f"{socket.gethostname()}:{pid}:{_proc_start(pid) or ''}"
-
-
-def _server_alive(token: str) -> bool | None:
-    """True/False for a token of this host; None when it names another host (cannot tell)."""
-    host, _, rest = token.partition(":")
-    pid_text, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return None
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return not start or _proc_start(pid) == start
 
 
 def touch(workspace: Path, *, session: str | None = None, server: str | None = None, now: float | None = None) -> None:
@@ -118,31 +102,37 @@ def _remove(work_dir: Path, ws_id: str) -> bool:
     return True
 
 
+def end_workspace(work_dir: Path | str, ws_id: str, *, protect: Iterable[str] = ()) -> bool:
+    """A sign-out: delete workspace ``ws_id`` now (True), or, when protected (a job reads from it), mark it
+    ended so a later sweep deletes it once nothing protects it (False)."""
+    work_dir = Path(work_dir)
+    if not ID_RE.fullmatch(ws_id or ""):
+        return False
+    if ws_id in set(protect):
+        path = work_dir / ws_id
+        if path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                (path / ENDED).write_text("signed out")
+        return False
+    return _remove(work_dir, ws_id)
+
+
 def sweep_workspaces(
-    work_dir: Path | str, max_age_s: float, *, active_ids: Iterable[str] | None = None, protect: Iterable[str] = (),
-    server: str | None = None, ended_grace_s: float = DEFAULT_ENDED_GRACE_S, now: float | None = None,
+    work_dir: Path | str, max_age_s: float, *, protect: Iterable[str] = (), now: float | None = None,
 ) -> list[str]:
-    """Delete idle and ended workspaces (module docstring); returns the ids removed."""
+    """Delete workspaces idle longer than ``max_age_s`` or ended by a sign-out (module docstring); returns the ids removed."""
     work_dir = Path(work_dir)
     if not work_dir.is_dir() or work_dir.is_symlink():
         return []
     now = time.time() if now is None else now
-    active = set(active_ids) if active_ids is not None else None
-    keep = set(protect) | (active or set())
+    keep = set(protect)
     removed = []
     for ws_id in workspace_ids(work_dir):
         if ws_id in keep:
             continue
         path = work_dir / ws_id
         seen = last_seen(path)
-        idle = now - seen
-        stale = idle > max_age_s
-        if not stale and idle > ended_grace_s:
-            owner = str(read_marker(path).get("server") or "")
-            if owner and active is not None and owner == server:
-                stale = True  # this server's session, and it is no longer live
-            elif owner and _server_alive(owner) is False:
-                stale = True  # the server process that served it is gone
+        stale = now - seen > max_age_s or os.path.lexists(path / ENDED)
         if stale and last_seen(path) == seen and _remove(work_dir, ws_id):  # not touched meanwhile
             removed.append(ws_id)
     # leftovers of an interrupted removal

@@ -40,6 +40,16 @@ def _isolated_home(tmp_path_factory, tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _page_tasks_finish_in_the_same_run(monkeypatch):
+    """AppTest does not run timed fragments, so a page waits for its background task within the run (a real
+    browser polls it); tests of the polling path lower ``INLINE_WAIT_S`` themselves."""
+    import dashboard.background as background
+
+    monkeypatch.setattr(background, "INLINE_WAIT_S", 300.0)
+    yield
+
+
 def write_tiny_model(folder: Path, *, model_id: str = "tiny-test", input_px: int = 32, classes=("benign", "tumour"), seed: int = 0, sigmoid: bool = False) -> Path:
     """A small real Keras CNN saved as a registry folder (random weights: for plumbing tests, not accuracy)."""
     from engine.registry import sha256_file

@@ -16,6 +16,7 @@ from engine.cli import main
 from tests.conftest import ROOT
 
 APP = str(ROOT / "dashboard" / "app.py")
+DEMO_SLIDE = ROOT / "engine" / "demo" / "slides" / "CMU-1-Small-Region.svs"
 TIMEOUT = 60
 PASSWORD = "correct horse battery staple"
 HASH = hash_password(PASSWORD)
@@ -122,6 +123,31 @@ def test_throttle_doubles_caps_and_resets():
     assert t.wait_s("a") == 0
     t.success("a")
     assert t.failures("a") == 0 and t.failure("a") == 1
+
+
+def test_throttle_begin_records_first_so_parallel_attempts_are_throttled():
+    import threading
+
+    clock = Clock()  # frozen: all twelve attempts arrive "at once"
+    t = LoginThrottle(base_s=1, cap_s=60, clock=clock)
+    start = threading.Barrier(12)
+    waits: list[float] = []
+
+    def attempt():
+        start.wait(10)
+        waits.append(t.begin("ip"))
+
+    threads = [threading.Thread(target=attempt) for _ in range(12)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert sorted(waits) == [0.0] + [1.0] * 11  # one attempt is checked, eleven are told to wait
+    assert t.failures("ip") == 1  # refused attempts are not counted again
+    t.success("ip")  # the checked one was right
+    assert t.begin("ip") == 0.0
+    clock.now += 0.5
+    assert t.begin("ip") == pytest.approx(0.5)  # the attempt just begun counts as a failure until success()
 
 
 def test_throttle_forgets_and_is_bounded():
@@ -374,3 +400,31 @@ def test_authlib_is_installed_for_st_login():
     from streamlit.auth_util import is_authlib_installed
 
     assert is_authlib_installed(), "st.login needs Authlib>=1.3.2 (pinned in requirements.txt)"
+
+
+def test_password_sign_in_is_held_for_the_browser_and_sign_out_clears_its_work(password, clock):
+    """A new Streamlit session with the same cookie id (a refresh, a new tab, a restarted server) is still signed in;
+    sign-out ends that for every tab, deletes the workspace and gives this websocket a new, empty identity."""
+    from dashboard import tileserver, websession
+    from engine.config import get_settings
+
+    at = run()
+    sign_in(at, PASSWORD)
+    assert_home(at)
+    sid = at.session_state["session_id"]
+    assert websession.is_signed_in(sid)
+    workspace = get_settings().work_dir / sid
+    (workspace / "tiles").mkdir(parents=True, exist_ok=True)
+    refreshed = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    refreshed.session_state["session_id"] = sid  # what the browser's cookie names
+    assert_home(run(at=refreshed))
+    token = tileserver.mint(DEMO_SLIDE, sid, "upload")  # what the Slide page mints for this browser
+    assert tileserver.authorise(token, sid) is not None
+    next(b for b in at.sidebar.button if b.label == "Sign out").click()
+    run(at=at)
+    assert_only_login_form(at)
+    assert not websession.is_signed_in(sid) and websession.is_retired(sid)
+    assert token not in tileserver._GRANTS and tileserver.authorise(token, sid) is None  # revoked by the sign-out
+    assert not workspace.exists()
+    assert at.session_state["session_id"] != sid
+    assert_only_login_form(run(at=refreshed))  # the other tab is signed out too

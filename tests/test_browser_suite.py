@@ -245,7 +245,8 @@ def test_tile_prediction_scores_and_csv_download(server, new_page, tmp_path):
         probs = [float(r[c]) for c in ("p_lung_aca", "p_lung_n", "p_lung_scc")]
         assert abs(sum(probs) - 1) < 1e-4
         assert abs(float(r["score"]) - probs[0] - probs[2]) < 1e-4  # score = p(aca) + p(scc), the card's positives
-        assert r["label"] in ("malignant", "benign") and not r["error"]
+        assert r["label"] in ("malignant", "benign") and "error" not in r  # no all-empty column
+        assert r["model_id"] == DEFAULT_MODEL and 0 < float(r["threshold"]) < 1  # which model, at which threshold
     no_exception(page)
 
 

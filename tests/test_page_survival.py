@@ -286,3 +286,32 @@ def test_background_analysis_reports_progress_and_errors():
     assert bad.wait(timeout=300)
     with pytest.raises(InvalidInputError, match="cannot be read as event/censored"):
         bad.result()
+
+
+def test_table_form_values_and_results_come_back_in_a_new_session_of_the_browser():
+    """A refresh, a new tab or a restart is a new Streamlit session with the same browser id (the cookie's): the
+    uploaded table, the source choice, the Analyse form's values and every result come back from the workspace
+    (dashboard.state), without pressing Analyse again; another browser sees none of it."""
+    at = upload(page(), "lung.csv", (REF / "lung.csv").read_bytes())
+    widget(at, "selectbox", "Group").set_value("ph.ecog")
+    widget(at, "text_input", "Manual cut-offs").set_value("50, 65")
+    press(at, "Analyse")
+    widget(at, "multiselect", "Covariates (numeric)").set_value(["age"])
+    press(at, "Fit Cox model")
+    assert not at.error, errors(at)
+    concordance = {m.label: m.value for m in at.metric}["Concordance (Harrell's C)"]
+    sid = at.session_state["session_id"]
+
+    again = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    again.session_state["session_id"] = sid  # what the browser's cookie names
+    again.run()
+    assert not again.exception, again.exception
+    assert widget(again, "radio", "Cohort").value == "Upload a table"
+    assert "Table **lung.csv**" in " ".join(c.value for c in again.caption)
+    assert widget(again, "selectbox", "Group").value == "ph.ecog" and widget(again, "text_input", "Manual cut-offs").value == "50, 65"
+    assert "1 of 228 rows dropped for missing values (ph.ecog: 1)" in infos(again) and charts(again) >= 2
+    assert {m.label: m.value for m in again.metric}["Concordance (Harrell's C)"] == concordance
+    assert not again.warning or "default value" not in " ".join(w.value for w in again.warning)
+
+    other = page()  # another browser: the demo, not this one's table
+    assert widget(other, "radio", "Cohort").value == "Demo cohort" and "lung.csv" not in " ".join(c.value for c in other.caption)

@@ -1,4 +1,5 @@
-"""Who may read a tile: the token checks of dashboard/tileserver.py, through the real session middleware."""
+"""Who may read a tile: the token checks of dashboard/tileserver.py, through the real session middleware (and,
+for the sign-in rule, through ``dashboard/server.py``'s own ASGI app: every middleware of the real server)."""
 
 from __future__ import annotations
 
@@ -32,12 +33,10 @@ def _clean(monkeypatch):
     monkeypatch.delenv("HISTODASH_PASSWORD_HASH", raising=False)
     tileserver._GRANTS.clear()
     tileserver._BY_OWNER.clear()
-    tileserver._SIGNED_IN.clear()
     deepzoom.clear_caches()
     yield
     tileserver._GRANTS.clear()
     tileserver._BY_OWNER.clear()
-    tileserver._SIGNED_IN.clear()
 
 
 @pytest.fixture
@@ -151,19 +150,32 @@ def test_library_tokens_serve_any_visitor_without_a_login(app, slide_file):
     assert browser(app).get(tileserver.dzi_url(token)).status_code == 200
 
 
-def test_signed_out_requests_get_403_when_a_login_is_configured(app, slide_file, monkeypatch):
+def test_signed_out_requests_get_403_when_a_login_is_configured(slide_file, monkeypatch):
+    """The server-side sign-in (``websession.is_signed_in``) decides, through the real server's ASGI app
+    (``dashboard/server.py``: the cookie middleware, the sign-in gate, the tile routes)."""
+    from dashboard import server
+
     monkeypatch.setenv("HISTODASH_PASSWORD_HASH", "scrypt$whatever")  # any value: a login is configured
     assert tileserver.login_configured()
-    signed_in = websession.new_session_id()
-    token = tileserver.mint(slide_file, signed_in, "library")  # pages mint only after the sign-in gate let them run
-    assert browser(app, signed_in).get(deepest_tile(token)).status_code == 200
-    # a visitor who never signed in, and a request without any session, get nothing (library scope or not)
-    assert browser(app, websession.new_session_id()).get(deepest_tile(token)).status_code == 403
-    assert browser(app).get(tileserver.dzi_url(token)).status_code == 403
-    # signing out revokes the session's tokens and its signed-in mark
+    app = server.app  # no lifespan: the tile routes need no Streamlit runtime
+    signed_in, never = websession.new_session_id(), websession.new_session_id()
+    websession.sign_in(signed_in, how="password")
+    token = tileserver.mint(slide_file, signed_in, "library")
     url = deepest_tile(token)
-    assert tileserver.revoke_session(signed_in) == 1
+    assert browser(app, signed_in).get(url).status_code == 200
+    # a visitor who never signed in, and a request without any session, get nothing (library scope or not)
+    assert browser(app, never).get(url).status_code == 403
+    assert browser(app).get(tileserver.dzi_url(token)).status_code == 403
+    # a token minted for a session whose sign-in has since expired (or was never held) gives nothing either
+    stale = tileserver.mint(slide_file, never, "upload")
+    assert browser(app, never).get(tileserver.dzi_url(stale)).status_code == 403
+    # signing out ends the sign-in at once (every token of it), and the sign-out path revokes its tokens
+    websession.sign_out(signed_in)
     assert browser(app, signed_in).get(url).status_code == 403
+    assert tileserver.revoke_session(signed_in) == 1 and token not in tileserver._GRANTS
+    # without a login every session may read library tiles again
+    monkeypatch.delenv("HISTODASH_PASSWORD_HASH")
+    assert browser(app, never).get(tileserver.dzi_url(stale)).status_code == 200
 
 
 def test_expired_tokens_and_replaced_files_get_403(app, slide_file, tmp_path, monkeypatch):

@@ -80,3 +80,48 @@ def test_websocket_without_cookie_is_no_session():
 
     asyncio.run(ws.BrowserSessionMiddleware(inner)({"type": "websocket", "path": "/_stcore/stream", "headers": []}, None, None))
     assert ws.request_session_id(seen[0]) is None
+
+
+def test_page_loads_renew_the_cookie_assets_do_not():
+    seen = []
+    app = ws.BrowserSessionMiddleware(_inner_app(seen))
+    sid = ws.new_session_id()
+    cookie = (b"cookie", f"{ws.COOKIE}={ws.sign(sid)}".encode())
+    renewed = _run(app, {"type": "http", "method": "GET", "path": "/predict", "headers": [cookie]})
+    [value] = [v.decode() for k, v in renewed[0]["headers"] if k == b"set-cookie"]
+    assert value.startswith(f"{ws.COOKIE}={ws.sign(sid)};") and "Max-Age=" in value  # the same id, a fresh Max-Age
+    for path in ("/_stcore/health", "/static/js/main.js", "/media/abc.png", "/favicon.png"):
+        sent = _run(app, {"type": "http", "method": "GET", "path": path, "headers": [cookie]})
+        assert not [v for k, v in sent[0]["headers"] if k == b"set-cookie"], path
+
+
+def test_sign_in_store_expiry_sign_out_and_retired_ids(monkeypatch):
+    monkeypatch.setenv("HISTODASH_PASSWORD_HASH", "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 43 + "=")
+    sid, other = ws.new_session_id(), ws.new_session_id()
+    assert not ws.is_signed_in(sid) and not ws.is_signed_in(None) and not ws.is_signed_in("../../etc")
+    ws.sign_in(sid, how="password", now=1000.0)
+    assert ws.signed_in_record(sid, now=1001.0)["how"] == "password"
+    assert not ws.is_signed_in(sid)  # signed in at t = 1000 s: by the real clock, expired long ago
+    ws.sign_in(sid, how="password")
+    assert ws.is_signed_in(sid) and not ws.is_signed_in(other)
+    max_age = 24 * 3600.0
+    import time
+
+    assert ws.signed_in_record(sid, now=time.time() + max_age + 1) is None  # expired (and removed)
+    assert not ws.is_signed_in(sid)
+    ws.sign_in(sid, how="password")
+    ws.sign_out(sid)
+    assert not ws.is_signed_in(sid) and ws.is_retired(sid) and not ws.is_retired(other)
+    # a browser that still sends the retired id gets a new one on its next request
+    seen = []
+    app = ws.BrowserSessionMiddleware(_inner_app(seen))
+    sent = _run(app, {"type": "http", "method": "GET", "path": "/", "headers": [(b"cookie", f"{ws.COOKIE}={ws.sign(sid)}".encode())]})
+    new = ws.request_session_id(seen[0])
+    assert new is not None and new != sid
+    assert any(k == b"set-cookie" and ws.sign(new).encode() in v for k, v in sent[0]["headers"])
+
+
+def test_without_a_login_everyone_counts_as_signed_in(monkeypatch):
+    monkeypatch.delenv("HISTODASH_PASSWORD_HASH", raising=False)
+    assert ws.login_configured() is False
+    assert ws.is_signed_in(ws.new_session_id()) and ws.is_signed_in(None)

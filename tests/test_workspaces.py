@@ -1,11 +1,12 @@
-"""Session workspaces: idle and ended ones are swept, live and protected ones kept, nothing outside work_dir touched."""
+"""Session workspaces: old and signed-out ones are swept; protected ones, ended websockets and restarted servers keep theirs;
+nothing outside work_dir is touched."""
 
 import os
 import time
 
 from streamlit.testing.v1 import AppTest
 
-from engine.workspaces import MARKER, read_marker, server_token, sweep_workspaces, touch, workspace_ids
+from engine.workspaces import ENDED, MARKER, end_workspace, read_marker, server_token, sweep_workspaces, touch, workspace_ids
 from tests.conftest import ROOT
 
 HOUR = 3600.0
@@ -28,32 +29,17 @@ def test_idle_workspaces_are_removed_fresh_ones_kept(tmp_path):
     assert workspace_ids(work) == ["fresh"] and (work / "fresh" / "tiles" / "a.png").exists()
 
 
-def test_active_and_protected_workspaces_are_kept(tmp_path):
+def test_protected_workspaces_are_kept(tmp_path):
     now = time.time()
     work = tmp_path / "sessions"
-    for ws in ("live", "job", "gone"):
+    for ws in ("job", "gone"):
         make(work, ws, age_s=30 * HOUR, now=now)
-    removed = sweep_workspaces(work, 24 * HOUR, active_ids={"live"}, protect={"job"}, now=now)
-    assert removed == ["gone"] and workspace_ids(work) == ["job", "live"]
+    removed = sweep_workspaces(work, 24 * HOUR, protect={"job"}, now=now)
+    assert removed == ["gone"] and workspace_ids(work) == ["job"]
 
 
-def test_ended_sessions_of_this_server_go_after_the_grace_period(tmp_path):
-    now = time.time()
-    work = tmp_path / "sessions"
-    me = server_token()
-    make(work, "ended", age_s=20 * 60, session="st-1", server=me, now=now)
-    make(work, "just-ended", age_s=60, session="st-2", server=me, now=now)  # within the grace period (a refresh)
-    make(work, "live", age_s=20 * 60, session="st-3", server=me, now=now)
-    make(work, "other-host", age_s=20 * 60, session="st-4", server="another-host:1:1", now=now)
-    removed = sweep_workspaces(work, 24 * HOUR, active_ids={"live"}, server=me, ended_grace_s=600, now=now)
-    assert removed == ["ended"]
-    assert workspace_ids(work) == ["just-ended", "live", "other-host"]
-    # without knowledge of the live sessions (no Streamlit runtime), only age counts
-    make(work, "ended2", age_s=20 * 60, session="st-5", server=me, now=now)
-    assert sweep_workspaces(work, 24 * HOUR, active_ids=None, server=me, now=now) == []
-
-
-def test_workspaces_of_a_dead_server_process_are_ended(tmp_path):
+def test_an_ended_websocket_or_a_dead_server_ends_nothing(tmp_path):
+    """The workspace belongs to the browser: a closed websocket, a refresh or a server restart must find it again."""
     import socket
     import subprocess
     import sys
@@ -63,9 +49,25 @@ def test_workspaces_of_a_dead_server_process_are_ended(tmp_path):
     dead = f"{socket.gethostname()}:{proc.pid}:1"
     now = time.time()
     work = tmp_path / "sessions"
-    make(work, "orphan", age_s=20 * 60, session="s", server=dead, now=now)
-    make(work, "mine", age_s=20 * 60, session="s", server=server_token(), now=now)
-    assert sweep_workspaces(work, 24 * HOUR, now=now) == ["orphan"]
+    make(work, "restarted", age_s=5 * HOUR, session="s", server=dead, now=now)
+    make(work, "closed-tab", age_s=3 * HOUR, session="st-gone", server=server_token(), now=now)
+    assert sweep_workspaces(work, 24 * HOUR, now=now) == []
+    assert workspace_ids(work) == ["closed-tab", "restarted"]
+
+
+def test_sign_out_removes_the_workspace_or_marks_it_for_the_sweep(tmp_path):
+    now = time.time()
+    work = tmp_path / "sessions"
+    make(work, "signed-out", age_s=10, now=now)
+    make(work, "busy", age_s=10, now=now)
+    make(work, "other", age_s=10, now=now)
+    assert end_workspace(work, "signed-out") is True
+    assert end_workspace(work, "busy", protect={"busy"}) is False  # a job still reads from it
+    assert (work / "busy" / ENDED).exists() and (work / "busy" / "tiles" / "a.png").exists()
+    assert sweep_workspaces(work, 24 * HOUR, protect={"busy"}, now=now) == []
+    assert sweep_workspaces(work, 24 * HOUR, now=now) == ["busy"]  # the job finished
+    assert workspace_ids(work) == ["other"]
+    assert end_workspace(work, "../other") is False and workspace_ids(work) == ["other"]
 
 
 def test_never_deletes_outside_work_dir_or_through_symlinks(tmp_path):

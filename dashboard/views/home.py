@@ -31,6 +31,12 @@ for name, label, text in LINKS:
         cols[0].page_link(str(PAGES / f"{name}.py"), label=label)
         cols[1].markdown(text)
 
+st.info(
+    "**First time here?** Everything works on bundled demo data: *Upload → Load example tiles* (tiles cut from "
+    "OpenSlide's CC0 test slide), then *Tile prediction* and *Grad-CAM*; the same slide is in the *Slide heatmap* "
+    "library, and *Cohort survival* opens on a demo cohort.",
+    icon=":material/science:",
+)
 st.divider()
 st.caption(
     "The model in the sidebar is used by every page; its card (training data, metrics and the split they "

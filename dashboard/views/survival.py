@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import handoff  # the Cohort page's "Open in Cohort survival" (branch cohort)
+from dashboard import handoff, state  # handoff: the Cohort page's "Open in Cohort survival" (branch cohort)
 from dashboard import survival_panels as panels
 from dashboard.common import disclaimer, show_error
 from engine import survival as sv
@@ -30,6 +30,7 @@ st.caption("Kaplan–Meier curves, log-rank tests, Cox models and risk scores fo
 # ------------------------------------------------------------------------------------------- table
 demo = None
 handoff.receive()  # --- cohort hand-off: a patient table sent from the Cohort page becomes the uploaded table
+panels.remember(("survival_source", "survival_demo", "survival_encoding"))  # this browser's last choice
 if st.radio("Cohort", ["Demo cohort", "Upload a table"], horizontal=True, key="survival_source") == "Demo cohort":
     demo = sv.DEMO_COHORTS[st.selectbox("Demo cohort", list(sv.DEMO_COHORTS), format_func=lambda k: sv.DEMO_COHORTS[k].title, key="survival_demo")]
     st.caption(demo.description)
@@ -40,11 +41,11 @@ else:
     encoding = c2.selectbox("Text encoding", ["detect", *ENCODINGS], key="survival_encoding", help="Detected by default (UTF-8, UTF-16, Windows-1252).")
     if upload is not None:
         panels.read_upload(upload, "survival_table", None if encoding == "detect" else encoding)
-    if "survival_table" not in st.session_state:
+    if state.get("survival_table") is None:
         st.info("Upload a table with a follow-up time column, an event column and, optionally, groups and covariates.")
         disclaimer()
         st.stop()
-    table = st.session_state["survival_table"]
+    table = state.get("survival_table")
     read_as = f" Read as {table.encoding}." if table.encoding not in ("", "utf-8", "xlsx") else ""
     st.caption(f"Table **{table.name}**: {len(table.frame)} rows, {table.frame.shape[1]} columns.{read_as}")
 
@@ -58,24 +59,25 @@ def idx(options: list, value, fallback: int = 0) -> int:
 # ------------------------------------------------------------------------------------------- mapping form
 tid, columns, numeric = table.id, list(table.frame.columns), table.numeric_columns
 handoff.preselect(tid, columns)  # --- cohort hand-off: its time, event and cluster features pre-selected
+saved = panels.saved_inputs(tid)  # the values this browser last analysed this table with
 with st.form(f"survival_form_{tid}"):
     c1, c2, c3, c4 = st.columns(4)
-    time_col = c1.selectbox("Time", columns, index=idx(columns, demo.time if demo else "time"), key=f"survival_time_{tid}")
-    event_col = c2.selectbox("Event", columns, index=idx(columns, demo.event if demo else "status", min(1, len(columns) - 1)), key=f"survival_event_{tid}",
+    time_col = c1.selectbox("Time", columns, index=idx(columns, saved.get("time", demo.time if demo else "time")), key=f"survival_time_{tid}")
+    event_col = c2.selectbox("Event", columns, index=idx(columns, saved.get("event", demo.event if demo else "status"), min(1, len(columns) - 1)), key=f"survival_event_{tid}",
                              help="0/1, 1/2 (R: 1 = censored, 2 = event), true/false, yes/no, dead/alive, event/censored.")
-    group_col = c3.selectbox("Group", [NONE, *columns], index=idx([NONE, *columns], demo.group if demo else NONE), key=f"survival_group_{tid}")
-    unit = c4.selectbox("Time unit of the column", list(sv.TIME_UNITS), index=0, key=f"survival_unit_{tid}")
+    group_col = c3.selectbox("Group", [NONE, *columns], index=idx([NONE, *columns], saved.get("group", demo.group if demo else NONE)), key=f"survival_group_{tid}")
+    unit = c4.selectbox("Time unit of the column", list(sv.TIME_UNITS), index=idx(list(sv.TIME_UNITS), saved.get("unit")), key=f"survival_unit_{tid}")
     c1, c2, c3, c4 = st.columns(4)
-    strata = c1.selectbox("Strata", list(sv.STRATA), format_func=sv.STRATA.get, key=f"survival_strata_{tid}")
-    split_col = c2.selectbox("Continuous column to split", numeric or [NONE], key=f"survival_split_{tid}", index=idx(numeric, "age"))
-    cuts_text = c3.text_input("Manual cut-offs", "", key=f"survival_cuts_{tid}", placeholder="e.g. 50, 65")
-    show_choice = c4.selectbox("Show time in", ["same unit", *sv.TIME_UNITS], index=0, key=f"survival_show_{tid}")
+    strata = c1.selectbox("Strata", list(sv.STRATA), format_func=sv.STRATA.get, index=idx(list(sv.STRATA), saved.get("strata")), key=f"survival_strata_{tid}")
+    split_col = c2.selectbox("Continuous column to split", numeric or [NONE], key=f"survival_split_{tid}", index=idx(numeric, saved.get("split", "age")))
+    cuts_text = c3.text_input("Manual cut-offs", saved.get("cuts", ""), key=f"survival_cuts_{tid}", placeholder="e.g. 50, 65")
+    show_choice = c4.selectbox("Show time in", ["same unit", *sv.TIME_UNITS], index=idx(["same unit", *sv.TIME_UNITS], saved.get("show")), key=f"survival_show_{tid}")
     c1, c2, c3, c4 = st.columns(4)
-    minprop = c1.slider("Optimal cut: min. group share", 0.05, 0.4, 0.1, 0.05, key=f"survival_minprop_{tid}")
-    n_perm = c2.number_input("Permutations (0 = none)", 0, 10000, 1000, 100, key=f"survival_perm_{tid}", help="Permutation p-value of the optimal cut (seed fixed: 20240601).")
-    weighting = c3.selectbox("Test", list(sv.WEIGHTINGS), format_func=sv.WEIGHTINGS.get, key=f"survival_test_{tid}")
-    fh = c4.text_input("Fleming–Harrington p, q", "1, 0", key=f"survival_fh_{tid}")
-    at_times = st.text_input("Survival at times (in the shown unit)", "", key=f"survival_at_{tid}",
+    minprop = c1.slider("Optimal cut: min. group share", 0.05, 0.4, saved.get("minprop", 0.1), 0.05, key=f"survival_minprop_{tid}")
+    n_perm = c2.number_input("Permutations (0 = none)", 0, 10000, saved.get("perm", 1000), 100, key=f"survival_perm_{tid}", help="Permutation p-value of the optimal cut (seed fixed: 20240601).")
+    weighting = c3.selectbox("Test", list(sv.WEIGHTINGS), format_func=sv.WEIGHTINGS.get, index=idx(list(sv.WEIGHTINGS), saved.get("test")), key=f"survival_test_{tid}")
+    fh = c4.text_input("Fleming–Harrington p, q", saved.get("fh", "1, 0"), key=f"survival_fh_{tid}")
+    at_times = st.text_input("Survival at times (in the shown unit)", saved.get("at", ""), key=f"survival_at_{tid}",
                              placeholder="default: " + ", ".join(f"{u}: {t}" for u, t in sv.DEFAULT_TIMES.items()))
     submitted = st.form_submit_button("Analyse", type="primary")
 
@@ -84,14 +86,16 @@ spec = sv.AnalysisSpec(time_col, event_col, None if group_col == NONE else group
 
 
 def keep(result: sv.AnalysisResult) -> None:
-    previous = st.session_state.get(RESULT)
+    previous = state.get(RESULT)
     if previous is None or previous.table_id != result.table_id:  # another table: its Cox and risk-score results no longer apply
         for key in (panels.COX_KEY, panels.RISK_KEY):
-            st.session_state.pop(key, None)
-    st.session_state[RESULT] = result
+            state.pop(key)
+    state.put(RESULT, result)  # kept for this browser: a refresh, a new tab or a restart shows it again
 
 
-previous = st.session_state.get(RESULT)
+previous = state.get(RESULT)
+if submitted:
+    panels.keep_inputs(tid)
 if submitted or (demo is not None and (previous is None or previous.table_id != tid) and JOB not in st.session_state):
     if spec.work(len(table.frame)) > sv.BACKGROUND_WORK:  # minutes of permutations: off the script thread
         st.session_state[JOB] = sv.BackgroundAnalysis(table, spec).start()
@@ -123,7 +127,7 @@ job_status()
 if "survival_job_error" in st.session_state:
     show_error(st.session_state.pop("survival_job_error"), context="Analysis")
 
-res = st.session_state.get(RESULT)
+res = state.get(RESULT)
 if not res or res.table_id != tid:
     st.info("Map the columns above and press **Analyse**.")
     disclaimer()

@@ -1,28 +1,30 @@
 """Training: configure a Keras training job, watch it live, cancel it, use the model it registers.
 
 Jobs run in their own processes (engine.jobs), so this page only submits, reads records and draws.
-It never imports TensorFlow. The selected job's id lives in ``st.query_params["job"]``: a browser
-refresh or a dashboard restart re-attaches to it.
+It never imports TensorFlow. The selected job's id lives in ``st.query_params["job"]`` and in the
+browser session's state (``state.put("training_job")``): a refresh, a new tab or a dashboard restart
+re-attaches to it. The jobs table redraws itself while a job runs; Enter in a field does not submit.
 """
 
-import os
-from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from dashboard import state
 from dashboard.common import disclaimer, guarded, session_id, session_workspace, show_error
-from engine.config import REPO_ROOT, get_settings
+from dashboard.jobs_view import architecture_label, clean_log, jobs_table
+from engine.config import get_settings
 from engine.errors import HistoDashError, storage_errors
-from engine.jobs import describe_progress, format_duration, get_runner, list_visible
+from engine.jobs import format_duration, get_runner, list_visible
 from engine.privacy import strip_server_paths
 from engine.registry import Registry
-from engine.training.config import ARCHITECTURE_LABELS, ARCHITECTURES, OPTIMIZERS
+from engine.training.config import ARCHITECTURES, OPTIMIZERS
 from engine.training.submit import check_submission
 from engine.uploads import safe_filename, save_bytes
 
-DEMO = Path(os.environ.get("HISTODASH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "lc25000-lung-224"
+DEMO = get_settings().shared_data / "lc25000-lung-224"
+JOB_KEY = "training_job"
 STATE_ICON = {"queued": ":material/schedule:", "running": ":material/play_circle:", "succeeded": ":material/check_circle:",
               "failed": ":material/error:", "cancelled": ":material/stop_circle:", "damaged": ":material/broken_image:",
               "unknown": ":material/help:"}
@@ -45,7 +47,7 @@ def use_model(model_id: str) -> None:
 
 # ----------------------------------------------------------------------------- the form
 demo = DEMO.is_dir()
-with st.expander("New training job", expanded=not records or not st.query_params.get("job")), st.form("train_form"):
+with st.expander("New training job", expanded=not records or not st.query_params.get("job")), st.form("train_form", enter_to_submit=False):
     c1, c2 = st.columns([3, 1])
     data = c1.text_input("Dataset: folder, CSV manifest or .zip (server path)", value=str(DEMO) if demo else "",
                          placeholder="/data/tiles", help="Folder of class subfolders (optionally class/patient/tile), a CSV with path,label[,patient] or a zip of class folders.")
@@ -56,7 +58,7 @@ with st.expander("New training job", expanded=not records or not st.query_params
     registered = [c.id for c in Registry().cards()]
     init_from = c3.selectbox("Start from", ["(from scratch)", *registered], help="Fine-tune from a registered model (weights copied by layer name). No ImageNet download.")
     c1, c2, c3, c4 = st.columns(4)
-    architecture = c1.selectbox("Architecture", list(ARCHITECTURES), format_func=lambda a: ARCHITECTURE_LABELS[a])
+    architecture = c1.selectbox("Architecture", list(ARCHITECTURES), format_func=architecture_label)
     input_px = c2.number_input("Input px (0 = architecture default)", 0, 1024, 64 if demo else 0, step=8)
     epochs = c3.number_input("Epochs", 1, 1000, 5)
     batch_size = c4.number_input("Batch size", 1, 1024, 32)
@@ -111,11 +113,12 @@ if submitted:
         cfg, found = check_submission(config, roots=[session_workspace(), *get_settings().data_roots], runner=runner)
         job_id = runner.submit("train", cfg.to_dict(), owner=SID)
         st.query_params["job"] = job_id
+        state.put(JOB_KEY, job_id)
         st.success(f"Job **{job_id}** queued: {found.summary()}.")
 
 # ----------------------------------------------------------------------------- job list
 records = list_visible(runner, SID, "train") if submitted else records
-wanted = st.query_params.get("job")
+wanted = st.query_params.get("job") or state.get(JOB_KEY)  # the URL, else this browser's last job (a new tab)
 if wanted and wanted not in {r.id for r in records}:  # no such job, or another session's: one message, the id not repeated
     st.warning("The job in the link is not in this job list (there is no such job, or it belongs to another browser session); showing the newest instead.")
 if not records:
@@ -124,19 +127,16 @@ if not records:
     st.stop()
 
 st.subheader("Jobs")
-st.dataframe(pd.DataFrame([{
-    "job": r.id, "state": r.state, "progress": describe_progress(r) if r.active else "",
-    "architecture": r.params.get("architecture"), "data": Path(str(r.params.get("data", ""))).name,
-    "model": (r.result or {}).get("model_id", ""), "AUC": ((r.result or {}).get("headline") or {}).get("auc"),
-    "time": format_duration(r.elapsed_s), "error": strip_server_paths(r.error or "")[:120],
-} for r in records]), hide_index=True, width="stretch")
+(st.fragment(run_every=2)(jobs_table) if any(r.active for r in records) else jobs_table)(runner, SID)  # live while a job runs
 
 ids = [r.id for r in records]
 current = wanted if wanted in ids else ids[0]
 states = {r.id: r.state for r in records}
 chosen = st.selectbox("Show job", ids, index=ids.index(current), format_func=lambda i: f"{i} ({states[i]})")
-if chosen != wanted:
+if chosen != st.query_params.get("job"):
     st.query_params["job"] = chosen
+if chosen != state.get(JOB_KEY):
+    state.put(JOB_KEY, chosen)
 
 
 # ----------------------------------------------------------------------------- one job
@@ -156,7 +156,7 @@ def curves(metrics: list[dict]):
 
 
 def show_log(job_id: str, n: int = 25):
-    st.code(strip_server_paths(runner.log_tail(job_id, n)) or "(empty log)", language=None)
+    st.code(clean_log(strip_server_paths(runner.log_tail(job_id, n + 8))) or "(empty log)", language=None)
 
 
 @st.fragment(run_every=2)
@@ -189,7 +189,7 @@ def results(rec) -> None:
     st.dataframe(pd.DataFrame([{k: m.get(k) for k in keys if k in m or k == "split"} for m in metrics]), hide_index=True, width="stretch")
     if res.get("cv"):
         st.markdown("**Cross-validation** (mean ± sd over folds): " + " · ".join(f"{k} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in res["cv"].items()))
-    st.caption(f"Threshold {res.get('threshold')}: F1-optimal on validation (REFERENCE.md §4). Score = p({' + '.join(res.get('positive_classes', []))}).")
+    st.caption(f"Threshold {res.get('threshold')}: the F1-optimal cut-off on the validation split. Score = p({' + '.join(res.get('positive_classes', []))}).")
     c1, c2, c3 = st.columns(3)
     fig = curves(res.get("history") or rec.metrics)
     if fig is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.cohort.pipeline import CohortSpec, run_cohort
 from engine.cohort.worker import ModelSpec
-from engine.config import get_settings
+from engine.config import DEMO_SLIDES_DIR, get_settings
 from engine.errors import InvalidInputError
 from engine.jobs import UPLOAD_STAGING as STAGING  # hidden folder of the slide library (the library's listing skips it)
 from engine.limits import inference_slot, wait_message
@@ -23,7 +23,7 @@ from engine.limits import inference_slot, wait_message
 def stage_uploads(paths: list[str | Path], library_root: str | Path | None) -> list[str]:
     """Uploaded slides copied into the slide library (``<library>/.histodash-uploads/<sha12>_<name>``), the one folder
     every Ray node mounts; a file already there is not copied again. Returns the copies' paths."""
-    if library_root is None:
+    if library_root is None or Path(library_root).resolve() == DEMO_SLIDES_DIR.resolve():  # the demo is in the program's folder
         raise InvalidInputError("Uploaded slides can go to the cluster only through the slide library, and none is configured.",
                                 "Set HISTODASH_SLIDES_DIR to the folder every node mounts, or put the slides there.")
     folder = Path(library_root) / STAGING
