@@ -91,3 +91,26 @@ def reliability(probs: np.ndarray, y: np.ndarray, n_bins: int = 10) -> dict:
 def ece(probs: np.ndarray, y: np.ndarray, n_bins: int = 10) -> float:
     """Top-label expected calibration error with ``n_bins`` equal-width bins."""
     return reliability(probs, y, n_bins)["ece"]
+
+
+def reliability_figure(tables: dict, *, title: str = "Reliability (top label)"):
+    """A plotly reliability diagram: accuracy against confidence per bin, before and after calibration.
+
+    Args:
+        tables: ``{"before": reliability(...), "after": reliability(...)}`` (either may be missing).
+    """
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), name="perfect calibration")
+    for key, name in (("before", "before calibration"), ("after", "after calibration")):
+        table = tables.get(key)
+        if not table:
+            continue
+        bins = [b for b in table["bins"] if b["n"]]
+        fig.add_scatter(x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins], mode="lines+markers",
+                        name=f"{name} (ECE {table['ece']:.3f})", text=[f"{b['n']} tiles" for b in bins],
+                        hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>%{text}<extra></extra>")
+    fig.update_layout(title=title, xaxis_title="confidence (top probability)", yaxis_title="accuracy", height=320,
+                      xaxis=dict(range=[0, 1.02]), yaxis=dict(range=[0, 1.02]), margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h"))
+    return fig

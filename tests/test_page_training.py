@@ -35,6 +35,13 @@ def fake_train(params, ctx):
             "n_skipped": 0, "epochs_run": 2, "best_epoch": 2, "wall_s": 3.0, "history": []}
 
 
+def degenerate_train(params, ctx):
+    """A finished job whose model the pipeline's quality check failed."""
+    result = fake_train(params, ctx)
+    result["quality"] = {"status": "failed", "reasons": ["it predicts one class for 100% of the test tiles"], "rule": "RULE TEXT"}
+    return result
+
+
 def fail_train(params, ctx):
     raise RuntimeError("out of tiles")
 
@@ -108,6 +115,17 @@ def test_finished_job_is_listed_with_metrics_and_can_be_used(runner, monkeypatch
     assert not at.exception, at.exception
     assert at.session_state["model_id"] == "tiny-sigmoid"
     assert "is the selected model on every page" in texts(at, "info")
+
+
+def test_a_job_that_failed_the_quality_check_is_red_without_a_success_box(runner, monkeypatch):
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:degenerate_train")
+    job_id = runner.submit("train", {"data": "x", "architecture": "small_cnn"})
+    assert runner.wait(job_id, timeout=30).state == "succeeded"
+    at = page({"job": job_id})
+    assert not at.success
+    assert "Failed quality check: it predicts one class for 100% of the test tiles" in texts(at, "error") and "RULE TEXT" in texts(at, "error")
+    assert at.dataframe[0].value["quality"].tolist() == ["failed"]
+    assert not any(b.label == "Use this model" for b in at.button) and any(b.label == "Use this model anyway" for b in at.button)
 
 
 def test_failed_and_running_jobs_reattach_from_the_query_string(runner, monkeypatch):
