@@ -239,7 +239,7 @@ class ModelCard:
     def headline_metrics(self) -> dict:
         """The headline metrics (floats) of the test split (or the first listed), for summaries."""
         m = self.metric("test") or (self.metrics[0] if self.metrics else None)
-        return {"split": m.split, **m.summary()} if m is not None else {}
+        return {"split": m.split, "n": m.n, **m.summary()} if m is not None else {}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
