@@ -29,13 +29,15 @@ from engine.errors import InvalidInputError
 ARCHITECTURES: dict[str, int] = {
     "small_cnn": 96,
     "lung_cnn": 144,
+    "lung_cnn_ms": 144,
     "resnet50_head": 512,
     "inceptionv3_head": 299,
     "efficientnetb0_head": 224,
 }
 ARCHITECTURE_LABELS = {
     "small_cnn": "Small CNN (REFERENCE §4)",
-    "lung_cnn": "Lung CNN (project default model)",
+    "lung_cnn": "Lung CNN (first default model)",
+    "lung_cnn_ms": "Lung CNN, multi-scale features (project default model)",
     "resnet50_head": "ResNet50 head (REFERENCE §1, §5)",
     "inceptionv3_head": "InceptionV3 head (REFERENCE §3)",
     "efficientnetb0_head": "EfficientNetB0 head (REFERENCE §4)",
