@@ -51,3 +51,15 @@ def test_detector_file_round_trip_and_hash_check(tmp_path):
 def test_mostly_out_ignores_unknown_flags():
     assert domain.mostly_out([False, False, True]) and not domain.mostly_out([True, False, None, None])
     assert not domain.mostly_out([None, None]) and not domain.mostly_out([])
+
+
+def test_non_negative_features_are_square_rooted_and_the_transform_is_saved(tmp_path):
+    rng = np.random.default_rng(4)
+    f = rng.gamma(0.5, 2.0, (800, 6))  # skewed, non-negative: like averaged ReLU outputs
+    y = rng.integers(0, 2, 800)
+    det = domain.fit(f, y, f[:200])
+    assert det.transform == "sqrt" and domain.fit(f - 1, y, f[:200] - 1).transform == "none"
+    direct = domain.DomainDetector(det.means, det.precision, det.threshold, det.pass_rate, transform="none").score(np.sqrt(f[:5]))
+    assert np.allclose(det.score(f[:5]), direct)
+    sha = det.save(tmp_path / "d.npz")
+    assert domain.DomainDetector.load(tmp_path / "d.npz", sha).transform == "sqrt"

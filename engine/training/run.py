@@ -745,7 +745,8 @@ def _register(cfg, data: PreparedData, model, positive, threshold, metrics, spli
             from engine.domain import FILE_NAME, METHOD
 
             domain = {"method": METHOD, "file": FILE_NAME, "sha256": detector.save(tmp / FILE_NAME), "threshold": round(detector.threshold, 4),
-                      "pass_rate": detector.pass_rate, "features": f"{detector.dim}-d input of the final Dense layer", "fitted_on": domain_fit,
+                      "pass_rate": detector.pass_rate, "transform": detector.transform,
+                      "features": f"{detector.dim}-d input of the final Dense layer" + (", square-rooted" if detector.transform == "sqrt" else ""), "fitted_on": domain_fit,
                       "slide_warning_fraction": 0.5}
         reference = write_reference(tmp, normalizer, norm_source) if normalizer is not None else None
         from engine.forward import find_head
