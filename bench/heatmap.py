@@ -5,7 +5,7 @@
 (a) pipeline efficiency = end-to-end tiles/s ÷ model-only tiles/s on the same tiles and batch size,
     on CMU-1-Small-Region.svs and on a larger generated pyramid (real CMU tissue textures);
     end-to-end = :func:`engine.heatmap.compute_heatmap` wall time (open, thumbnail, tissue mask, tile
-    reading/decoding, inference, cache writes), model-only = ``predictor._forward`` on the same
+    reading/decoding, inference, cache writes), model-only = ``predictor.predict_batch`` on the same
     tiles, already decoded in memory. Model: ResNet50 (weights=None) + GAP + sigmoid at 224 px.
 (b) cached re-run speed-up = cold ÷ warm wall time of the same call.
 (c) peak RSS (VmHWM) of one heatmap run, each in a fresh process, on generated 25,000² and
@@ -134,7 +134,7 @@ def tiny_registry(root: Path) -> Path:
 def _model_only(predictor, tensors, batch_size) -> float:
     t0 = time.perf_counter()
     for i in range(0, len(tensors), batch_size):
-        predictor._forward(tensors[i : i + batch_size])
+        predictor.predict_batch(tensors[i : i + batch_size])
     return time.perf_counter() - t0
 
 
@@ -156,12 +156,12 @@ def efficiency(slide_path: Path, models: Path, *, level: int = 0, batch_size: in
             grid = TileGrid.for_slide(slide, card, level=level)
             thumb, mask = thumbnail_and_mask(slide, TissueMasker(), None)
             x, y, _ = HeatmapRun(predictor).select_tiles(slide, grid, mask)
-            tensors = [predictor._preprocess(slide.read_region((int(a), int(b)), grid.level, (grid.read_px, grid.read_px)))[0] for a, b in zip(x, y)]
+            tensors = [predictor.prepare(slide.read_region((int(a), int(b)), grid.level, (grid.read_px, grid.read_px))).tensor for a, b in zip(x, y)]
         n = len(x)
         # warm up every batch shape both paths will see (a full batch and the remainder): no tracing inside timings
-        predictor._forward(tensors[:batch_size])
+        predictor.predict_batch(tensors[:batch_size])
         if n % batch_size:
-            predictor._forward(tensors[: n % batch_size])
+            predictor.predict_batch(tensors[: n % batch_size])
         for r in range(repeats):
             model_s.append(_model_only(predictor, tensors, batch_size))
             cache = ResultCache(Path(tmp) / f"cache-{r}")

@@ -67,9 +67,13 @@ def guarded(context: str = ""):
 
 
 def session_id() -> str:
-    """A random id for this browser session, kept in session state (never derived from user input)."""
+    """This browser's session id: the one its signed ``histodash_session`` cookie names (so a refresh or a
+    second tab of the same browser gets the same workspace), else a random id kept in session state (AppTest,
+    clients without the cookie). Never derived from unsigned user input."""
     if "session_id" not in st.session_state:
-        st.session_state["session_id"] = uuid.uuid4().hex
+        from dashboard.websession import browser_session_id  # noqa: PLC0415 - keeps this module light
+
+        st.session_state["session_id"] = browser_session_id() or uuid.uuid4().hex
     return st.session_state["session_id"]
 
 

@@ -21,8 +21,11 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard/server.py` puts only d
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+
+from dashboard.websession import BrowserSessionMiddleware  # noqa: E402
 
 ROUTES: list = []
-MIDDLEWARE: list = []
+MIDDLEWARE: list = [Middleware(BrowserSessionMiddleware)]
 
 app = st.App(HERE / "app.py", routes=ROUTES, middleware=MIDDLEWARE)

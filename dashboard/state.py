@@ -7,7 +7,6 @@ session's own workspace folder, so another browser session never sees them.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from dashboard.common import session_workspace
 from engine.archive import ZipReport, iter_zip_tiles
 from engine.errors import HistoDashError
 from engine.imageio import read_image, read_image_with_info, to_png_bytes
+from engine.uploads import safe_filename as _safe_name
 
 TILES_KEY = "tiles"
 PROCESSED_KEY = "processed_upload_ids"
@@ -43,11 +43,6 @@ def tiles() -> list[TileRecord]:
 
 def clear_tiles() -> None:
     st.session_state[TILES_KEY] = []
-
-
-def _safe_name(name: str) -> str:
-    base = name.replace("\\", "/").split("/")[-1]
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", base)[:120] or "tile"
 
 
 def _preview_png(rgb) -> bytes:

@@ -352,10 +352,11 @@ def load_legacy_h5_by_name(model: keras.Model, path: str | os.PathLike, *, skip_
             f"{'…' if len(file_layers) > 8 else ''}; model has {', '.join(sorted(model_layers)[:8])}).",
             path=str(path),
         )
-    # Keras takes the legacy by-name route only for names ending .h5/.hdf5.
+    # Keras takes the legacy by-name route only for names ending .h5/.hdf5, and reads *.weights.h5 as
+    # its own Keras-3 format: any other name is loaded from a copy called weights.h5.
     tmpdir = None
     target = path
-    if path.suffix.lower() not in (".h5", ".hdf5"):
+    if path.suffix.lower() not in (".h5", ".hdf5") or path.name.lower().endswith(".weights.h5"):
         tmpdir = tempfile.mkdtemp(prefix="histodash-h5-")
         target = Path(tmpdir) / "weights.h5"
         shutil.copyfile(path, target)

@@ -13,20 +13,15 @@ written ``$$`` in a docker-compose file; :func:`hash_problem` says what is wrong
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
-import getpass
 import hashlib
 import hmac
 import math
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
-
-from engine.errors import HistoDashError
 
 SCHEME = "scrypt"
 N, R, P = 2**14, 8, 1  # about 50 ms and 16 MiB per check: cheap for one login, costly for guessing
@@ -176,37 +171,3 @@ class LoginThrottle:
 
 def wait_message(seconds: float) -> str:
     return f"Too many failed sign-in attempts: wait {math.ceil(seconds)} s before trying again."
-
-
-# --- command line ------------------------------------------------------------------------------
-
-
-def _read_password(stdin=None) -> str:
-    stdin = stdin or sys.stdin
-    if stdin.isatty():
-        first = getpass.getpass("New password: ")
-        if first != getpass.getpass("Repeat it: "):
-            raise HistoDashError("The two passwords differ.", "Run the command again.")
-        return first
-    line = stdin.readline()
-    return line[:-1] if line.endswith("\n") else line  # the password is the first line, as typed
-
-
-def _cmd_hash_password(args: argparse.Namespace) -> int:
-    password = _read_password()
-    if not password:
-        raise HistoDashError("The password is empty.", "Type a password, or pipe one line to standard input.")
-    if len(password) > MAX_PASSWORD_CHARS:
-        raise HistoDashError(f"The password is longer than {MAX_PASSWORD_CHARS} characters.")
-    print(hash_password(password))
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "hash-password",
-        help="make a HISTODASH_PASSWORD_HASH value (reads the password twice, or one line from standard input)",
-        description="Prints a salted scrypt hash for HISTODASH_PASSWORD_HASH. Quote it in single quotes in a shell "
-        "(it contains '$'); in docker-compose write each '$' as '$$'.",
-    )
-    p.set_defaults(func=_cmd_hash_password)

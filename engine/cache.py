@@ -41,6 +41,15 @@ class CacheStats:
         return self.hits / total if total else 0.0
 
 
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, read in chunks (model weights, slides without a quickhash): the one file hasher."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def make_key(*parts: Any) -> str:
     """A stable string key from JSON-serialisable parts (dicts are sorted)."""
     blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))

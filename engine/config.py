@@ -17,6 +17,13 @@
 | ``HISTODASH_SESSION_MAX_AGE_H`` | ``24`` | a session workspace idle this long is deleted |
 | ``HISTODASH_MAX_CONCURRENT_INFERENCE`` | ``2`` | heavy inference runs at once across all users (the rest queue) |
 | ``HISTODASH_LOG_NAMES`` | ``0`` | ``1`` lets logs name uploaded files and slides (off: no patient identifiers in logs) |
+| ``HISTODASH_JOB_SLOTS`` | ``1`` | background jobs that run at once (the rest queue) |
+| ``HISTODASH_SHARED_DATA`` | ``<repo>/../shared/data`` | the shared real-data folder (demo training data, tests, benchmarks) |
+
+:func:`get_settings` is the only reader of ``HISTODASH_*`` variables in the engine and the dashboard;
+everything else asks it. (One test-harness variable is read by the tests alone:
+``HISTODASH_CHROMIUM``, the browser binary of the end-to-end tests, in ``tests/browser.py``.)
+A bad value is the administrator's error and says which variable it is.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from engine.errors import InvalidInputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,14 +42,22 @@ def _path(name: str, default: Path) -> Path:
     return Path(value).expanduser() if value else default
 
 
-def _num(name: str, default: float) -> float:
+def _parsed(name: str, default, convert, what: str):
     value = os.environ.get(name)
     if not value:
         return default
     try:
-        return float(value)
+        return convert(value)
     except ValueError as exc:  # a bad setting is the admin's error: say which one
-        raise ValueError(f"{name}={value!r} is not a number") from exc
+        raise InvalidInputError(f"{name}={value!r} is not {what}.") from exc
+
+
+def _num(name: str, default: float) -> float:
+    return _parsed(name, default, float, "a number")
+
+
+def _whole(name: str, default: int) -> int:
+    return _parsed(name, default, int, "a whole number")
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,8 @@ class Settings:
     session_max_age_s: float = 24 * 3600.0
     max_concurrent_inference: int = 2
     log_names: bool = False
+    job_slots: int = 1
+    shared_data: Path = REPO_ROOT.parent / "shared" / "data"
     extra: dict = field(default_factory=dict)
 
 
@@ -84,4 +103,6 @@ def get_settings() -> Settings:
         session_max_age_s=_num("HISTODASH_SESSION_MAX_AGE_H", 24.0) * 3600.0,
         max_concurrent_inference=max(1, int(_num("HISTODASH_MAX_CONCURRENT_INFERENCE", 2))),
         log_names=os.environ.get("HISTODASH_LOG_NAMES", "0").strip().lower() in ("1", "true", "yes", "on"),
+        job_slots=max(1, _whole("HISTODASH_JOB_SLOTS", 1)),
+        shared_data=_path("HISTODASH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"),
     )

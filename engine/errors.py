@@ -5,6 +5,11 @@ plain-language ``message`` (what went wrong, naming the file where there is one)
 (what the user can do about it). Pages show ``str(err)``; the CLI prints it and exits non-zero.
 Anything that is *not* a ``HistoDashError`` is a bug: callers log its traceback and show a short
 generic message instead.
+
+Every user-facing error class of the engine is defined here (other modules import them), and so is
+the one way work is stopped on request, :class:`Cancelled`. Code that catches ``HistoDashError`` to
+turn a failure into a row or a message must let ``Cancelled`` through (``except Cancelled: raise``
+first): a cancelled run is not a failed one.
 """
 
 from __future__ import annotations
@@ -75,5 +80,30 @@ class ModelNotFoundError(ModelError):
     default_hint = "Run `python -m engine models` to list the registered models."
 
 
+class MissingDependencyError(HistoDashError):
+    """An optional package needed by the requested feature is not installed."""
+
+
+class SlotTimeoutError(HistoDashError):
+    """No inference slot became free in time (:mod:`engine.limits`)."""
+
+    default_hint = "The server is busy with other users' work: try again in a minute."
+
+
 class JobError(HistoDashError):
     """A background job failed or could not be started."""
+
+
+class JobNotFoundError(JobError):
+    """No job with that id."""
+
+    default_hint = "Run `python -m engine jobs list` to see the jobs."
+
+
+class Cancelled(HistoDashError):
+    """The work was stopped because someone asked (a job's cancel, a page's stop, SIGTERM to a worker).
+
+    Raised from inside long work (heatmap inference, training batches, queue waits) when its
+    ``cancelled()`` check turns true; a job that raises it ends in state ``cancelled``, not ``failed``.
+    What was finished before (cached tiles) is kept.
+    """

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.calibration import apply_temperature
+from engine.errors import IncompatibleModelError
 
 #: default number of Monte Carlo dropout samples
 MC_SAMPLES = 30
@@ -54,12 +55,19 @@ class ForwardOutput:
 
 
 def probabilities_from_output(output: np.ndarray, n_classes: int) -> np.ndarray:
-    """Model output → ``(N, n_classes)`` probabilities (a single sigmoid unit becomes ``[1-p, p]``)."""
+    """Model output → ``(N, n_classes)`` class probabilities; the one place this conversion is written.
+
+    A single sigmoid unit of a two-class model becomes ``[1 − p, p]``; any other output must have one
+    column per class (:class:`IncompatibleModelError` otherwise, never a silently wrong table).
+    """
     output = np.asarray(output, dtype=np.float64)
     if output.ndim == 1:
         output = output[:, None]
-    if output.shape[1] == 1 and n_classes == 2:
+    if output.ndim == 2 and output.shape[1] == 1 and n_classes == 2:
         return np.concatenate([1.0 - output, output], axis=1)
+    if output.ndim != 2 or output.shape[1] != n_classes:
+        raise IncompatibleModelError(f"The model outputs {output.shape[1:]} values per tile for {n_classes} classes.",
+                                     "Check the model card's classes against the model's last layer.")
     return output
 
 

@@ -50,9 +50,7 @@ Keras is imported lazily (:mod:`engine.runtime`): importing this module is cheap
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,9 +58,11 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import render
 from engine.cache import ResultCache, make_key, shared_cache
 from engine.errors import HistoDashError, IncompatibleModelError, InvalidInputError
-from engine.imageio import pixel_hash, read_image, resize_tile, to_png_bytes
+from engine.imageio import pixel_hash, read_image, resize_tile
+from engine.predict import probabilities_from_output
 from engine.registry import ModelCard, Registry, load_model_for_card
 
 log = logging.getLogger(__name__)
@@ -149,10 +149,10 @@ class SaliencyResult:
         return overlay(rgb, self.map, cmap=cmap, opacity=opacity)
 
     def overlay_png(self, rgb: np.ndarray, *, cmap: str = "viridis", opacity: float = 0.45) -> bytes:
-        return to_png_bytes(self.overlay(rgb, cmap=cmap, opacity=opacity))
+        return render.png_bytes(self.overlay(rgb, cmap=cmap, opacity=opacity))
 
     def map_png(self, cmap: str = "viridis") -> bytes:
-        return to_png_bytes(self.map_rgb(cmap))
+        return render.png_bytes(self.map_rgb(cmap))
 
     def summary(self) -> str:
         where = f" at {self.layer}" if self.layer else ""
@@ -162,20 +162,9 @@ class SaliencyResult:
 # ----------------------------------------------------------------------------- rendering
 
 
-def _colormap(name: str):
-    import matplotlib
-
-    try:
-        return matplotlib.colormaps[name]
-    except KeyError as exc:
-        raise InvalidInputError(f"Unknown colour map '{name}'.", f"Use one of: {', '.join(COLORMAPS)}.") from exc
-
-
 def colorize(saliency: np.ndarray, cmap: str = "viridis") -> np.ndarray:
-    """A map in [0, 1] → ``(H, W, 3) uint8`` RGB through a Matplotlib colour map."""
-    lut = (_colormap(cmap)(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)  # (256, 3)
-    index = np.clip(np.rint(np.asarray(saliency, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-    return lut[index]
+    """A map in [0, 1] → ``(H, W, 3) uint8`` RGB through a colour map (:func:`engine.render.colorize`)."""
+    return render.colorize(saliency, cmap)
 
 
 def overlay(rgb: np.ndarray, saliency: np.ndarray, *, cmap: str = "viridis", opacity: float = 0.45) -> np.ndarray:
@@ -185,9 +174,7 @@ def overlay(rgb: np.ndarray, saliency: np.ndarray, *, cmap: str = "viridis", opa
     rgb = np.asarray(rgb)
     if rgb.shape[:2] != np.shape(saliency):
         raise InvalidInputError(f"The map is {np.shape(saliency)} but the tile is {rgb.shape[:2]}: they must have the same size.")
-    coloured = colorize(saliency, cmap).astype(np.float32)
-    out = (1.0 - opacity) * rgb[..., :3].astype(np.float32) + opacity * coloured
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return render.blend(rgb, render.colorize(saliency, cmap), float(opacity))
 
 
 def upsample(saliency: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -369,13 +356,6 @@ class _TapModel:
 # ----------------------------------------------------------------------------- the explainer
 
 
-def _probabilities(output: np.ndarray, n_classes: int) -> np.ndarray:
-    out = np.asarray(output, dtype=np.float64).reshape(-1)
-    if out.size == 1 and n_classes == 2:
-        return np.array([1.0 - out[0], out[0]])
-    return out
-
-
 class Explainer:
     """Saliency maps of one Keras tile model.
 
@@ -547,7 +527,7 @@ class Explainer:
         with tf.GradientTape() as tape:
             tape.watch(xt)  # records every op downstream of the input, trainable weights or not
             feat, head, output = tap(xt)  # feat (1, h, w, K); output (1, units)
-            probs = _probabilities(output.numpy(), len(self.classes))
+            probs = probabilities_from_output(output.numpy(), len(self.classes))[0]
             target_name, indices = self._target_indices(target, probs)
             s = self._log_odds(tap, head, output, indices)
         grads = tape.gradient(s, feat)
@@ -577,7 +557,7 @@ class Explainer:
         tf = tensorflow()
         tap = self._tap(None)
         _, _, output = tap(tf.constant(x[None]))
-        probs = _probabilities(output.numpy(), len(self.classes))
+        probs = probabilities_from_output(output.numpy(), len(self.classes))[0]
         target_name, indices = self._target_indices(target, probs)
         baseline = np.full_like(x, 255.0 if self.ig_baseline == "white" else 0.0)
         alphas = (np.arange(self.ig_steps, dtype=np.float32) + 0.5) / self.ig_steps  # midpoint rule
@@ -676,56 +656,6 @@ class Explainer:
 def explain(image, *, model_id: str | None = None, method: str = "gradcam", layer: str | None = None, target: str | None = None, registry: Registry | None = None, cache: ResultCache | None | bool = None) -> SaliencyResult:
     """One-call form: saliency map of ``image`` with a registered model (default: the configured default)."""
     return Explainer.from_registry(model_id, registry=registry, cache=cache).explain(image, method=method, layer=layer, target=target)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def _cmd_gradcam(args: argparse.Namespace) -> int:
-    registry = Registry(args.models_dir) if args.models_dir else Registry()
-    explainer = Explainer.from_card(registry.get(args.model), cache=False if args.no_cache else None)
-    if args.list_layers:
-        layers = explainer.conv_layers()
-        if not layers:
-            explainer.default_layer()  # raises the clear error
-        default = explainer.default_layer().path
-        for c in layers:
-            print(c.label() + ("  [default]" if c.path == default else ""))
-        return 0
-    if not args.image:
-        raise InvalidInputError("No image given.", "Usage: python -m engine gradcam IMAGE --out overlay.png")
-    if not args.out:
-        raise InvalidInputError("No output file given.", "Add --out overlay.png.")
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise InvalidInputError(f"'{out.name}' must be a .png file.")
-    rgb = read_image(args.image)
-    result = explainer.explain(rgb, method=args.method, layer=args.layer, target=args.target, name=Path(args.image).name)
-    out.write_bytes(result.overlay_png(rgb, cmap=args.cmap, opacity=args.opacity))
-    if args.array:
-        np.save(args.array, result.map)
-    if not args.quiet:
-        extra = f"; map array {args.array}" if args.array else ""
-        print(f"{explainer.model_id}: {result.summary()}; wrote {out}{extra}" + (f"\nnote: {result.note}" if result.note else ""), file=sys.stderr)
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("gradcam", help="saliency map (Grad-CAM, Grad-CAM++, integrated gradients) of one tile")
-    p.add_argument("image", nargs="?", metavar="IMAGE", help="tile file (JPEG, PNG, TIFF)")
-    p.add_argument("--model", default=None, help="model id (default: the configured default model)")
-    p.add_argument("--models-dir", default=None, help="models folder (default: $HISTODASH_MODELS_DIR or ./models)")
-    p.add_argument("--method", default="gradcam", choices=METHODS)
-    p.add_argument("--layer", default=None, help="feature map path or name (default: the last convolutional map; see --list-layers)")
-    p.add_argument("--class", dest="target", default=None, help="class to explain: a class name, 'score' (positive classes summed) or 'predicted' (default)")
-    p.add_argument("--out", default=None, help="overlay PNG to write")
-    p.add_argument("--array", default=None, help="also save the raw map (H×W float32 in [0, 1]) as .npy")
-    p.add_argument("--cmap", default="viridis", choices=COLORMAPS)
-    p.add_argument("--opacity", type=float, default=0.45)
-    p.add_argument("--list-layers", action="store_true", help="list the model's selectable layers and exit")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.set_defaults(func=_cmd_gradcam)
 
 
 __all__ = [

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.config import get_settings
 from engine.errors import CorruptFileError, TooLargeError, UnsupportedFormatError
+from engine.render import png_bytes as to_png_bytes  # noqa: F401 - the PNG encoder lives in engine.render; this name is kept for callers
 
 TILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 FORMATS = {"JPEG", "PNG", "TIFF", "MPO"}  # MPO: JPEG written by some cameras, decodes as JPEG
@@ -162,12 +163,6 @@ def pixel_hash(rgb: np.ndarray) -> str:
 
 def is_tile_name(name: str) -> bool:
     return name.lower().endswith(TILE_SUFFIXES)
-
-
-def to_png_bytes(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def resize_tile(rgb: np.ndarray, px: int) -> np.ndarray:

@@ -39,7 +39,6 @@ the same :class:`JobContext` verbs, records in a shared store) can replace
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import json
@@ -57,7 +56,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.config import REPO_ROOT, get_settings
-from engine.errors import HistoDashError, InvalidInputError, JobError
+from engine.errors import Cancelled, HistoDashError, JobError, JobNotFoundError
 
 try:  # POSIX file locks; on other systems the lock is a no-op (one dashboard process assumed)
     import fcntl
@@ -78,16 +77,6 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 JOB_FILE, STATE_FILE, PROGRESS_FILE, METRICS_FILE, LOG_FILE, CANCEL_FILE = (
     "job.json", "state.json", "progress.json", "metrics.jsonl", "log.txt", "cancel")
-
-
-class JobCancelled(Exception):
-    """Raised inside a job (by :meth:`JobContext.raise_if_cancelled`) to stop it; the job ends ``cancelled``."""
-
-
-class JobNotFoundError(JobError):
-    """No job with that id."""
-
-    default_hint = "Run `python -m engine jobs list` to see the jobs."
 
 
 # ----------------------------------------------------------------------------- records
@@ -260,6 +249,11 @@ def validate_job_id(job_id: str) -> str:
 class JobContext:
     """What a job function gets: its id, scratch folder, params, and the verbs to report and to stop.
 
+    ``ctx.progress`` is a :class:`engine.progress.Progress` and ``ctx.status`` a
+    :class:`engine.progress.Status`, so both can be handed to engine functions as they are;
+    ``ctx.cancelled`` is their ``cancelled()`` check. Tests use ``tests.fakes.FakeContext``, which has
+    the same public surface (a test checks it).
+
     Args:
         job_dir: the job's folder (see the module docstring).
         params: the job's parameters.
@@ -276,14 +270,22 @@ class JobContext:
         self.throttle_s = throttle_s
         self._last_write = 0.0
         self._last_message: str | None = None
+        self._last_state: tuple[int, int, dict] = (0, 0, {})  # done, total, extra of the last progress call
         self._eta_origin: tuple[int, float, int] | None = None  # (total, t0, done0)
         self._cancel_path = self.job_dir / CANCEL_FILE
         self._cancel_checked = 0.0
         self._cancel_seen = False
 
     # -- reporting
-    def progress(self, done: int, total: int, message: str = "", **extra) -> None:
-        """Record progress (``done`` of ``total`` units) with an ETA; cheap to call every batch."""
+    def progress(self, done: int, total: int, message: str | None = None, **extra) -> None:
+        """Record progress (``done`` of ``total`` units) with an ETA; cheap to call every batch.
+
+        ``message`` replaces the status message (None keeps the last one, see :meth:`status`);
+        ``extra`` keys (training: ``epoch``, ``batch``, …) are stored beside ``done`` and ``total``.
+        """
+        if message is None:
+            message = self._last_message or ""
+        self._last_state = (int(done), int(total), dict(extra))
         now = time.time()
         if self._eta_origin is None or self._eta_origin[0] != total or done < self._eta_origin[2]:
             self._eta_origin = (total, now, done)
@@ -296,6 +298,11 @@ class JobContext:
         data = {"done": int(done), "total": int(total), "message": message, "eta_s": None if eta is None else round(eta, 1), "updated": now}
         data.update(extra)
         _write_json(self.job_dir / PROGRESS_FILE, data)
+
+    def status(self, message: str) -> None:
+        """The message channel: what is happening now in words (kept with the last ``done``/``total``)."""
+        done, total, extra = self._last_state
+        self.progress(done, total, str(message), **extra)
 
     def metric(self, **values) -> None:
         """Append a row (e.g. one epoch's metrics) to the record's ``metrics`` list."""
@@ -322,7 +329,7 @@ class JobContext:
 
     def raise_if_cancelled(self) -> None:
         if self.cancelled():
-            raise JobCancelled(f"job {self.job_id} was cancelled")
+            raise Cancelled(f"job {self.job_id} was cancelled")
 
 
 # ----------------------------------------------------------------------------- the local runner
@@ -333,17 +340,12 @@ class LocalProcessRunner:
 
     Args:
         root: the jobs folder (default: ``settings.jobs_dir``).
-        slots: how many jobs run at once (default: ``HISTODASH_JOB_SLOTS``, else 1).
+        slots: how many jobs run at once (default: ``settings.job_slots``, ``HISTODASH_JOB_SLOTS``).
     """
 
     def __init__(self, root: Path | str | None = None, *, slots: int | None = None):
         self.root = Path(root) if root is not None else get_settings().jobs_dir
-        if slots is None:
-            try:
-                slots = int(os.environ.get("HISTODASH_JOB_SLOTS", "1"))
-            except ValueError as exc:
-                raise InvalidInputError(f"HISTODASH_JOB_SLOTS={os.environ['HISTODASH_JOB_SLOTS']!r} is not a whole number.") from exc
-        self.slots = max(1, int(slots))
+        self.slots = max(1, int(slots if slots is not None else get_settings().job_slots))
 
     # -- paths
     def _dir(self, job_id: str) -> Path:
@@ -532,7 +534,7 @@ def _finish(job_dir: Path, **update) -> None:
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001
-    raise JobCancelled("terminated (SIGTERM)")
+    raise Cancelled("terminated (SIGTERM)")
 
 
 def run_worker(job_dir: Path | str) -> int:
@@ -561,17 +563,17 @@ def run_worker(job_dir: Path | str) -> int:
             result = json.loads(json.dumps(result if result is not None else {}, default=_jsonable))
         except (TypeError, ValueError) as exc:
             raise JobError(f"The job's result is not JSON-serialisable ({exc}).") from exc
+        ctx.log("succeeded")  # the log line first: whoever sees the final state sees the whole log
         _finish(job_dir, state="succeeded", result=result, error=None)
-        ctx.log("succeeded")
-    except JobCancelled as exc:
-        _finish(job_dir, state="cancelled", error=None)
+    except Cancelled as exc:
         ctx.log(f"cancelled ({exc})")
+        _finish(job_dir, state="cancelled", error=None)
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded, with its traceback in the log
         message = str(exc) if isinstance(exc, HistoDashError) else f"{type(exc).__name__}: {exc}"
         with open(job_dir / LOG_FILE, "a") as fh:
             fh.write(traceback.format_exc())
-        _finish(job_dir, state="failed", error=message)
         ctx.log(f"FAILED: {message}")
+        _finish(job_dir, state="failed", error=message)
         code = 1
     finally:
         sys.stdout.flush()
@@ -594,11 +596,7 @@ def _jsonable(value):
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
-# ----------------------------------------------------------------------------- CLI
-
-
-def _fmt_time(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+# ----------------------------------------------------------------------------- formatting (pages and the CLI)
 
 
 def describe_progress(rec: JobRecord) -> str:
@@ -622,54 +620,7 @@ def format_duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def _cmd_jobs(args: argparse.Namespace) -> int:
-    runner = LocalProcessRunner(args.jobs_dir) if args.jobs_dir else get_runner()
-    if args.action == "list":
-        recs = runner.list(kind=args.kind)
-        if args.json:
-            print(json.dumps([r.to_dict() for r in recs], indent=1, default=str))
-            return 0
-        if not recs:
-            print("no jobs")
-        for r in recs:
-            model = (r.result or {}).get("model_id", "")
-            print(f"{r.id}\t{r.state}\t{_fmt_time(r.created)}\t{describe_progress(r)}\t{model or (r.error or '')[:80]}")
-        return 0
-    if not args.id:
-        raise InvalidInputError(f"`jobs {args.action}` needs a job id.")
-    if args.action == "show":
-        rec = runner.get(args.id)
-        if args.json:
-            print(json.dumps(rec.to_dict(), indent=1, default=str))
-            return 0
-        print(f"id:       {rec.id}\nkind:     {rec.kind}\nstate:    {rec.state}\npid:      {rec.pid}")
-        print(f"created:  {_fmt_time(rec.created)}\nstarted:  {_fmt_time(rec.started)}\nfinished: {_fmt_time(rec.finished)}")
-        print(f"progress: {describe_progress(rec)}")
-        if rec.error:
-            print(f"error:    {rec.error}")
-        if rec.result:
-            print("result:   " + json.dumps({k: v for k, v in rec.result.items() if not isinstance(v, (list, dict))}, default=str))
-        print(f"log:      {rec.log_path}\n--- last {args.lines} log lines ---")
-        print(runner.log_tail(rec.id, args.lines))
-        return 0
-    if args.action == "cancel":
-        runner.cancel(args.id, force=args.force)
-        rec = runner.get(args.id)
-        print(f"{rec.id}\t{rec.state}" + ("\tcancel requested" if rec.active else ""))
-        return 0
-    raise InvalidInputError(f"Unknown action '{args.action}'.")  # pragma: no cover - argparse restricts choices
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("jobs", help="list, show or cancel background jobs (training, slide heatmaps)")
-    p.add_argument("action", choices=["list", "show", "cancel"])
-    p.add_argument("id", nargs="?", help="job id (show, cancel)")
-    p.add_argument("--kind", default=None, help="only jobs of this kind (list)")
-    p.add_argument("--lines", type=int, default=30, help="log lines to show (show)")
-    p.add_argument("--force", action="store_true", help="cancel: also terminate the worker process")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--jobs-dir", default=None, help="jobs folder (default: $HISTODASH_JOBS_DIR)")
-    p.set_defaults(func=_cmd_jobs)
+# ----------------------------------------------------------------------------- the worker entry point
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -681,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Re-enter through the imported module so exception classes (JobCancelled) are the ones job code raises.
+    # Re-enter through the imported module so this module's globals (_CHILDREN, the runner) are the ones job code sees.
     import engine.jobs as _jobs
 
     sys.exit(_jobs.main())

@@ -33,16 +33,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from engine.config import get_settings
-from engine.errors import HistoDashError
+from engine.errors import SlotTimeoutError
 
 DEFAULT_POLL_S = 0.1
 REPEAT_S = 1.0  # on_wait is called again this often while the place stays the same
-
-
-class SlotTimeoutError(HistoDashError):
-    """No inference slot became free in time."""
-
-    default_hint = "The server is busy with other users' work: try again in a minute."
 
 
 def ordinal(n: int) -> str:

@@ -12,26 +12,24 @@ their own rescaling. Results are cached by (weights sha256, preprocessing, pixel
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from engine.cache import ResultCache, make_key, shared_cache
-from engine.errors import HistoDashError, InvalidInputError
+from engine.errors import HistoDashError, IncompatibleModelError, InvalidInputError
 from engine.imageio import is_tile_name, pixel_hash, read_image, resize_tile
-from engine.limits import inference_slot, wait_message
+from engine.progress import Progress
 from engine.registry import ModelCard, Registry, load_model_for_card
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -97,13 +95,27 @@ def labels_from_card(card: ModelCard) -> tuple[str, str]:
 
 
 def probabilities_from_output(output: np.ndarray, n_classes: int) -> np.ndarray:
-    """Model output → ``(N, n_classes)`` probabilities (a single sigmoid unit becomes ``[1-p, p]``)."""
+    """Model output → ``(N, n_classes)`` class probabilities; the one place this conversion is written.
+
+    A single sigmoid unit of a two-class model becomes ``[1 − p, p]``; any other output must have one
+    column per class (:class:`IncompatibleModelError` otherwise, never a silently wrong table).
+    """
     output = np.asarray(output, dtype=np.float64)
     if output.ndim == 1:
         output = output[:, None]
-    if output.shape[1] == 1 and n_classes == 2:
+    if output.ndim == 2 and output.shape[1] == 1 and n_classes == 2:
         return np.concatenate([1.0 - output, output], axis=1)
+    if output.ndim != 2 or output.shape[1] != n_classes:
+        raise IncompatibleModelError(f"The model outputs {output.shape[1:]} values per tile for {n_classes} classes.",
+                                     "Check the model card's classes against the model's last layer.")
     return output
+
+
+class Prepared(NamedTuple):
+    """A tile ready for the model: ``tensor`` (``input_px × input_px × 3``, uint8) and whether it was stain-normalised."""
+
+    tensor: np.ndarray
+    normalized: bool | None
 
 
 class TilePredictor:
@@ -143,15 +155,20 @@ class TilePredictor:
             "normalizer": self.normalizer.cache_key() if self.normalizer is not None else None,
         }
 
-    def _preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, bool | None]:
+    def prepare(self, rgb: np.ndarray) -> Prepared:
+        """One RGB ``uint8`` tile → :class:`Prepared` (stain normalisation if configured, then the resize of the card).
+
+        Thread-safe: readers may prepare tiles while another thread runs :meth:`predict_batch`.
+        """
         normalized = None
         if self.normalizer is not None:
             info = self.normalizer.transform_with_info(rgb)
             rgb, normalized = info.image, bool(info.normalized)
-        return resize_tile(rgb, self.card.input_px), normalized
+        return Prepared(resize_tile(rgb, self.card.input_px), normalized)
 
-    def _forward(self, batch: list[np.ndarray]) -> np.ndarray:
-        x = np.stack(batch).astype(np.float32)
+    def predict_batch(self, tensors: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Prepared tensors (see :meth:`prepare`) → ``(N, n_classes)`` probabilities, one forward pass, no cache."""
+        x = np.stack(list(tensors)).astype(np.float32) if not isinstance(tensors, np.ndarray) else tensors.astype(np.float32, copy=False)
         out = self.model.predict_on_batch(x)
         return probabilities_from_output(out, len(self.card.classes))
 
@@ -188,7 +205,7 @@ class TilePredictor:
             nonlocal done
             if not pending:
                 return
-            probs = self._forward([t for _, _, t, _ in pending])
+            probs = self.predict_batch([t for _, _, t, _ in pending])
             for (i, key, _, normalized), p in zip(pending, probs):
                 value = {"probabilities": [float(v) for v in p], "normalized": normalized}
                 if self.cache is not None:
@@ -212,7 +229,7 @@ class TilePredictor:
                     if progress:
                         progress(done, total)
                     continue
-                tensor, normalized = self._preprocess(rgb)
+                tensor, normalized = self.prepare(rgb)
                 pending.append((i, key, tensor, normalized))
             except HistoDashError as err:
                 results[i] = TilePrediction(name, error=str(err))
@@ -244,60 +261,3 @@ def collect_tile_paths(paths: Sequence[str | Path]) -> list[Path]:
         else:
             out.append(p)
     return out
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    paths = collect_tile_paths(args.paths)
-    if not paths:
-        raise InvalidInputError("No tiles found in the given paths.", "Give JPEG/PNG/TIFF files or folders that contain them.")
-    normalizer = None
-    if args.normalize:
-        from engine.stain import get_normalizer
-
-        reference = read_image(args.reference) if args.reference else None
-        normalizer = get_normalizer(args.method, reference)
-    predictor = TilePredictor.from_registry(
-        args.model, registry=Registry(args.models_dir) if args.models_dir else None, normalizer=normalizer,
-        cache=False if args.no_cache else None, batch_size=args.batch_size,
-    )
-
-    def progress(done: int, total: int) -> None:
-        if not args.quiet and sys.stderr.isatty():
-            print(f"\r{done}/{total} tiles", end="", file=sys.stderr, flush=True)
-
-    def on_wait(place: int) -> None:
-        if not args.quiet:
-            print(f"\r{wait_message(place)}", end="", file=sys.stderr, flush=True)
-
-    with inference_slot(on_wait=on_wait):  # one global limit on heavy inference (HISTODASH_MAX_CONCURRENT_INFERENCE)
-        result = predictor.predict_paths(paths, progress=progress)
-    frame = result.to_frame()
-    if args.out:
-        frame.to_csv(args.out, index=False)
-    else:
-        frame.to_csv(sys.stdout, index=False)
-    if not args.quiet:
-        rate = len(paths) / result.seconds if result.seconds else float("inf")
-        print(
-            f"\n{predictor.card.id}: {len(paths)} tiles in {result.seconds:.1f} s ({rate:.1f}/s), "
-            f"{result.n_cached} from cache, {result.n_errors} unreadable" + (f"; wrote {args.out}" if args.out else ""),
-            file=sys.stderr,
-        )
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="predict tiles (files or folders) with a registered model")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="tile files or folders of tiles")
-    p.add_argument("--model", default=None, help="model id (default: the configured default model)")
-    p.add_argument("--models-dir", default=None, help="models folder (default: $HISTODASH_MODELS_DIR or ./models)")
-    p.add_argument("--normalize", action="store_true", help="stain-normalise tiles before prediction")
-    p.add_argument("--method", default="macenko", choices=["macenko", "vahadane"], help="stain normalisation method")
-    p.add_argument("--reference", default=None, help="reference tile for normalisation (default: published Macenko target)")
-    p.add_argument("--out", default=None, help="CSV file to write (default: stdout)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the inference cache")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.set_defaults(func=_cmd_predict)

@@ -27,9 +27,10 @@ from engine.config import get_settings
 SECRET_FILE = Path("secret") / "pseudonym.key"
 
 
-def installation_secret(home: Path | None = None) -> bytes:
-    """This installation's secret key (created atomically on first use; never logged or exported)."""
-    path = (home or get_settings().home) / SECRET_FILE
+def installation_secret(home: Path | None = None, *, name: str = SECRET_FILE.name) -> bytes:
+    """This installation's secret key ``<home>/secret/<name>`` (created atomically on first use; never logged
+    or exported). One file per purpose: ``pseudonym.key`` for pseudonyms, ``session.key`` for browser cookies."""
+    path = (home or get_settings().home) / SECRET_FILE.parent / name
     try:
         data = path.read_bytes()
         if len(data) >= 32:
@@ -79,18 +80,28 @@ def loggable_name(name) -> str:
 _ABS_PATH = re.compile(r"""(?<![\w.~-])(?:[A-Za-z]:)?[/\\](?:[^\s'"/\\,;()\[\]{}]+[/\\])+[^\s'"/\\,;()\[\]{}]*""")
 
 
-def strip_server_paths(value):
+def strip_server_paths(value, known: tuple = ()):
     """``value`` (str, or lists/dicts of them) with every absolute server path replaced by its last part.
 
-    For what pages show and export (job settings, model cards, log tails): ``/srv/histodash/.histodash/
-    sessions/3f…/training/lung.zip`` becomes ``lung.zip``. Relative names are left alone.
+    For what pages show and export (job settings, model cards, log tails, library error messages):
+    ``/srv/histodash/.histodash/sessions/3f…/training/lung.zip`` becomes ``lung.zip``. Relative names are
+    left alone. ``known`` paths (e.g. the file an error is about) are replaced first, exactly, as given
+    and resolved, with their folders — so a path with spaces, which the generic pattern cannot see
+    whole, leaves nothing of its folders either.
     """
     if isinstance(value, str):
+        for p in known:
+            path = Path(p)
+            for text in sorted({str(path), str(path.resolve())}, key=len, reverse=True):
+                value = value.replace(text, path.name)
+            for folder in sorted({str(path.parent), str(path.resolve().parent)}, key=len, reverse=True):
+                if folder not in ("", ".", os.sep):
+                    value = value.replace(folder + os.sep, "")
         return _ABS_PATH.sub(lambda m: re.split(r"[/\\]", m.group(0).rstrip("/\\"))[-1] or m.group(0), value)
     if isinstance(value, dict):
-        return {k: strip_server_paths(v) for k, v in value.items()}
+        return {k: strip_server_paths(v, known) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(strip_server_paths(v) for v in value)
+        return type(value)(strip_server_paths(v, known) for v in value)
     return value
 
 

@@ -9,7 +9,6 @@ Keras safe mode (no ``Lambda`` layers, no arbitrary code). Loaded models are kep
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import io
@@ -25,6 +24,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine.cache import sha256_file
 from engine.config import get_settings
 from engine.errors import IncompatibleModelError, InvalidInputError, ModelNotFoundError
 
@@ -242,14 +242,6 @@ class ModelCard:
         return {"split": m.split, "n": m.n, **m.summary()} if m is not None else {}
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_card(folder: Path) -> ModelCard:
     card_path = folder / CARD_FILE
     try:
@@ -372,32 +364,6 @@ def check_shapes(model, input_px: int, n_classes: int, *, name: str = "model") -
     expected = {n_classes} | ({1} if n_classes == 2 else set())
     if units not in expected:
         raise IncompatibleModelError(f"'{name}' outputs {units} values but its card lists {n_classes} classes.")
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def _cmd_models(args: argparse.Namespace) -> int:
-    registry = Registry(args.models_dir)
-    cards = registry.cards()
-    if args.json:
-        print(json.dumps([c.to_dict() for c in cards], indent=2))
-    else:
-        if not cards:
-            print(f"no models in {registry.root}")
-        for c in cards:
-            m = c.headline_metrics()
-            metric = ", ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float))
-            print(f"{c.id}\t{c.architecture}\t{c.input_px}px\tclasses={','.join(c.classes)}\tthreshold={c.threshold:.3f}\t{metric}")
-    for folder, problem in registry.problems().items():
-        print(f"warning: {folder}: {problem}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the registered models")
-    p.add_argument("--models-dir", default=None, help="models folder (default: $HISTODASH_MODELS_DIR or ./models)")
-    p.add_argument("--json", action="store_true", help="print the full cards as JSON")
-    p.set_defaults(func=_cmd_models)
 
 
 def validate_model_id(model_id: str) -> str:

@@ -20,18 +20,14 @@ resolution tags (``tiff.XResolution`` + ``tiff.ResolutionUnit``, or read with ti
 user enters → ``None`` (never a crash). Label and macro images carry patient names: this module never
 returns them (:attr:`Slide.associated_names` lists only safe ones).
 
-:class:`SlideLibrary` browses a read-only folder safely (no traversal, no symlinks leading out of it);
-:func:`save_upload` streams a browser upload to disk; :func:`resolve_slide_id` turns the ids the pages
-pass around (``lib:<relative path>`` or ``up:<file name>``) back into a checked path.
+:class:`SlideLibrary` browses a read-only folder safely (no traversal, no symlinks leading out of it).
+Uploads and the slide ids pages pass around live in :mod:`engine.uploads`; generated test slides in
+:mod:`engine.synthetic`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,8 +36,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.cache import sha256_file
 from engine.config import get_settings
 from engine.errors import CorruptFileError, HistoDashError, InvalidInputError, TooLargeError, UnsupportedFormatError
+from engine.privacy import strip_server_paths
 
 # Formats OpenSlide reads, plus plain images (opened as one-level slides).
 SLIDE_SUFFIXES = (
@@ -153,7 +151,7 @@ class Slide:
         """OpenSlide's quickhash where present, else the file's sha256 (computed once)."""
         if self._hash is None:
             quick = self.properties.get("openslide.quickhash-1")
-            self._hash = f"quickhash1:{quick}" if quick else f"sha256:{_sha256(self.path)}"
+            self._hash = f"quickhash1:{quick}" if quick else f"sha256:{sha256_file(self.path)}"
         return self._hash
 
     # -- pixels ------------------------------------------------------------------------------
@@ -393,10 +391,7 @@ def open_slide(path: str | Path, *, user_mpp: float | None = None, max_image_pix
 
 def _clean(exc: BaseException, path: Path) -> str:
     """An exception's text without server paths (messages are shown to users): the file name only."""
-    text = str(exc)
-    for p in {str(path), str(Path(path).resolve()), str(Path(path).parent), str(Path(path).resolve().parent)}:
-        text = text.replace(p + os.sep, "").replace(p, Path(path).name)
-    return text
+    return strip_server_paths(str(exc), known=(path,))
 
 
 def _check_dimensions(name: str, dims) -> None:
@@ -433,14 +428,6 @@ def _tiff_is_tiled(path: Path) -> bool:
             return bool(tf.pages[0].is_tiled)
     except Exception:  # noqa: BLE001
         return True  # let OpenSlide judge
-
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _float(value) -> float | None:
@@ -551,149 +538,3 @@ class SlideLibrary:
                     stack.append(entry.relpath)
                 else:
                     yield entry
-
-
-# ---------------------------------------------------------------------------------- uploads and ids
-
-def safe_filename(name: str) -> str:
-    base = name.replace("\\", "/").split("/")[-1]
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip(".")[:150]
-    return base or "slide"
-
-
-def uploads_dir(session: str) -> Path:
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", session or ""):
-        raise InvalidInputError("Invalid session id.")
-    return get_settings().work_dir / session / "slides"
-
-
-def save_upload(fileobj, name: str, session: str, *, chunk: int = 8 << 20) -> Path:
-    """Copy an uploaded file object to the session's slide folder in chunks and check it opens.
-
-    Written to a temporary name first and renamed only when it opens as a slide, so a broken upload
-    leaves nothing behind (the error says why). Returns the final path.
-    """
-    folder = uploads_dir(session)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / safe_filename(name)
-    staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=folder))
-    tmp = staging / final.name  # same name and suffix: format detection and messages see the real name
-    try:
-        if hasattr(fileobj, "seek"):
-            fileobj.seek(0)
-        with open(tmp, "wb") as out:
-            shutil.copyfileobj(fileobj, out, chunk)
-        with open_slide(tmp):
-            pass
-        os.replace(tmp, final)
-        return final
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def slide_id_for(path: Path, *, session: str | None = None) -> str:
-    """The id pages pass around (query params) for a library or uploaded slide path."""
-    path = Path(path).resolve()
-    library = SlideLibrary.configured()
-    if library is not None:
-        root = library._root()
-        if root in path.parents:
-            return "lib:" + path.relative_to(root).as_posix()
-    if session is not None and path.parent == uploads_dir(session).resolve():
-        return "up:" + path.name
-    raise InvalidInputError(f"'{path.name}' is neither in the slide library nor among this session's uploads.")
-
-
-def resolve_slide_id(slide_id: str, *, session: str | None = None) -> Path:
-    """``lib:<relative path>`` → path in the library; ``up:<file name>`` → this session's upload.
-
-    Anything else, or a path leaving its folder, raises :class:`InvalidInputError` (safe to call
-    with untrusted query parameters).
-    """
-    kind, _, rest = (slide_id or "").partition(":")
-    if kind == "lib":
-        library = SlideLibrary.configured()
-        if library is None:
-            raise InvalidInputError("No slide library is configured (HISTODASH_SLIDES_DIR).")
-        path = library.resolve(rest)
-        if not path.is_file():
-            raise InvalidInputError(f"'{rest}' is not a slide file.")
-        return path
-    if kind == "up":
-        if session is None:
-            raise InvalidInputError("Uploaded slides are only visible in the browser session that uploaded them.")
-        if rest != safe_filename(rest):
-            raise InvalidInputError(f"'{rest}' is not a valid upload name.")
-        path = uploads_dir(session) / rest
-        if not path.is_file():
-            raise InvalidInputError(f"No uploaded slide '{rest}' in this session.")
-        return path
-    raise InvalidInputError(f"'{slide_id}' is not a slide id (expected 'lib:…' or 'up:…').")
-
-
-# ---------------------------------------------------------------------------------- synthetic slides
-
-def write_pyramid_tiff(
-    path: str | Path, width: int, height: int, painter, *, levels: int = 3, tile: int = 256, mpp: float | None = 0.5,
-    quality: int = 90, compression: str = "jpeg",
-) -> Path:
-    """Write a tiled pyramidal TIFF that OpenSlide reads as a multi-level slide, tile by tile (bounded memory).
-
-    The recipe OpenSlide needs: one page per level (not SubIFDs), tiled, JPEG with ``photometric='rgb'``,
-    every level after the first marked ``subfiletype=1``, resolution in centimetres.
-    ``painter(x0, y0, w, h, ds)`` returns the ``(h, w, 3) uint8`` pixels of the region whose top-left
-    is level-0 ``(x0, y0)``, at downsample ``ds`` (pixel ``(i, j)`` covers level-0
-    ``[x0 + j*ds, x0 + (j+1)*ds)``). Level ``k`` is ``width // 2**k`` × ``height // 2**k``.
-    """
-    import tifffile
-
-    path = Path(path)
-    big = width * height * 3 > 2**31
-    with tifffile.TiffWriter(path, bigtiff=big) as tif:
-        for k in range(levels):
-            ds = 2**k
-            w, h = max(1, width // ds), max(1, height // ds)
-
-            def tiles(w=w, h=h, ds=ds):
-                for ty in range(0, h, tile):
-                    for tx in range(0, w, tile):
-                        block = np.full((tile, tile, 3), 255, np.uint8)
-                        bw, bh = min(tile, w - tx), min(tile, h - ty)
-                        block[:bh, :bw] = painter(tx * ds, ty * ds, bw, bh, ds)
-                        yield block
-
-            extra = {}
-            if mpp:
-                extra = {"resolution": (1e4 / (mpp * ds), 1e4 / (mpp * ds)), "resolutionunit": "CENTIMETER"}
-            tif.write(
-                tiles(), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
-                compression=compression, compressionargs={"level": quality} if compression == "jpeg" else None,
-                subfiletype=0 if k == 0 else 1, metadata=None, **extra,
-            )
-    return path
-
-
-def rect_painter(rects, background=(245, 245, 245), noise: int = 0, seed: int = 0):
-    """A painter for :func:`write_pyramid_tiff`: ``rects`` = [((x0, y0, x1, y1), (r, g, b)), …] in level-0 px.
-
-    A pixel takes a rectangle's colour when its centre lies inside it (so the pattern's location is
-    exact at every level).
-    """
-    rng = np.random.default_rng(seed)
-    bg = np.array(background, np.uint8)
-
-    def paint(x0, y0, w, h, ds):
-        out = np.empty((h, w, 3), np.uint8)
-        out[:] = bg
-        cx = x0 + (np.arange(w) + 0.5) * ds
-        cy = y0 + (np.arange(h) + 0.5) * ds
-        for (a, b, c, d), colour in rects:
-            xs = (cx >= a) & (cx < c)
-            ys = (cy >= b) & (cy < d)
-            if xs.any() and ys.any():
-                out[np.ix_(ys, xs)] = colour
-        if noise:
-            out = np.clip(out.astype(np.int16) + rng.integers(-noise, noise + 1, out.shape), 0, 255).astype(np.uint8)
-        return out
-
-    return paint

@@ -56,7 +56,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from engine.cache import make_key
-from engine.errors import HistoDashError, InvalidInputError
+from engine.errors import InvalidInputError, MissingDependencyError
 
 __all__ = [
     "MACENKO_REFERENCE_MAX_CONCENTRATIONS",
@@ -82,10 +82,6 @@ MACENKO_REFERENCE_MAX_CONCENTRATIONS.setflags(write=False)
 _ALGORITHM_VERSION = 1
 # Stain vectors closer than this (sine of the angle between them) cannot be told apart.
 _MIN_STAIN_SINE = 1e-3
-
-
-class MissingDependencyError(HistoDashError):
-    """An optional package needed by the requested feature is not installed."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,8 +1,9 @@
 """Tissue detection: Otsu on a low-resolution level, morphological clean-up, per-tile tissue fraction.
 
 >>> from engine.tissue import TissueMasker
->>> mask = TissueMasker().fit(slide)          # a TissueMask at thumbnail scale
+>>> mask = TissueMasker().fit(slide).mask_     # a TissueMask at thumbnail scale (fit returns the masker)
 >>> mask.fraction_in((x0, y0, w0, h0))          # share of a level-0 rectangle that is tissue
+>>> TissueMasker().thumbnail_mask(rgb, sx, sy)  # the mask of a thumbnail already in hand
 
 Tissue is darker and more saturated than glass. A pixel is tissue where its grey level is below
 Otsu's threshold (computed on the thumbnail) *and* below ``max_grey`` (so an empty slide, whose Otsu
@@ -78,6 +79,10 @@ class TissueMask:
 class TissueMasker:
     """Otsu tissue detection (scikit-learn style: parameters in the constructor, ``fit`` does the work).
 
+    ``fit(slide)`` returns the masker itself with the fitted mask in ``mask_`` (a :class:`TissueMask`)
+    and Otsu's threshold in ``threshold_``. :meth:`thumbnail_mask` and :meth:`slide_mask` return a
+    mask without changing the masker (safe to share between threads).
+
     Args:
         max_side: the thumbnail's larger side in pixels (the mask's resolution).
         max_grey: grey level (0–1) above which a pixel is glass whatever Otsu says.
@@ -92,7 +97,8 @@ class TissueMasker:
     min_object_px: int = 64
     min_hole_px: int = 64
 
-    def fit_rgb(self, rgb: np.ndarray, scale_x: float = 1.0, scale_y: float | None = None) -> TissueMask:
+    def thumbnail_mask(self, rgb: np.ndarray, scale_x: float = 1.0, scale_y: float | None = None) -> TissueMask:
+        """The tissue mask of an RGB thumbnail whose pixel covers ``scale_x × scale_y`` level-0 pixels."""
         from skimage import filters, morphology
 
         arr = np.asarray(rgb, dtype=np.uint8)
@@ -116,11 +122,17 @@ class TissueMasker:
             mask = morphology.remove_small_holes(mask, max_size=self.min_hole_px)
         return TissueMask(mask.astype(bool), float(scale_x), float(scale_x if scale_y is None else scale_y), t)
 
-    def fit(self, slide) -> TissueMask:
-        """Detect tissue on a thumbnail of ``slide`` (an :class:`engine.slides.Slide`)."""
+    def slide_mask(self, slide) -> TissueMask:
+        """The tissue mask of ``slide`` (an :class:`engine.slides.Slide`), detected on its thumbnail."""
         rgb, _ = slide.get_thumbnail(self.max_side)
         w0, h0 = slide.dimensions
-        return self.fit_rgb(rgb, w0 / rgb.shape[1], h0 / rgb.shape[0])
+        return self.thumbnail_mask(rgb, w0 / rgb.shape[1], h0 / rgb.shape[0])
+
+    def fit(self, slide) -> TissueMasker:
+        """Detect tissue on a thumbnail of ``slide``; sets ``mask_`` and ``threshold_`` and returns ``self``."""
+        self.mask_ = self.slide_mask(slide)
+        self.threshold_ = self.mask_.threshold
+        return self
 
     def cache_key(self) -> dict:
         return {"method": "otsu-v1", **{k: getattr(self, k) for k in ("max_side", "max_grey", "min_saturation", "closing_radius", "min_object_px", "min_hole_px")}}

@@ -14,12 +14,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SHARED_DATA = Path(os.environ.get("HISTODASH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from engine.config import get_settings  # noqa: E402 - after the sys.path line above
+
+#: the shared real-data folder, read through Settings like every HISTODASH_* variable (HISTODASH_SHARED_DATA)
+SHARED_DATA = get_settings().shared_data
 
 
 def shared_path(*parts: str) -> Path:
-    """A path under ../shared/data; the calling test is skipped with a reason when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
+    """A path under ../shared/data (``settings.shared_data``); the calling test is skipped with a reason when it is absent."""
+    path = get_settings().shared_data.joinpath(*parts)
     if not path.exists():
         pytest.skip(f"shared test data not available: {path} is absent (set HISTODASH_SHARED_DATA)")
     return path
@@ -89,6 +92,46 @@ def tiny_registry(tiny_models_dir, monkeypatch):
     from engine.registry import Registry
 
     return Registry(tiny_models_dir)
+
+
+# ----------------------------------------------------------------------------- synthetic slides
+
+PATTERN = (1024, 512, 2048, 1536)  # level-0 rectangle of "tissue" in the synthetic slide
+COLOUR = (170, 60, 140)
+
+
+def make_pyramid(path: Path, width=4096, height=3072, levels=3, mpp=0.5, rects=None, noise=0) -> Path:
+    """A tifffile pyramid (the recipe OpenSlide reads as multi-level, :mod:`engine.synthetic`) with a known tissue rectangle."""
+    from engine.synthetic import rect_painter, write_pyramid_tiff
+
+    rects = [(PATTERN, COLOUR)] if rects is None else rects
+    return write_pyramid_tiff(path, width, height, rect_painter(rects, noise=noise), levels=levels, mpp=mpp)
+
+
+@pytest.fixture(scope="session")
+def pyramid(tmp_path_factory) -> Path:
+    """The 4096×3072 synthetic slide, 3 levels, 0.5 µm/px, :data:`PATTERN` in :data:`COLOUR` (written once)."""
+    return make_pyramid(tmp_path_factory.mktemp("pyr") / "synthetic.tif")
+
+
+@pytest.fixture
+def slide_library(tmp_path, monkeypatch, pyramid):
+    """A configured slide library with a slide inside, a text file, a symlink out of it and one inside it."""
+    import shutil
+
+    from engine.slides import SlideLibrary
+
+    root = tmp_path / "library"
+    (root / "cases" / "a").mkdir(parents=True)
+    shutil.copy(pyramid, root / "cases" / "a" / "one.tif")
+    (root / "cases" / "readme.txt").write_text("x")
+    outside = tmp_path / "secret.svs"
+    shutil.copy(pyramid, outside)
+    os.symlink(outside, root / "cases" / "escape.svs")
+    os.symlink(tmp_path, root / "up")
+    os.symlink(root / "cases" / "a" / "one.tif", root / "inside-link.tif")
+    monkeypatch.setenv("HISTODASH_SLIDES_DIR", str(root))
+    return SlideLibrary(root)
 
 
 def rgb_tile(seed: int = 0, size: int = 48) -> np.ndarray:

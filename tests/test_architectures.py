@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -71,7 +73,7 @@ def test_bad_arguments():
 
 
 def _write_legacy_keras2_h5(model, path, rename=None):
-    """Write ``model``'s weights the way Keras 2 ``save_weights('x.h5')`` laid them out."""
+    """Write ``model``'s weights the way Keras 2 ``save_weights('x.h5')`` lays them out (checked against real Keras-2 files below)."""
     rename = rename or {}
     with h5py.File(path, "w") as f:
         weighted = [layer for layer in model.layers if layer.weights]
@@ -87,6 +89,103 @@ def _write_legacy_keras2_h5(model, path, rename=None):
             g.attrs["weight_names"] = [w.encode("utf8") for w in wnames]
             for wname, v in zip(wnames, variables):
                 g.create_dataset(wname, data=np.asarray(v.numpy()))
+
+
+# -- files written by real Keras 2 (tf_keras 2.21; tests/fixtures/keras2_h5/README.md says how)
+
+KERAS2 = Path(__file__).parent / "fixtures" / "keras2_h5"
+
+
+def _nested_toy(px: int = 32) -> keras.Model:
+    """Keras-3 twin of ``nested_toy`` in tests/fixtures/keras2_h5/make_fixture.py (same names and layers)."""
+    layers = keras.layers
+    b_in = keras.Input((px, px, 3), name="backbone_input")
+    y = layers.Conv2D(8, 3, strides=2, padding="same", name="b_conv")(b_in)
+    y = layers.BatchNormalization(name="b_bn")(y)
+    y = layers.Activation("relu", name="b_relu")(y)
+    y = layers.SeparableConv2D(16, 3, padding="same", use_bias=False, name="b_sepconv")(y)
+    y = layers.BatchNormalization(name="b_bn2")(y)
+    y = layers.GlobalAveragePooling2D(name="b_gap")(y)
+    backbone = keras.Model(b_in, y, name="backbone")
+    inputs = keras.Input((px, px, 3), name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = layers.Dense(12, activation="relu", name="fc")(backbone(x))
+    return keras.Model(inputs, layers.Dense(1, activation="sigmoid", name="predictions")(x), name="nested_toy")
+
+
+KERAS2_CASES = {  # fixture file → (Keras-3 model of the same layers, key of its Keras-2 predictions in expected.npz)
+    "lung_cnn_w8.h5": (lambda: build_model("lung_cnn", 32, 2, width=8), "lung_cnn"),
+    "nested_toy.h5": (_nested_toy, "nested_toy"),
+}
+
+
+def _h5_weights(path: Path) -> dict[str, list[np.ndarray]]:
+    """Per weighted layer of a Keras-2 HDF5 file, its arrays in the file's order (read with h5py alone)."""
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        out = {}
+        for name in group.attrs["layer_names"]:
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            wnames = [w.decode() if isinstance(w, bytes) else str(w) for w in group[name].attrs.get("weight_names", [])]
+            if wnames:
+                out[name] = [np.asarray(group[name][w]) for w in wnames]
+        return out
+
+
+def test_keras2_fixtures_are_from_keras2():
+    expected = np.load(KERAS2 / "expected.npz")
+    assert str(expected["keras_version"]).startswith("2.")
+    for name in KERAS2_CASES:
+        with h5py.File(KERAS2 / name, "r") as f:
+            assert f.attrs["keras_version"] in (b"2.21.0", "2.21.0"), name
+
+
+@pytest.mark.parametrize("name", sorted(KERAS2_CASES))
+def test_legacy_h5_written_by_keras2(name):
+    """A file Keras 2 wrote loads by name: every weight lands in its slot and the predictions are Keras 2's."""
+    build, key = KERAS2_CASES[name]
+    expected = np.load(KERAS2 / "expected.npz")
+    x, want = expected["x"], expected[key]
+    assert np.ptp(want, axis=0).max() > 1e-4, "the reference tiles must give different predictions"
+    keras.utils.set_random_seed(7)
+    model = build()
+    assert np.abs(model.predict(x, verbose=0) - want).max() > 1e-3, "an unloaded model must not already match"
+    file_weights = _h5_weights(KERAS2 / name)
+    loaded = load_legacy_h5_by_name(model, KERAS2 / name)
+    assert loaded == list(file_weights), "every weighted layer of the file is matched, in the file's order"
+    for layer_name, arrays in file_weights.items():
+        got = model.get_layer(layer_name)
+        variables = got.trainable_weights + got.non_trainable_weights  # Keras 2's order in the file
+        assert len(variables) == len(arrays), layer_name
+        for v, a in zip(variables, arrays):
+            np.testing.assert_array_equal(np.asarray(v.numpy()), a, err_msg=f"{layer_name}/{v.name}")
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=0, atol=1e-6)
+
+
+def test_legacy_h5_named_dot_weights_h5(tmp_path):
+    """Keras 3 reads ``*.weights.h5`` as its own format; a Keras-2 file of that name still loads by name."""
+    path = tmp_path / "study1.weights.h5"
+    path.write_bytes((KERAS2 / "lung_cnn_w8.h5").read_bytes())
+    model = build_model("lung_cnn", 32, 2, width=8)
+    assert "predictions" in load_legacy_h5_by_name(model, path)
+    expected = np.load(KERAS2 / "expected.npz")
+    np.testing.assert_allclose(model.predict(expected["x"], verbose=0), expected["lung_cnn"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(KERAS2_CASES))
+def test_test_writer_lays_out_files_as_keras2_does(name, tmp_path):
+    """``_write_legacy_keras2_h5`` (used by the tests below) puts the same layers, arrays and order in a file as Keras 2."""
+    build, _ = KERAS2_CASES[name]
+    model = build()
+    load_legacy_h5_by_name(model, KERAS2 / name)
+    ours = tmp_path / "ours.h5"
+    _write_legacy_keras2_h5(model, ours)
+    real, written = _h5_weights(KERAS2 / name), _h5_weights(ours)
+    assert list(written) == list(real)
+    for layer_name in real:
+        assert len(written[layer_name]) == len(real[layer_name]), layer_name
+        for a, b in zip(written[layer_name], real[layer_name]):
+            np.testing.assert_array_equal(a, b, err_msg=layer_name)
 
 
 def test_legacy_h5_by_name_roundtrip(tmp_path):

@@ -51,7 +51,7 @@ def models_dir(suite_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def slides_dir(suite_dir) -> Path:
-    from tests.test_slides import make_pyramid
+    from tests.conftest import make_pyramid
 
     root = suite_dir / "slides"
     root.mkdir()

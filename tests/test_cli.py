@@ -1,10 +1,11 @@
 """The CLI: predict writes one row per image, errors as rows; user errors are one line, exit 2."""
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from engine.cli import main
-from tests.conftest import rgb_tile
+from tests.conftest import ROOT, rgb_tile
 
 
 def test_predict_folder_to_csv(tiny_registry, tmp_path, capsys):
@@ -41,3 +42,34 @@ def test_models_lists_registry(tiny_registry, capsys):
     assert main(["models", "--models-dir", str(tiny_registry.root)]) == 0
     out = capsys.readouterr().out
     assert "tiny-test" in out and "tiny-sigmoid" in out
+
+
+# -- the command table -------------------------------------------------------------------------------
+
+def test_command_table_is_the_whole_cli():
+    from engine.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert list(sub.choices) == list(COMMANDS)
+    assert {"predict", "models", "gradcam", "heatmap", "cohort-scores", "survival", "train", "jobs", "train-default", "hash-password"} == set(COMMANDS)
+
+
+def test_a_broken_command_fails_loudly():
+    from engine.cli import CommandTableError, build_parser
+
+    with pytest.raises(ModuleNotFoundError, match="engine.cli.no_such_area"):
+        build_parser({"nothing": "engine.cli.no_such_area:add_parser"})
+    with pytest.raises(CommandTableError, match="did not add the command 'renamed'"):
+        build_parser({"renamed": "engine.cli.predict:add_parser"})
+    with pytest.raises(CommandTableError, match="no function 'missing'"):
+        build_parser({"predict": "engine.cli.predict:missing"})
+
+
+@pytest.mark.parametrize("module", [
+    "engine/predict.py", "engine/registry.py", "engine/gradcam.py", "engine/jobs.py", "engine/auth.py", "engine/training/run.py",
+    "engine/training/default.py", "engine/slides.py", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "engine" / "heatmap").glob("*.py")),
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "engine" / "survival").glob("*.py")),
+])
+def test_library_modules_know_no_argparse(module):
+    assert "argparse" not in (ROOT / module).read_text(), f"{module}: command-line parsing belongs in engine/cli/"

@@ -130,7 +130,7 @@ def test_slide(case, tmp_path):
             assert info.vendor == case.options["vendor"] and info.mpp == (case.options["mpp"], case.options["mpp"])
         thumb, _ = slide.get_thumbnail(512)
         assert thumb.dtype == np.uint8 and thumb.shape[2] == 3
-        mask = TissueMasker().fit_rgb(thumb, info.dimensions[0] / thumb.shape[1], info.dimensions[1] / thumb.shape[0])
+        mask = TissueMasker().thumbnail_mask(thumb, info.dimensions[0] / thumb.shape[1], info.dimensions[1] / thumb.shape[0])
         if "tissue" in case.options:
             assert mask.tissue_fraction == pytest.approx(case.options["tissue"], abs=0.01)
         rgb = slide.read_region((0, 0), 0, (64, 64))
@@ -138,7 +138,7 @@ def test_slide(case, tmp_path):
 
 
 def test_slide_upload_of_a_broken_file_leaves_nothing_behind(tmp_path, monkeypatch):
-    from engine.slides import save_upload, uploads_dir
+    from engine.uploads import save_upload, uploads_dir
 
     monkeypatch.setenv("HISTODASH_WORK_DIR", str(tmp_path / "sessions"))
     for case in cases("slide"):

@@ -26,8 +26,8 @@ from engine.heatmap import (
 from engine.predict import TilePredictor
 from engine.registry import ModelCard
 from engine.slides import open_slide
-from tests.conftest import shared_path
-from tests.test_slides import COLOUR, PATTERN, make_pyramid
+from tests.conftest import COLOUR, PATTERN, make_pyramid, shared_path
+from tests.fakes import FakeContext
 
 
 class ColourModel:
@@ -188,38 +188,16 @@ def test_exports_round_trip(pyramid, tmp_path):
     assert [t.type for t in fig.data] == ["image", "heatmap"] and "level 0" in fig.data[1].hovertemplate
 
 
-class FakeContext:
-    """The JobContext interface of engine.jobs, recorded in memory."""
-
-    def __init__(self, workdir: Path, cancel_at: int | None = None):
-        self.job_id, self.workdir, self.params = "test", workdir, {}
-        self.progress_calls, self.metrics, self.logs = [], {}, []
-        self.cancel_at = cancel_at
-
-    def progress(self, done, total, message=""):
-        self.progress_calls.append((done, total, message))
-
-    def metric(self, **values):
-        self.metrics.update(values)
-
-    def log(self, msg):
-        self.logs.append(msg)
-
-    def cancelled(self):
-        return self.cancel_at is not None and len(self.progress_calls) >= self.cancel_at
-
-    def raise_if_cancelled(self):
-        if self.cancelled():
-            raise RuntimeError("JobCancelled")
-
-
 def test_run_job_writes_exports(tiny_registry, pyramid, tmp_path):
     ctx = FakeContext(tmp_path / "job")
     params = {"slide_path": str(pyramid), "model_id": "tiny-test", "level": 2, "tile_px": 64, "batch_size": 8}
     result = run_job(params, ctx)
     assert result["n_tiles"] == 16 and Path(result["files"]["tiles.csv"]).exists()
-    assert (tmp_path / "job" / "thumbnail.png").exists() and json.dumps(result)
-    assert ctx.progress_calls[-1][0] == ctx.progress_calls[-1][1] == 16 and "mean_score" in ctx.metrics
+    assert (ctx.workdir / "thumbnail.png").exists() and json.dumps(result)
+    last = ctx.recorded.progress[-1]
+    assert last[0] == last[1] == 16 and "mean_score" in ctx.recorded.last_metrics
+    assert "16 tissue tiles to score" in ctx.recorded.statuses  # the message channel, not progress(0, 0, text)
+    assert all(total in (0, 16) for _, total, _, _ in ctx.recorded.progress)
     again = run_job(params, FakeContext(tmp_path / "job2"))
     assert again["n_cached"] == 16
 
@@ -286,3 +264,42 @@ def test_real_runner_cancel_then_resume(tiny_registry, tmp_path):
     second = runner.wait(again, timeout=180)
     assert second.state == "succeeded", (second.error, runner.log_tail(again))
     assert 0 < second.result["n_cached"] < 4096 and second.result["n_tiles"] == 4096
+
+
+def test_result_is_truly_frozen(pyramid):
+    import pickle
+    from dataclasses import FrozenInstanceError, replace
+
+    with open_slide(pyramid) as slide:
+        grid = TileGrid.for_slide(slide, 32, level=2, tile_px=64)
+        result = HeatmapRun(colour_predictor(), min_tissue=0.5).run(slide, grid)
+    with pytest.raises(FrozenInstanceError):
+        result.threshold = 0.1
+    for name in ("x", "y", "tissue", "probabilities", "scores", "cached"):
+        with pytest.raises(ValueError):
+            getattr(result, name)[0] = 0
+    with pytest.raises(TypeError, match="read-only"):
+        result.params["min_tissue"] = 0.0
+    with pytest.raises(TypeError, match="read-only"):
+        result.timings.update(wall_s=0)
+    back = pickle.loads(pickle.dumps(result))  # jobs and caches can still carry it
+    np.testing.assert_array_equal(back.scores, result.scores)
+    assert back.params == result.params and isinstance(back.params, type(result.params))
+    changed = replace(result, slide_name="other.tif")
+    assert changed.slide_name == "other.tif" and result.slide_name == "synthetic.tif"
+    with pytest.raises(ValueError, match="entries for"):
+        replace(result, scores=result.scores[:-1])
+
+
+def test_png_and_figure_use_the_render_colour_table(pyramid):
+    from engine.render import colour_lut, plotly_colorscale
+
+    with open_slide(pyramid) as slide:
+        grid = TileGrid.for_slide(slide, 32, level=2, tile_px=64)
+        result = HeatmapRun(colour_predictor(), min_tissue=0.5).run(slide, grid)
+    img = render_overlay(result, None, mode="binarise", threshold=0.5, opacity=1.0, colormap="plasma", max_side=256)
+    x0, y0, x1, y1 = (np.array(PATTERN) / 16).astype(int)  # 4096 px → 256 px
+    assert (img[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2] == colour_lut("plasma")[255]).all()  # every scored tile is 1 → last entry
+    from engine.heatmap import heatmap_figure
+
+    assert list(heatmap_figure(result, colormap="plasma").data[-1].colorscale[-1]) == plotly_colorscale("plasma")[-1]

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from engine import jobs
-from engine.errors import JobError
-from engine.jobs import JobContext, JobNotFoundError, LocalProcessRunner
+from engine.errors import Cancelled, JobError, JobNotFoundError
+from engine.jobs import JobContext, LocalProcessRunner
 
 # ----------------------------------------------------------------------------- job functions (run in the workers)
 
@@ -185,7 +185,7 @@ def test_context_progress_is_throttled_and_has_an_eta(tmp_path):
     assert not ctx.cancelled()
     (tmp_path / "job-x" / "cancel").touch()
     time.sleep(0.06)
-    with pytest.raises(jobs.JobCancelled):
+    with pytest.raises(Cancelled):
         ctx.raise_if_cancelled()
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.limits import InferenceLimiter, SlotTimeoutError, inference_slot, ordinal, wait_message
+from engine.errors import SlotTimeoutError
+from engine.limits import InferenceLimiter, inference_slot, ordinal, wait_message
 
 CTX = mp.get_context("spawn")  # no inherited locks or threads: each worker is a fresh process
 

@@ -8,8 +8,7 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ROOT, SHARED_DATA
-from tests.test_slides import make_pyramid
+from tests.conftest import ROOT, SHARED_DATA, make_pyramid
 
 APP = str(ROOT / "dashboard" / "app.py")
 

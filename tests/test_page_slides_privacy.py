@@ -1,8 +1,8 @@
 """Slide heatmap page: 'Anonymise names' downloads carry a stable pseudonym, never the slide's name or a server path."""
 
 
+from tests.conftest import make_pyramid
 from tests.test_page_slides import library, open_library_slide, page, wait_for_job  # noqa: F401, F811 - fixture
-from tests.test_slides import make_pyramid
 
 PATIENT = "DOE_Jane_1961_S99-0001"
 

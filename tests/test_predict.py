@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from engine.cache import ResultCache
-from engine.errors import InvalidInputError
+from engine.errors import IncompatibleModelError, InvalidInputError
 from engine.imageio import resize_tile
 from engine.predict import TilePredictor, collect_tile_paths, probabilities_from_output
 from tests.conftest import rgb_tile
@@ -85,7 +85,21 @@ def test_sigmoid_model_gives_two_probabilities(tiny_registry, tmp_path):
 
 def test_probabilities_from_output():
     np.testing.assert_allclose(probabilities_from_output(np.array([[0.25]]), 2), [[0.75, 0.25]])
+    np.testing.assert_allclose(probabilities_from_output(np.array([0.25, 0.5]), 2), [[0.75, 0.25], [0.5, 0.5]])
     np.testing.assert_allclose(probabilities_from_output(np.array([[0.2, 0.8]]), 2), [[0.2, 0.8]])
+    with pytest.raises(IncompatibleModelError, match="for 3 classes"):  # one sigmoid unit cannot be three classes
+        probabilities_from_output(np.array([[0.25]]), 3)
+    with pytest.raises(IncompatibleModelError, match="for 2 classes"):
+        probabilities_from_output(np.array([[0.2, 0.3, 0.5]]), 2)
+
+
+def test_public_prepare_and_predict_batch(tiny_registry):
+    p = TilePredictor(tiny_registry.get("tiny-test"), cache=False)
+    prepared = p.prepare(rgb_tile(0, size=48))
+    assert prepared.tensor.shape == (32, 32, 3) and prepared.tensor.dtype == np.uint8 and prepared.normalized is None
+    np.testing.assert_array_equal(prepared.tensor, resize_tile(rgb_tile(0, size=48), 32))
+    probs = p.predict_batch([prepared.tensor, p.prepare(rgb_tile(1)).tensor])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(axis=1), 1.0)
 
 
 def test_names_must_match_images(predictor):

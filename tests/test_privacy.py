@@ -54,14 +54,14 @@ def test_unexpected_page_errors_are_logged_without_names(monkeypatch, caplog):
 
 def test_heatmap_job_log_hides_the_slide_name(tiny_registry, tmp_path, monkeypatch):
     from engine.heatmap import run_job
-    from tests.test_heatmap import FakeContext
-    from tests.test_slides import make_pyramid
+    from tests.conftest import make_pyramid
+    from tests.fakes import FakeContext
 
     monkeypatch.delenv("HISTODASH_LOG_NAMES", raising=False)
     slide = make_pyramid(tmp_path / f"{PATIENT}.tif", noise=3)
     ctx = FakeContext(tmp_path / "job")
     run_job({"slide_path": str(slide), "model_id": "tiny-test", "level": 2, "tile_px": 64, "batch_size": 8}, ctx)
-    assert ctx.logs and not any(PATIENT in line for line in ctx.logs)
+    assert ctx.recorded.logs and not any(PATIENT in line for line in ctx.recorded.logs)
 
 
 # -- server paths ---------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def test_label_and_macro_images_are_never_exposed(tmp_path):
 
 def test_heatmap_exports_carry_no_server_paths_and_anonymise_the_slide(tiny_registry, tmp_path):
     from engine.heatmap import HeatmapResult, compute_heatmap
-    from tests.test_slides import make_pyramid
+    from tests.conftest import make_pyramid
 
     (tmp_path / "server-only-folder").mkdir()
     slide = make_pyramid(tmp_path / "server-only-folder" / f"{PATIENT}.tif", noise=3)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,33 +11,9 @@ import tifffile
 from PIL import Image
 
 from engine.errors import CorruptFileError, InvalidInputError, TooLargeError, UnsupportedFormatError
-from engine.slides import (
-    ImageSlide,
-    OpenSlideSlide,
-    SlideLibrary,
-    open_slide,
-    rect_painter,
-    resolve_mpp,
-    resolve_slide_id,
-    save_upload,
-    slide_id_for,
-    write_pyramid_tiff,
-)
-from tests.conftest import shared_path
-
-PATTERN = (1024, 512, 2048, 1536)  # level-0 rectangle of "tissue" in the synthetic slide
-COLOUR = (170, 60, 140)
-
-
-def make_pyramid(path: Path, width=4096, height=3072, levels=3, mpp=0.5, rects=None, noise=0) -> Path:
-    """A tifffile pyramid (the recipe OpenSlide reads as multi-level) with a known tissue rectangle."""
-    rects = [(PATTERN, COLOUR)] if rects is None else rects
-    return write_pyramid_tiff(path, width, height, rect_painter(rects, noise=noise), levels=levels, mpp=mpp)
-
-
-@pytest.fixture(scope="module")
-def pyramid(tmp_path_factory) -> Path:
-    return make_pyramid(tmp_path_factory.mktemp("pyr") / "synthetic.tif")
+from engine.slides import ImageSlide, OpenSlideSlide, open_slide, resolve_mpp
+from engine.uploads import resolve_slide_id
+from tests.conftest import COLOUR, shared_path
 
 
 def test_pyramid_opens_as_multilevel_openslide(pyramid):
@@ -175,60 +149,21 @@ def test_missing_file(tmp_path):
         open_slide(tmp_path / "nope.svs")
 
 
-# ----------------------------------------------------------------------------- library and uploads
+# ----------------------------------------------------------------------------- library
 
-@pytest.fixture
-def library(tmp_path, monkeypatch, pyramid):
-    root = tmp_path / "library"
-    (root / "cases" / "a").mkdir(parents=True)
-    shutil.copy(pyramid, root / "cases" / "a" / "one.tif")
-    (root / "cases" / "readme.txt").write_text("x")
-    outside = tmp_path / "secret.svs"
-    shutil.copy(pyramid, outside)
-    os.symlink(outside, root / "cases" / "escape.svs")
-    os.symlink(tmp_path, root / "up")
-    os.symlink(root / "cases" / "a" / "one.tif", root / "inside-link.tif")
-    monkeypatch.setenv("HISTODASH_SLIDES_DIR", str(root))
-    return SlideLibrary(root)
-
-
-def test_library_lists_slides_only_inside(library):
-    top = library.list("")
+def test_library_lists_slides_only_inside(slide_library):
+    top = slide_library.list("")
     assert [(e.name, e.is_dir) for e in top] == [("cases", True), ("inside-link.tif", False)]
-    cases = library.list("cases")
+    cases = slide_library.list("cases")
     assert [e.name for e in cases] == ["a"]  # no text file, no symlink leading out
-    assert sorted(e.relpath for e in library.walk()) == ["cases/a/one.tif", "inside-link.tif"]
-    os.symlink(library.root / "cases", library.root / "cases" / "a" / "loop")  # a loop inside: walked once
-    assert sorted(e.relpath for e in library.walk()) == ["cases/a/one.tif", "inside-link.tif"]
+    assert sorted(e.relpath for e in slide_library.walk()) == ["cases/a/one.tif", "inside-link.tif"]
+    os.symlink(slide_library.root / "cases", slide_library.root / "cases" / "a" / "loop")  # a loop inside: walked once
+    assert sorted(e.relpath for e in slide_library.walk()) == ["cases/a/one.tif", "inside-link.tif"]
 
 
 @pytest.mark.parametrize("bad", ["../secret.svs", "/etc/passwd", "cases/../../secret.svs", "cases/escape.svs", "up/secret.svs", "C:/x.svs", "missing.svs"])
-def test_library_refuses_traversal_and_symlinks_out(library, bad):
+def test_library_refuses_traversal_and_symlinks_out(slide_library, bad):
     with pytest.raises(InvalidInputError):
-        library.resolve(bad)
+        slide_library.resolve(bad)
     with pytest.raises(InvalidInputError):
         resolve_slide_id(f"lib:{bad}")
-
-
-def test_slide_ids_round_trip(library, tmp_path, pyramid):
-    path = resolve_slide_id("lib:cases/a/one.tif")
-    assert path.name == "one.tif"
-    assert slide_id_for(path) == "lib:cases/a/one.tif"
-    saved = save_upload(io.BytesIO(pyramid.read_bytes()), "../../My Slide.tif", "sess1")
-    assert saved.name == "My_Slide.tif" and saved.parent.name == "slides"
-    assert slide_id_for(saved, session="sess1") == "up:My_Slide.tif"
-    assert resolve_slide_id("up:My_Slide.tif", session="sess1") == saved
-    with pytest.raises(InvalidInputError):
-        resolve_slide_id("up:My_Slide.tif", session="other")
-    with pytest.raises(InvalidInputError):
-        resolve_slide_id("up:../x.tif", session="sess1")
-    with pytest.raises(InvalidInputError):
-        resolve_slide_id("file:/etc/passwd")
-
-
-def test_broken_upload_leaves_nothing(tmp_path):
-    with pytest.raises(CorruptFileError, match="broken.svs"):
-        save_upload(io.BytesIO(b"not a slide at all"), "broken.svs", "sess2")
-    from engine.slides import uploads_dir
-
-    assert list(uploads_dir("sess2").iterdir()) == []

@@ -9,6 +9,7 @@ committed values against a fresh R run.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -479,11 +480,29 @@ def test_km_figure_has_everything(lung):
     assert "<html>" in sv.figure_html(fig)[:200]
     forest = sv.forest_figure(sv.group_hazard_ratios(c))
     assert forest.layout.xaxis.type == "log"
-    if not sv.image_export_available():
-        with pytest.raises(UnsupportedFormatError, match="Static image export is not installed"):
-            sv.figure_image(fig, "png")
     d = lung.dropna(subset=["age"])
     assert sv.cutpoint_figure(sv.optimal_cutpoint(d.time, d.status - 1, d.age, variable="age")).data
+
+
+def test_figure_image_export(lung, monkeypatch):
+    """Both sides of static export run everywhere: refused with a clear message without a browser, real PNG with one."""
+    from PIL import Image
+
+    c = sv.prepare_cohort(lung, "time", "status", "sex")
+    fig = sv.km_figure(sv.kaplan_meier(c), sv.logrank_test(c))
+    with pytest.raises(UnsupportedFormatError, match="Cannot export a figure as 'gif'"):
+        sv.figure_image(fig, "gif")
+    with monkeypatch.context() as m:  # the real availability check, told the browser is a file that does not exist
+        m.setenv("BROWSER_PATH", "/nonexistent/chromium")
+        assert not sv.image_export_available()
+        with pytest.raises(UnsupportedFormatError, match="Static image export is not available on this server") as info:
+            sv.figure_image(fig, "png")
+        assert "camera button" in info.value.hint
+    if not sv.image_export_available():
+        pytest.skip("kaleido or a local Chromium is missing here: the export itself is not checked")
+    png = sv.figure_image(fig, "png", width=400, height=300, scale=1)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert Image.open(io.BytesIO(png)).size == (400, 300)
 
 
 # --------------------------------------------------------------------------------------------------

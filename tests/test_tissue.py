@@ -7,14 +7,13 @@ import pytest
 
 from engine.slides import open_slide
 from engine.tissue import TissueMask, TissueMasker
-from tests.conftest import shared_path
-from tests.test_slides import PATTERN, make_pyramid
+from tests.conftest import PATTERN, make_pyramid, shared_path
 
 
 def test_synthetic_slide_mask_matches_pattern(tmp_path):
     path = make_pyramid(tmp_path / "s.tif", noise=4)
     with open_slide(path) as slide:
-        mask = TissueMasker(max_side=512).fit(slide)
+        mask = TissueMasker(max_side=512).fit(slide).mask_
     assert mask.mask.shape == (384, 512) and mask.scale_x == pytest.approx(8.0)
     x0, y0, x1, y1 = PATTERN
     expected = (x1 - x0) * (y1 - y0) / (4096 * 3072)
@@ -40,17 +39,28 @@ def test_fractions_are_area_exact():
 def test_blank_slide_has_no_tissue(tmp_path):
     path = make_pyramid(tmp_path / "blank.tif", rects=[], noise=6)
     with open_slide(path) as slide:
-        mask = TissueMasker(max_side=256).fit(slide)
+        mask = TissueMasker(max_side=256).fit(slide).mask_
     assert mask.tissue_fraction == 0.0
 
 
 def test_uniform_image_has_no_tissue():
-    mask = TissueMasker().fit_rgb(np.full((64, 64, 3), 250, np.uint8))
+    mask = TissueMasker().thumbnail_mask(np.full((64, 64, 3), 250, np.uint8))
     assert not mask.mask.any()
 
 
 def test_real_slides_have_tissue():
     for name, low, high in (("CMU-1-Small-Region.svs", 0.25, 0.7), ("TCGA-CR-7395-01A-01-TS1.svs", 0.45, 0.8)):
         with open_slide(shared_path("wsi", name)) as slide:
-            mask = TissueMasker(max_side=512).fit(slide)
+            mask = TissueMasker(max_side=512).fit(slide).mask_
         assert low < mask.tissue_fraction < high, (name, mask.tissue_fraction)
+
+
+def test_fit_returns_the_masker_with_fitted_attributes(tmp_path):
+    path = make_pyramid(tmp_path / "s.tif", noise=4)
+    masker = TissueMasker(max_side=256)
+    with open_slide(path) as slide:
+        fitted = masker.fit(slide)
+        direct = masker.slide_mask(slide)
+    assert fitted is masker and fitted.threshold_ == fitted.mask_.threshold
+    np.testing.assert_array_equal(fitted.mask_.mask, direct.mask)
+    assert masker.cache_key() == TissueMasker(max_side=256).cache_key()  # fitting does not change the parameters

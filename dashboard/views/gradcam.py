@@ -68,7 +68,8 @@ def _int_param(name: str, value: str, low: int, high: int) -> int:
 def slide_region(params) -> tuple[str, np.ndarray]:
     """The slide tile named in the URL, or a HistoDashError saying why not."""
     try:
-        from engine.slides import open_slide, resolve_slide_id
+        from engine.slides import open_slide
+        from engine.uploads import resolve_slide_id
     except ImportError:
         raise InvalidInputError("This link points at a slide region, but this HistoDash has no slide reader (engine.slides).", "Upload the tile instead.") from None
     x, y = (_int_param(k, params.get(k), 0, 10**7) for k in ("x", "y"))

@@ -11,8 +11,9 @@ from dashboard import sidebar
 from dashboard.common import disclaimer, guarded, session_id, show_error
 from engine.errors import HistoDashError
 from engine.heatmap import DEFAULT_THRESHOLD, MODES, HeatmapResult, HeatmapRun, TileGrid, heatmap_figure, png_bytes, render_overlay
-from engine.slides import SlideLibrary, open_slide, resolve_slide_id, save_upload, uploads_dir
+from engine.slides import SlideLibrary, open_slide
 from engine.tissue import DEFAULT_MIN_TISSUE, TissueMasker
+from engine.uploads import resolve_slide_id, save_upload, uploads_dir
 
 PAGES = Path(__file__).resolve().parent
 SID = session_id()
@@ -114,7 +115,7 @@ def slide_overview(path: str, _mtime: int, user_mpp: float | None):
         thumb, _ = slide.get_thumbnail(1024)
         info = slide.info
     masker = TissueMasker()
-    mask = masker.fit_rgb(thumb, info.dimensions[0] / thumb.shape[1], info.dimensions[1] / thumb.shape[0])
+    mask = masker.thumbnail_mask(thumb, info.dimensions[0] / thumb.shape[1], info.dimensions[1] / thumb.shape[0])
     return thumb, info, mask
 
 

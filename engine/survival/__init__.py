@@ -90,7 +90,6 @@ __all__ = [
     "RiskScoreModel",
     "RiskScoreResult",
     "risk_score_workflow",
-    "register",
     "km_figure",
     "forest_figure",
     "cutpoint_figure",
@@ -100,13 +99,6 @@ __all__ = [
     "figure_image",
     "image_export_available",
 ]
-
-
-def register(subparsers) -> None:
-    """Add the ``survival`` command to ``python -m engine`` (plots are not needed there)."""
-    from engine.survival.cli import register as _register
-
-    _register(subparsers)
 
 
 def __getattr__(name):  # plotly figures on demand, so the CLI does not import plotly

@@ -348,9 +348,9 @@ def prepare(ds: TileDataset, px: int, *, normalization: str = "none", normalizer
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(run, range(total)))
     if cancelled is not None and cancelled():
-        from engine.jobs import JobCancelled
+        from engine.errors import Cancelled
 
-        raise JobCancelled("cancelled while preparing tiles")
+        raise Cancelled("cancelled while preparing tiles")
     files, keep, skipped, digests = [], [], [], []
     for i, r in enumerate(results):
         if r is None:

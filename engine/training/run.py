@@ -23,14 +23,12 @@ Steps (each reported through the :class:`~engine.jobs.JobContext`):
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import math
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -40,10 +38,11 @@ from engine.calibration import apply_temperature, ece, fit_temperature
 from engine.calibration import reliability as reliability_table
 from engine.config import REPO_ROOT, get_settings
 from engine.domain import fit as fit_domain
-from engine.errors import IncompatibleModelError, InvalidInputError, JobError
-from engine.jobs import JobCancelled, JobContext, get_runner
+from engine.errors import Cancelled, IncompatibleModelError, InvalidInputError
+from engine.forward import probabilities_from_output
+from engine.jobs import JobContext
 from engine.privacy import loggable_name
-from engine.training.config import TrainConfig, defaults_yaml, load_config, parse_config
+from engine.training.config import TrainConfig, parse_config
 from engine.training.datasets import PreparedData, describe_skipped, discover, prepare, split_holdout, split_kfold, subsample
 from engine.training.metrics import evaluate, f1_optimal_threshold, mean_sd, quality_check, roc_points
 
@@ -423,7 +422,7 @@ class _Trainer:
 
     def predict(self, model, idx: np.ndarray) -> np.ndarray:
         probs = model.predict(self.dataset(idx, training=False), verbose=0, callbacks=[_CancelCheck(self.ctx, self.keras)])
-        return _probabilities(probs, len(self.data.classes))
+        return probabilities_from_output(probs, len(self.data.classes))
 
     def fit(self, train_idx: np.ndarray, val_idx: np.ndarray | None, *, epochs: int, label: str, fold: int | None = None):
         """Fit one model; returns ``(model with the best weights, per-epoch rows, best epoch)``."""
@@ -461,14 +460,6 @@ def _set_bn_momentum(model, momentum: float, keras) -> int:
         elif hasattr(layer, "layers"):
             count += _set_bn_momentum(layer, momentum, keras)
     return count
-
-
-def _probabilities(out, n_classes: int) -> np.ndarray:
-    out = np.asarray(out, dtype=np.float64)
-    if out.ndim == 1 or out.shape[1] == 1:
-        p = out.reshape(-1)
-        return np.stack([1 - p, p], axis=1)
-    return out
 
 
 def make_dataset(files, y, *, px: int, batch_size: int, training: bool, augmentation=None, seed: int = 0, workers: int = 2, one_hot: int | None = None):
@@ -634,7 +625,7 @@ def _EpochMonitor(trainer: _Trainer, model, val_idx, *, epochs: int, steps: int,
 
         def on_train_batch_end(self, batch, logs=None):
             if ctx.cancelled():
-                raise JobCancelled(f"cancelled during epoch {self.epoch + 1}, batch {batch + 1}")
+                raise Cancelled(f"cancelled during epoch {self.epoch + 1}, batch {batch + 1}")
             done = self.step_base + self.epoch * steps + batch + 1
             loss = (logs or {}).get("loss")
             ctx.progress(done, trainer.total_steps, f"{label}epoch {self.epoch + 1}/{epochs} · batch {batch + 1}/{steps}",
@@ -806,95 +797,3 @@ def _read_metrics(ctx: JobContext) -> list[dict]:
             row.pop("time", None)
             rows.append(row)
     return rows
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    out: dict = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidInputError(f"--set expects KEY=VALUE, got '{pair}'.")
-        target = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            target = target.setdefault(p, {})
-        target[parts[-1]] = yaml.safe_load(value)
-    return out
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    if args.print_defaults:
-        print(defaults_yaml(args.config or "PATH/TO/TILES"), end="")
-        return 0
-    if not args.config:
-        raise InvalidInputError("Give a configuration file: python -m engine train CONFIG.yaml (see --print-defaults).")
-    from engine.training.default import cfg_with
-
-    cfg = cfg_with(load_config(args.config, overrides=None), parse_overrides(args.set))  # nested keys (augmentation.zoom=0) merge into the file's sections
-    return submit_and_follow(cfg, args)
-
-
-def submit_and_follow(cfg: TrainConfig, args: argparse.Namespace, *, out_dir: Path | None = None) -> int:
-    """Check the data, submit a ``train`` job, stream its log to stderr until it ends; print the model id."""
-    discover(cfg.data, label_column=cfg.label_column, path_column=cfg.path_column, group_column=cfg.group_column, classes=cfg.classes)
-    runner = get_runner()
-    params = cfg.to_dict() | ({"out_dir": str(Path(out_dir).resolve())} if out_dir is not None else {})
-    job_id = runner.submit("train", params, owner=os.environ.get("USER"))
-    print(f"job {job_id} submitted", file=sys.stderr)
-    if args.detach:
-        print(job_id)
-        return 0
-    seen = 0
-    try:
-        while True:
-            rec = runner.get(job_id)
-            if not args.quiet:
-                seen = _follow(rec.log_path, seen)
-            if not rec.active:
-                break
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        runner.cancel(job_id)
-        print(f"\ncancel requested for {job_id}", file=sys.stderr)
-        rec = runner.wait(job_id, timeout=60)
-    if rec.state != "succeeded":
-        raise JobError(f"Training job {job_id} {rec.state}" + (f": {rec.error}" if rec.error else "."),
-                       f"See its log: python -m engine jobs show {job_id}")
-    result = rec.result or {}
-    for m in result.get("metrics", [])[:3]:
-        print(f"{m['split']}: " + ", ".join(f"{k} {m[k]}" for k in ("auc", "accuracy_multiclass", "f1", "accuracy", "ece", "in_domain_fraction")
-                                             if m.get(k) is not None), file=sys.stderr)
-    quality = result.get("quality") or {}
-    if quality.get("status") == "failed":
-        print(f"warning: the model FAILED the quality check ({'; '.join(quality.get('reasons', []))}); it is registered but never selected by default",
-              file=sys.stderr)
-    print(result["model_id"])
-    return 0
-
-
-def _follow(log_path: str, offset: int) -> int:
-    try:
-        with open(log_path, "rb") as fh:
-            fh.seek(offset)
-            chunk = fh.read()
-    except FileNotFoundError:
-        return offset
-    if chunk:
-        sys.stderr.write(chunk.decode("utf-8", "replace"))
-        sys.stderr.flush()
-    return offset + len(chunk)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train and register a tile model from a YAML configuration (runs as a background job)")
-    p.add_argument("config", nargs="?", help="YAML configuration (minimal: data, architecture, epochs)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. --set epochs=3 --set augmentation.zoom=0")
-    p.add_argument("--detach", action="store_true", help="print the job id and return at once (follow with `python -m engine jobs show ID`)")
-    p.add_argument("-q", "--quiet", action="store_true", help="do not stream the job's log")
-    p.add_argument("--print-defaults", action="store_true", help="print a configuration with every default and exit")
-    p.set_defaults(func=_cmd_train)

@@ -1,4 +1,4 @@
-"""``python -m engine survival TABLE --time COL --event COL --group COL [--json]``."""
+"""``python -m engine survival TABLE --time COL --event COL --group COL [--json]``: survival statistics of a cohort table."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _num(v):
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def register(subparsers) -> None:
+def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "survival", help="Kaplan–Meier medians, log-rank test and hazard ratios of a cohort table",
         description="Kaplan–Meier medians (95 %% CI, log-log), the k-group log-rank test and Cox hazard ratios of "
