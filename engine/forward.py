@@ -81,7 +81,8 @@ def find_head(model):
     from engine.runtime import keras
 
     k = keras()
-    head = model.layers[-1] if model.layers else None
+    layers = getattr(model, "layers", None)  # anything with predict_on_batch works; only Keras models have a head to split off
+    head = layers[-1] if layers else None
     if not isinstance(head, k.layers.Dense) or _activation_name(head) not in ("softmax", "sigmoid"):
         return None, None
     rate = None
