@@ -64,6 +64,7 @@ class HeatmapResult:
     params: Mapping[str, Any] = field(default_factory=frozen)
     timings: Mapping[str, Any] = field(default_factory=frozen)
     complete: bool = True
+    columns: Mapping[str, np.ndarray] = field(default_factory=frozen)  # optional per-tile columns (in_domain, domain_score, uncertainty, …)
 
     def __post_init__(self):
         n = len(self.x)
@@ -74,18 +75,34 @@ class HeatmapResult:
             if len(arr) != n:
                 raise ValueError(f"HeatmapResult.{name} has {len(arr)} entries for {n} tiles.")
             arr.setflags(write=False)
+        clash = set(self.columns) & {"x", "y", "width", "height", "score", "tissue", "cached", *(f"p_{c}" for c in self.classes)}
+        if clash:
+            raise ValueError(f"HeatmapResult.columns may not be named {sorted(clash)} (built-in columns).")
+        for name, arr in self.columns.items():
+            if not isinstance(arr, np.ndarray) or len(arr) != n:
+                raise ValueError(f"HeatmapResult.columns['{name}'] must be a numpy array with one entry per tile ({n}).")
+            arr.setflags(write=False)
+        if not isinstance(self.columns, ReadOnlyDict):
+            object.__setattr__(self, "columns", ReadOnlyDict(self.columns))
 
     @property
     def n_tiles(self) -> int:
         return int(len(self.scores))
 
+    @property
+    def in_domain_fraction(self) -> float | None:
+        """Share of the scored tiles inside the model's out-of-domain threshold (None: the model has no detector)."""
+        flags = self.columns.get("in_domain")
+        return float(np.mean(flags)) if flags is not None and len(flags) else None
+
     def to_frame(self) -> pd.DataFrame:
-        """``x, y`` (level 0), ``width, height`` (level 0), ``score``, ``p_<class>``…, ``tissue``, ``cached``."""
+        """``x, y`` (level 0), ``width, height`` (level 0), ``score``, ``p_<class>``…, ``tissue``, ``cached``, then :attr:`columns`."""
         data = {"x": self.x, "y": self.y, "width": np.full(len(self.x), self.grid.tile0), "height": np.full(len(self.x), self.grid.tile0), "score": self.scores}
         for i, c in enumerate(self.classes):
             data[f"p_{c}"] = self.probabilities[:, i] if len(self.probabilities) else np.zeros(0)
         data["tissue"] = self.tissue
         data["cached"] = self.cached
+        data.update(self.columns)
         return pd.DataFrame(data)
 
     def top_k(self, k: int = 12) -> pd.DataFrame:
