@@ -1,4 +1,5 @@
-"""Tile prediction: class probabilities for this session's tiles, with optional stain normalisation."""
+"""Tile prediction: class probabilities for this session's tiles, whether each looks like the model's training tiles
+(in domain) and how sure the model is; stain normalisation is the model card's unless the user picks another (with a warning)."""
 
 import pandas as pd
 import streamlit as st
@@ -7,6 +8,8 @@ from dashboard import sidebar, state
 from dashboard.common import disclaimer, guarded, show_error
 from engine.imageio import read_image
 from engine.limits import inference_slot, wait_message
+from engine.normalization import choice_warning
+from engine.normalization import describe as describe_normalization
 from engine.privacy import anonymise_frame
 
 RESULT_KEY = "predict_result"
@@ -24,28 +27,31 @@ if not tiles:
 
 st.caption(f"Model **{card.id}** — score = {card.score_name} ({' + '.join(card.positive_classes) or card.classes[-1]}); input {card.input_px} px; card threshold {card.threshold:.3f} ({card.threshold_method or 'not stated'}).")
 
+choices = {"card": f"As the model card says: {describe_normalization(card)}", "none": "None", "macenko": "Macenko", "vahadane": "Vahadane (staintools, slower)"}
+method = st.selectbox("Stain normalisation", list(choices), format_func=choices.get, key="predict_normalization",
+                      help="The model card's setting is what the model was trained with. Anything else can change its scores.")
+if choice_warning(card, method):  # said as soon as it is chosen, before predicting
+    st.warning(choice_warning(card, method), icon=":material/warning:")
 with st.form("predict_form"):
-    c1, c2, c3 = st.columns(3)
-    normalize = c1.toggle("Stain normalisation", value=False, help="Normalise each tile's H&E colours to a reference before prediction.")
-    method = c2.selectbox("Method", ["macenko", "vahadane"], help="Macenko (fast, vectorised) or Vahadane (staintools, slower).")
-    reference_file = c3.file_uploader("Reference tile (optional)", type=["jpg", "jpeg", "png", "tif", "tiff"], help="Default: the published Macenko reference stains.")
+    reference_file = st.file_uploader("Reference tile (Macenko/Vahadane only)", type=["jpg", "jpeg", "png", "tif", "tiff"], help="Default: the published Macenko reference stains.")
     submitted = st.form_submit_button(f"Predict {len(tiles)} tile(s)", type="primary")
 
 
 def make_normalizer():
+    if method in ("card", "none") or reference_file is None:
+        return method  # the predictor resolves it against the card
     from engine.stain import get_normalizer
 
-    reference = read_image(reference_file.getvalue(), name=reference_file.name) if reference_file is not None else None
-    return get_normalizer(method, reference)
+    return get_normalizer(method, read_image(reference_file.getvalue(), name=reference_file.name))
 
 
 if submitted:
     try:
         from engine.predict import TilePredictor
 
-        normalizer = make_normalizer() if normalize else None
         bar = st.progress(0.0, text="Loading model…")
-        predictor = TilePredictor(card, normalizer=normalizer)
+        predictor = TilePredictor(card, normalizer=make_normalizer())
+        normalizer = predictor.normalizer
 
         def progress(done: int, total: int) -> None:
             bar.progress(done / max(total, 1), text=f"{done}/{total} tiles")
@@ -59,7 +65,7 @@ if submitted:
         names = {t.path: t.name for t in tiles}
         frame = result.to_frame()
         frame["path"] = frame["path"].map(lambda p: names.get(p, p))
-        st.session_state[RESULT_KEY] = {"card_id": card.id, "result": result, "frame": frame, "paths": [t.path for t in tiles], "normalize": normalize, "method": method, "normalizer": normalizer}
+        st.session_state[RESULT_KEY] = {"card_id": card.id, "result": result, "frame": frame, "paths": [t.path for t in tiles], "normalize": normalizer is not None, "method": method, "normalizer": normalizer}
         bar.empty()
     except Exception as err:  # noqa: BLE001 - shown as a message; the previous result stays below
         show_error(err, context="Prediction")
@@ -71,6 +77,10 @@ result, frame = saved["result"], saved["frame"].copy()
 if saved["card_id"] != card.id:
     st.warning(f"These results are from model '{saved['card_id']}'. Press Predict to run '{card.id}'.")
 
+if result.normalization_warning:
+    st.warning(f"These results: {result.normalization_warning}", icon=":material/warning:")
+if result.domain_warning:
+    st.error(result.domain_warning, icon=":material/report:")
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Tiles", len(frame))
 m2.metric("From cache", f"{result.n_cached}/{len(frame)}")
@@ -96,6 +106,9 @@ with table:
         column_config={
             "score": st.column_config.ProgressColumn(result.score_name, min_value=0.0, max_value=1.0, format="%.3f"),
             **{c: st.column_config.NumberColumn(c, format="%.3f") for c in prob_cols},
+            "in_domain": st.column_config.CheckboxColumn("in domain", help="Looks like the model's training tiles (out-of-domain detector on the card)."),
+            "domain_score": st.column_config.NumberColumn("domain score", format="%.1f", help="Distance to the training tiles' features; in domain up to the card's threshold."),
+            "uncertainty": st.column_config.NumberColumn("uncertainty", format="%.3f", help="Spread of the score under Monte Carlo dropout."),
         },
     )
     anonymise = st.toggle("Anonymise names", key="predict_anonymise", help="The CSV names each tile by a stable pseudonym (tile-…) instead of its file name; the same tile name always gets the same pseudonym on this server.")
@@ -109,7 +122,9 @@ with gallery:
         cols = st.columns(per_row)
         for col, (_, row) in zip(cols, rows.iloc[start : start + per_row].iterrows()):
             col.image(state.preview_file(paths[row["path"]], row["path"]), width="stretch")
-            col.caption(f"**{row['label']}** · {row['score']:.3f}\n\n{row['path']}")
+            flag = row.get("in_domain")
+            ood = " · :red[out of domain]" if flag is not None and pd.notna(flag) and not bool(flag) else ""
+            col.caption(f"**{row['label']}** · {row['score']:.3f}{ood}\n\n{row['path']}")
 
 if saved["normalize"] and saved["normalizer"] is not None:
     st.subheader("Stain normalisation: before / after")
