@@ -78,3 +78,18 @@ def test_training_with_macenko_bundles_its_reference(tmp_path, monkeypatch):
     assert check["card"]["setting"] == "macenko" and check["other"]["setting"] == "none"
     assert [m.split for m in card.metrics] == ["test", "test-restained", "validation", "test-normalization-none"]
     assert result["temperature"] == card.temperature and card.domain["file"] == "domain.npz"
+
+
+def test_cli_predict_applies_the_card_and_says_so_on_stderr_otherwise(tiny_registry, tmp_path, capsys):
+    from PIL import Image
+
+    from engine.cli import main
+    from tests.conftest import rgb_tile
+
+    tile = tmp_path / "t.png"
+    Image.fromarray(rgb_tile(1, 64)).save(tile)
+    assert main(["predict", str(tile), "--no-cache", "-q"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["predict", str(tile), "--no-cache", "-q", "--normalization", "macenko"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: Stain normalisation 'macenko' differs from this model's card, which prescribes none" in err
