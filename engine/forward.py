@@ -149,9 +149,11 @@ class ModelRunner:
 
     def _head_probs(self, features: np.ndarray) -> np.ndarray:
         z = features @ self._w + self._b
-        if self._sigmoid:
+        if self._sigmoid:  # one unit: [1 - p, p] (any leading dimensions: the MC samples come as (T, N, 1))
             p = 1.0 / (1.0 + np.exp(-z))
-            return probabilities_from_output(p, self.n_classes)
+            if p.shape[-1] != 1 or self.n_classes != 2:
+                return probabilities_from_output(p, self.n_classes)  # raises the clear error
+            return np.concatenate([1.0 - p, p], axis=-1)
         z = z - z.max(axis=-1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)

@@ -77,3 +77,13 @@ def test_models_without_a_dense_head_still_predict():
     runner = ModelRunner(model, n_classes=2, positive=[1], temperature=2.0)
     out = runner.forward(np.full((2, 16, 16, 3), 100, np.float32))
     assert out.features is None and out.uncertainty is None and np.allclose(out.probabilities.sum(1), 1)
+
+
+def test_a_single_sigmoid_unit_gives_two_class_probabilities_and_uncertainty():
+    from engine.architectures import build_model
+
+    model = build_model("small_cnn", 32, 1, binary=True, dense_units=8)
+    x = _batch(4, 5)
+    out = ModelRunner(model, n_classes=2, positive=[1], temperature=1.5, mc_samples=10).forward(x)
+    p = np.asarray(model.predict(x, verbose=0), np.float64)[:, 0]
+    assert np.allclose(out.raw_probabilities[:, 1], p, atol=1e-5) and out.probabilities.shape == (4, 2) and out.uncertainty.shape == (4,)
