@@ -30,7 +30,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HISTODASH_JOBS_DIR=/var/lib/histodash/jobs \
     HISTODASH_WORK_DIR=/var/lib/histodash/sessions \
     HISTODASH_MODELS_DIR=/app/models \
-    HISTODASH_SLIDES_DIR=/slides
+    HISTODASH_SLIDES_DIR=/slides \
+    HOME=/var/lib/histodash \
+    MPLCONFIGDIR=/var/lib/histodash/matplotlib
 
 WORKDIR /app
 COPY requirements.txt ./
@@ -39,16 +41,26 @@ RUN sed "s|^tensorflow-cpu==.*|${TENSORFLOW}|" requirements.txt > /tmp/requireme
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+# The slide viewer's browser library (OpenSeadragon, pinned in package-lock.json) from the npm registry at
+# build time, as `make run` does; Debian's nodejs/npm are build tools only, removed in the same layer.
+COPY dashboard/components/viewer/frontend/package.json dashboard/components/viewer/frontend/package-lock.json dashboard/components/viewer/frontend/
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nodejs npm \
+    && npm ci --prefix dashboard/components/viewer/frontend --no-audit --no-fund --loglevel=error \
+    && apt-get purge -y --auto-remove nodejs npm \
+    && rm -rf /var/lib/apt/lists/* /root/.npm
+
 COPY engine/ engine/
 COPY dashboard/ dashboard/
 COPY models/ models/
 COPY .streamlit/config.toml .streamlit/config.toml
 
-# An unprivileged user owns only what HistoDash writes: its home (cache, jobs, sessions) and the
+# An unprivileged user owns only what HistoDash writes: its home (cache, jobs, sessions, matplotlib's
+# config: without a writable home every CLI run warned that matplotlib cannot write it) and the
 # models folder (the Training page registers new models there). /slides is mounted read-only.
 RUN groupadd --gid 10001 histodash \
-    && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin histodash \
-    && mkdir -p /var/lib/histodash/cache /var/lib/histodash/jobs /var/lib/histodash/sessions /slides \
+    && useradd --uid 10001 --gid 10001 --home-dir /var/lib/histodash --no-create-home --shell /usr/sbin/nologin histodash \
+    && mkdir -p /var/lib/histodash/cache /var/lib/histodash/jobs /var/lib/histodash/sessions /var/lib/histodash/matplotlib /slides \
     && chown -R 10001:10001 /var/lib/histodash /app/models
 USER 10001:10001
 
@@ -62,4 +74,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
 # The README's start (`make run`: python -m streamlit run dashboard/server.py --server.address=$(HOST)
 # --server.port=$(PORT)), listening on all interfaces inside the container: publish the port on the
 # host's loopback behind a TLS reverse proxy, and set a login (else every page shows a warning banner).
+# No outbound lookup at start: .streamlit/config.toml sets browser.serverAddress, so Streamlit does not ask an
+# external service for this machine's public IP to print an "External URL" (it did, listening on 0.0.0.0).
 CMD ["python", "-m", "streamlit", "run", "dashboard/server.py", "--server.address=0.0.0.0", "--server.port=8501"]

@@ -40,7 +40,7 @@ sections = {
     "HistoDash": [_page("home", "Home", ":material/home:", default=True)],
     "Tiles": available(_page("upload", "Upload", ":material/upload:"), _page("predict", "Tile prediction", ":material/analytics:"), optional("gradcam", "Grad-CAM", ":material/local_fire_department:")),
     "Slides": available(optional("slides", "Slide heatmap", ":material/map:")),
-    "Cohorts": available(optional("survival", "Cohort survival", ":material/monitoring:")),
+    "Cohorts": available(optional("cohort", "Cohort", ":material/groups:"), optional("survival", "Cohort survival", ":material/monitoring:")),
     "Models": available(optional("training", "Training", ":material/model_training:"), optional("models", "Models", ":material/inventory_2:")),
 }
 navigation = st.navigation({name: pages for name, pages in sections.items() if pages})

@@ -23,9 +23,11 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard/server.py` puts only d
 import streamlit as st  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
+from dashboard import tileserver  # noqa: E402
 from dashboard.websession import BrowserSessionMiddleware  # noqa: E402
 
 ROUTES: list = []
+ROUTES += tileserver.routes()  # Deep Zoom tiles of the slide viewer (token-checked)
 MIDDLEWARE: list = [Middleware(BrowserSessionMiddleware)]
 
 app = st.App(HERE / "app.py", routes=ROUTES, middleware=MIDDLEWARE)

@@ -17,7 +17,7 @@ from PIL import Image
 from dashboard.common import session_workspace
 from engine.archive import ZipReport, iter_zip_tiles
 from engine.errors import HistoDashError
-from engine.imageio import read_image, read_image_with_info, to_png_bytes
+from engine.imageio import read_image, read_image_with_info, to_png_bytes, unique_name
 from engine.uploads import safe_filename as _safe_name
 
 TILES_KEY = "tiles"
@@ -68,13 +68,23 @@ def preview_file(path: str | Path, name: str | None = None) -> str:
     return str(out)
 
 
-def add_tile_bytes(name: str, raw: bytes) -> TileRecord:
-    """Validate one tile and store it in the workspace; raises a HistoDashError naming the file."""
+def add_tile_bytes(name: str, raw: bytes, notes: list[str] | None = None) -> TileRecord | None:
+    """Validate one tile and store it in the workspace; raises a HistoDashError naming the file.
+
+    The same file again is not added (None; ``notes`` says so); a different file with a name already in the
+    session is kept apart as ``name (2).png`` (``notes`` says so too).
+    """
     rgb, info = read_image_with_info(raw, name=name)
     digest = hashlib.sha256(raw).hexdigest()
     existing = {t.sha256: t for t in tiles()}
     if digest in existing:
-        return existing[digest]
+        if notes is not None:
+            notes.append(f"{name} is identical to {existing[digest].name}, already in this session: not added again.")
+        return None
+    shown = unique_name(name, {t.name for t in tiles()})
+    if shown != name and notes is not None:
+        notes.append(f"Another tile is already named {name}: this one is kept as {shown}.")
+    name = shown
     folder = session_workspace() / "tiles"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{digest[:12]}_{_safe_name(name)}"
@@ -85,25 +95,32 @@ def add_tile_bytes(name: str, raw: bytes) -> TileRecord:
     return record
 
 
-def ingest(name: str, raw: bytes) -> tuple[list[TileRecord], list[tuple[str, str]], list[str]]:
-    """One uploaded file (tile or zip of tiles) → (added records, [(file, error)], skipped members)."""
+def ingest(name: str, raw: bytes, notes: list[str] | None = None) -> tuple[list[TileRecord], list[tuple[str, str]], list[str]]:
+    """One uploaded file (tile or zip of tiles) → (added records, [(file, error)], skipped members).
+
+    ``notes`` collects what the user should know about tiles renamed or not added again (duplicates).
+    """
     added, errors, skipped = [], [], []
     if name.lower().endswith(".zip"):
-        report = ZipReport()
+        report, noted = ZipReport(), len(notes or [])
         try:
             for member, data in iter_zip_tiles(raw, name=name, report=report):
                 try:
-                    added.append(add_tile_bytes(f"{name}/{member}", data))
+                    record = add_tile_bytes(f"{name}/{member}", data, notes)
+                    if record is not None:
+                        added.append(record)
                 except HistoDashError as err:
                     errors.append((f"{name}/{member}", str(err)))
         except HistoDashError as err:
             errors.append((name, str(err)))
         skipped = report.skipped
-        if not added and not errors:
+        if not added and not errors and len(notes or []) == noted:  # (duplicates only: said in notes)
             errors.append((name, f"'{name}' contains no tiles (JPEG, PNG or TIFF files)."))
         return added, errors, skipped
     try:
-        added.append(add_tile_bytes(name, raw))
+        record = add_tile_bytes(name, raw, notes)
+        if record is not None:
+            added.append(record)
     except HistoDashError as err:
         errors.append((name, str(err)))
     return added, errors, skipped

@@ -9,6 +9,10 @@ tile files only and refuses, with :class:`~engine.errors.UnsafeArchiveError`:
   over the limits — checked from the central directory *and* enforced while reading, since the
   directory can lie.
 
+* *pixel bombs*: small files that decode to huge images — each tile's header is read before it is
+  yielded and the pixels of all tiles are summed; over ``max_total_pixels`` the archive is refused
+  (:class:`~engine.errors.TooLargeError`) before any of those pixels is decoded.
+
 Non-tile members (folders, ``__MACOSX`` resource forks, text files) are skipped and reported.
 """
 
@@ -21,8 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import CorruptFileError, UnsafeArchiveError
-from engine.imageio import is_tile_name
+from engine.config import get_settings
+from engine.errors import CorruptFileError, TooLargeError, UnsafeArchiveError
+from engine.imageio import header_pixels, is_tile_name
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class ZipLimits:
     max_member_bytes: int = 200 * 1024 * 1024
     max_total_bytes: int = 2 * 1024 * 1024 * 1024
     max_ratio: float = 200.0  # uncompressed / compressed, per member (JPEG tiles barely compress)
+    max_total_pixels: int | None = None  # decoded pixels of all tiles together (default: 4 × settings.max_pixels)
 
 
 @dataclass
@@ -43,6 +49,33 @@ def _unsafe_name(name: str) -> bool:
         return True
     parts = name.replace("\\", "/").split("/")
     return any(part == ".." for part in parts)
+
+
+HEADER_BYTES = 256 * 1024  # enough for any tile header (a JPEG's EXIF block is at most 64 KB)
+
+
+def _is_tile_member(info: zipfile.ZipInfo) -> bool:
+    base = posixpath.basename(info.filename.replace("\\", "/"))
+    return not info.is_dir() and is_tile_name(base) and not base.startswith("._") and "__MACOSX" not in info.filename
+
+
+def _check_pixels(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], name: str, limits: ZipLimits) -> None:
+    """Sum the pixels every tile's header declares, before any tile is yielded (or decoded)."""
+    limit = limits.max_total_pixels if limits.max_total_pixels is not None else 4 * get_settings().max_pixels
+    pixels = 0
+    for info in infos:
+        if not _is_tile_member(info):
+            continue
+        try:
+            with zf.open(info) as fh:
+                head = fh.read(HEADER_BYTES)
+        except Exception:  # noqa: BLE001 - the extraction pass names a broken member
+            continue
+        pixels += header_pixels(head)
+        if pixels > limit:
+            raise TooLargeError(
+                f"'{name}': its tiles decode to more than {limit:,} pixels in all (reached at '{info.filename}'), over the limit for one archive.",
+                "Upload fewer or smaller tiles at a time.", path=name)
 
 
 def iter_zip_tiles(data: bytes | str | Path, *, name: str = "archive.zip", limits: ZipLimits = ZipLimits(), report: ZipReport | None = None) -> Iterator[tuple[str, bytes]]:
@@ -70,6 +103,7 @@ def iter_zip_tiles(data: bytes | str | Path, *, name: str = "archive.zip", limit
         if declared > limits.max_total_bytes:
             raise UnsafeArchiveError(f"'{name}' expands to {declared:,} bytes, over the limit of {limits.max_total_bytes:,}.", path=name)
         total = 0
+        _check_pixels(zf, infos, name, limits)
         for info in infos:
             base = posixpath.basename(info.filename.replace("\\", "/"))
             if info.is_dir():

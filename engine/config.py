@@ -17,7 +17,10 @@
 | ``HISTODASH_SESSION_MAX_AGE_H`` | ``24`` | a session workspace idle this long is deleted |
 | ``HISTODASH_MAX_CONCURRENT_INFERENCE`` | ``2`` | heavy inference runs at once across all users (the rest queue) |
 | ``HISTODASH_LOG_NAMES`` | ``0`` | ``1`` lets logs name uploaded files and slides (off: no patient identifiers in logs) |
+| ``HISTODASH_DATA_ROOTS`` | the shared data folder | folders (separated by ``:``) the Training page may train from, besides the session's uploads |
 | ``HISTODASH_JOB_SLOTS`` | ``1`` | background jobs that run at once (the rest queue) |
+| ``HISTODASH_RUNNER`` | ``local`` | where background jobs run: ``local`` (this machine's processes) or ``ray`` (a Ray cluster) |
+| ``HISTODASH_RAY_ADDRESS`` | unset | the Ray cluster's Jobs address, e.g. ``http://head:8265`` (unset: Ray's own ``RAY_ADDRESS``) |
 | ``HISTODASH_SHARED_DATA`` | ``<repo>/../shared/data`` | the shared real-data folder (demo training data, tests, benchmarks) |
 
 :func:`get_settings` is the only reader of ``HISTODASH_*`` variables in the engine and the dashboard;
@@ -40,6 +43,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def _path(name: str, default: Path) -> Path:
     value = os.environ.get(name)
     return Path(value).expanduser() if value else default
+
+
+def _paths(name: str, default: tuple[Path, ...]) -> tuple[Path, ...]:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return tuple(Path(p).expanduser() for p in value.split(os.pathsep) if p.strip())
 
 
 def _parsed(name: str, default, convert, what: str):
@@ -79,8 +89,11 @@ class Settings:
     session_max_age_s: float = 24 * 3600.0
     max_concurrent_inference: int = 2
     log_names: bool = False
+    data_roots: tuple[Path, ...] = ()
     job_slots: int = 1
     shared_data: Path = REPO_ROOT.parent / "shared" / "data"
+    runner: str = "local"
+    ray_address: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -105,4 +118,17 @@ def get_settings() -> Settings:
         log_names=os.environ.get("HISTODASH_LOG_NAMES", "0").strip().lower() in ("1", "true", "yes", "on"),
         job_slots=max(1, _whole("HISTODASH_JOB_SLOTS", 1)),
         shared_data=_path("HISTODASH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"),
+        runner=_runner(),
+        ray_address=os.environ.get("HISTODASH_RAY_ADDRESS") or None,
+        data_roots=_paths("HISTODASH_DATA_ROOTS", (_path("HISTODASH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"),)),
     )
+
+
+RUNNERS = ("local", "ray")
+
+
+def _runner() -> str:
+    value = (os.environ.get("HISTODASH_RUNNER") or "local").strip().lower()
+    if value not in RUNNERS:
+        raise InvalidInputError(f"HISTODASH_RUNNER={value!r} is not a job runner.", f"Use one of: {', '.join(RUNNERS)}.")
+    return value

@@ -31,6 +31,9 @@ from engine.errors import IncompatibleModelError
 
 #: default number of Monte Carlo dropout samples
 MC_SAMPLES = 30
+#: the optional per-tile outputs (fields of :class:`ForwardOutput`) that travel as columns: prediction rows, heatmap
+#: tiles (``HeatmapResult.columns``), cohort chunks, caches and exports all take this list
+EXTRA_FIELDS = ("in_domain", "domain_score", "uncertainty")
 
 
 @dataclass(frozen=True)

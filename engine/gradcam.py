@@ -168,6 +168,33 @@ class SaliencyResult:
         return f"{self.method_label}{where} for {self.target_class} (p = {self.score:.3f}; predicted {self.predicted_class}{domain})"
 
 
+@dataclass(frozen=True, eq=False)
+class Attribution:
+    """Integrated-gradients attributions of one tile, before they become a map (:meth:`Explainer.integrated_gradients`).
+
+    Attributes:
+        values: ``(input_px, input_px, 3) float64``, signed, per input pixel and channel (read-only).
+            Completeness: their sum is (up to the Riemann sum's error) the explained log-odds at the
+            tile minus that at the baseline.
+        target_class: the explained class name, or ``"score"``.
+        probabilities: the model's class probabilities on the tile, in the card's class order.
+        baseline: ``"black"`` or ``"white"``.
+    """
+
+    values: np.ndarray
+    target_class: str
+    probabilities: tuple[float, ...]
+    baseline: str
+
+    def saliency(self) -> tuple[np.ndarray, str]:
+        """The map the pages show: Σ_channels |values| scaled by its 99.5th percentile, clipped to [0, 1]; and a note."""
+        amount = np.abs(self.values).sum(axis=-1)
+        top = float(np.percentile(amount, 99.5))
+        if top <= 0 or not np.isfinite(top):
+            return np.zeros_like(amount, dtype=np.float32), "The attributions are all zero."
+        return np.clip(amount / top, 0.0, 1.0).astype(np.float32), ""
+
+
 # ----------------------------------------------------------------------------- rendering
 
 
@@ -576,7 +603,18 @@ class Explainer:
             cam = cam / top
         return cam.astype(np.float32), probs, target_name, note
 
-    def _integrated_gradients(self, x: np.ndarray, target: str | None, batch: int = 16):
+    def integrated_gradients(self, image, *, target: str | None = None, name: str = "tile") -> Attribution:
+        """Signed integrated-gradients attributions of one tile at the model's input size (the numbers behind its map).
+
+        Args:
+            image: ``(H, W, 3) uint8`` RGB array, a path or raw bytes of a tile; resized to ``input_px`` as for :meth:`explain`.
+            target: ``None``/``"predicted"`` (default), ``"score"`` or a class name.
+            name: the tile's name in error messages.
+        """
+        rgb = check_tile(image if isinstance(image, np.ndarray) else read_image(image, name=name), name)
+        return self._attribution(resize_tile(rgb, self.input_px).astype(np.float32), target)
+
+    def _attribution(self, x: np.ndarray, target: str | None, batch: int = 16) -> Attribution:
         from engine.runtime import tensorflow
 
         tf = tensorflow()
@@ -595,13 +633,14 @@ class Explainer:
                 _, head, out = tap(xs)
                 s = self._log_odds(tap, head, out, indices)
             total += tape.gradient(s, xs).numpy().astype(np.float64).sum(axis=0)
-        attribution = (x - baseline) * total / self.ig_steps  # (px, px, 3)
-        amount = np.abs(attribution).sum(axis=-1)
-        top = float(np.percentile(amount, 99.5))
-        note = ""
-        if top <= 0 or not np.isfinite(top):
-            return np.zeros_like(amount, dtype=np.float32), probs, target_name, "The attributions are all zero."
-        return np.clip(amount / top, 0.0, 1.0).astype(np.float32), probs, target_name, note
+        values = (x - baseline) * total / self.ig_steps  # (px, px, 3)
+        values.setflags(write=False)
+        return Attribution(values, target_name, tuple(float(p) for p in probs), self.ig_baseline)
+
+    def _integrated_gradients(self, x: np.ndarray, target: str | None):
+        attribution = self._attribution(x, target)
+        saliency, note = attribution.saliency()
+        return saliency, np.asarray(attribution.probabilities), attribution.target_class, note
 
     def explain(self, image, *, method: str = "gradcam", layer: str | None = None, target: str | None = None, name: str = "tile") -> SaliencyResult:
         """Saliency map of one tile.
@@ -703,6 +742,6 @@ def explain(image, *, model_id: str | None = None, method: str = "gradcam", laye
 
 
 __all__ = [
-    "COLORMAPS", "METHODS", "ConvLayer", "Explainer", "SaliencyResult", "check_tile", "colorize", "default_conv_layer",
+    "COLORMAPS", "METHODS", "Attribution", "ConvLayer", "Explainer", "SaliencyResult", "check_tile", "colorize", "default_conv_layer",
     "explain", "find_conv_layers", "overlay", "upsample",
 ]

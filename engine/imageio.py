@@ -8,7 +8,14 @@ One entry point, :func:`read_image`, accepts a path or raw bytes and always retu
 * a file that is not an image → :class:`~engine.errors.UnsupportedFormatError`;
 * a truncated or damaged image → :class:`~engine.errors.CorruptFileError`;
 * more pixels than ``max_pixels`` (decompression bombs) → :class:`~engine.errors.TooLargeError`,
-  checked from the header *before* any pixel is decoded.
+  checked from the header *before* any pixel is decoded; so are PNG text/ICC chunks that decompress
+  to more than ``MAX_TEXT_CHUNK`` bytes (``MAX_TEXT_MEMORY`` in all) and a header that declares far
+  more pixels than the file's bytes can hold (a forged JPEG header: :class:`~engine.errors.CorruptFileError`);
+* a multi-page TIFF → :class:`~engine.errors.UnsupportedFormatError` (a tile is one image);
+* degenerate images are named, never scored: under ``MIN_SIDE_PX`` a side or more elongated than
+  ``MAX_ASPECT`` (from the header, before decoding), float pixels that are NaN or infinite
+  (:class:`~engine.errors.InvalidInputError`); :func:`check_scorable` refuses blank (uniform) tiles
+  before a model scores them.
 """
 
 from __future__ import annotations
@@ -19,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from engine.config import get_settings
-from engine.errors import CorruptFileError, TooLargeError, UnsupportedFormatError
+from engine.errors import CorruptFileError, InvalidInputError, TooLargeError, UnsupportedFormatError
 from engine.render import png_bytes as to_png_bytes  # noqa: F401 - the PNG encoder lives in engine.render; this name is kept for callers
 
 TILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -31,6 +38,18 @@ FORMATS = {"JPEG", "PNG", "TIFF", "MPO"}  # MPO: JPEG written by some cameras, d
 # Pillow's own decompression-bomb guard is replaced by our configurable limit, which is checked from
 # the header before any pixel is decoded (read_image_with_info).
 Image.MAX_IMAGE_PIXELS = None
+
+# Ancillary PNG chunks (tEXt/zTXt/iTXt, iCCP) are decompressed by Pillow while the header is read:
+# one chunk may expand to at most MAX_TEXT_CHUNK bytes, all of them to MAX_TEXT_MEMORY.
+MAX_TEXT_CHUNK = 1024 * 1024
+MAX_TEXT_MEMORY = 8 * 1024 * 1024
+PngImagePlugin.MAX_TEXT_CHUNK = MAX_TEXT_CHUNK
+PngImagePlugin.MAX_TEXT_MEMORY = MAX_TEXT_MEMORY
+
+MIN_SIDE_PX = 8  # smaller images are not tiles (a 1×1 px "tile" was scored as tissue)
+MAX_ASPECT = 16.0  # longer side / shorter side; a 100,000×1 strip is not a tile
+MAX_PIXELS_PER_BYTE = 4096  # no real JPEG/PNG/TIFF packs more pixels per byte (a uniform JPEG: ~100; PNG at most ~350)
+BLANK_STD = 1.0  # a tile whose every channel varies less than this (grey levels, standard deviation) is blank
 
 
 @dataclass(frozen=True)
@@ -57,7 +76,7 @@ def _source(data: bytes | str | Path) -> tuple[io.BytesIO | Path, str, int]:
     return path, path.name, size
 
 
-def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
+def _to_rgb_uint8(img: Image.Image, name: str = "image") -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img)
@@ -68,6 +87,7 @@ def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
         return np.repeat(grey[..., None], 3, axis=2)
     if mode == "F":
         arr = np.asarray(img, dtype=np.float64)
+        check_finite(arr, name)
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
         scale = 255.0 if hi <= 1.0 and lo >= 0.0 else 255.0 / max(hi - lo, 1e-12)
         grey = np.clip(np.rint((np.nan_to_num(arr) - (0 if hi <= 1.0 and lo >= 0 else lo)) * scale), 0, 255).astype(np.uint8)
@@ -112,6 +132,8 @@ def read_image_with_info(data: bytes | str | Path, *, name: str | None = None, m
         img = Image.open(source)
     except UnidentifiedImageError as exc:
         raise UnsupportedFormatError(f"'{name}' is not an image HistoDash can read.", path=name) from exc
+    except ValueError as exc:  # Pillow: a PNG text/ICC chunk over MAX_TEXT_CHUNK / MAX_TEXT_MEMORY
+        raise _chunk_bomb(name, exc) from exc
     except OSError as exc:
         raise CorruptFileError(f"'{name}' cannot be opened as an image ({exc}).", path=name) from exc
     with img:
@@ -119,14 +141,11 @@ def read_image_with_info(data: bytes | str | Path, *, name: str | None = None, m
         if fmt not in FORMATS:
             raise UnsupportedFormatError(f"'{name}' is a {fmt} image; tiles must be JPEG, PNG or TIFF.", path=name)
         width, height = img.size
-        if width * height > limit:
-            raise TooLargeError(
-                f"'{name}' is {width}×{height} = {width * height:,} pixels, over the limit of {limit:,}.",
-                "Whole slides belong on the Slide page; tiles must be smaller." if fmt == "TIFF" else None,
-                path=name,
-            )
-        if width == 0 or height == 0:
-            raise CorruptFileError(f"'{name}' has no pixels.", path=name)
+        try:  # counting a TIFF's pages walks its IFD chain, which a cut-short file breaks
+            pages = getattr(img, "n_frames", 1) if fmt == "TIFF" else 1
+        except (OSError, ValueError, TypeError, SyntaxError, EOFError) as exc:  # Pillow: TypeError "Missing dimensions"
+            raise CorruptFileError(f"'{name}' is damaged or cut short ({exc}).", path=name) from exc
+        check_header(name, fmt, width, height, size, limit, pages=pages)
         mode = img.mode
         try:
             if fmt == "TIFF" and mode in ("RGB", "RGBA") and img.tag_v2.get(258, (8,))[0] == 16:
@@ -135,8 +154,10 @@ def read_image_with_info(data: bytes | str | Path, *, name: str | None = None, m
                 rgb = None
             if rgb is None:
                 img.load()
-                rgb = _to_rgb_uint8(img)
+                rgb = _to_rgb_uint8(img, name)
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            if _is_chunk_bomb(exc):
+                raise _chunk_bomb(name, exc) from exc
             if fmt == "TIFF" and "cannot" in str(exc).lower() and "mode" in str(exc).lower():
                 rgb = _read_tiff_16bit(source, name)
                 if rgb is None:
@@ -146,6 +167,96 @@ def read_image_with_info(data: bytes | str | Path, *, name: str | None = None, m
     if rgb.shape[:2] != (height, width):
         raise CorruptFileError(f"'{name}' decoded to an unexpected shape {rgb.shape}.", path=name)
     return np.ascontiguousarray(rgb, dtype=np.uint8), ImageInfo(name, fmt if fmt != "MPO" else "JPEG", width, height, mode, size)
+
+
+def _is_chunk_bomb(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, ValueError) and ("too large" in text or "max_text" in text or "too much memory" in text)
+
+
+def _chunk_bomb(name: str, exc: ValueError) -> TooLargeError | CorruptFileError:
+    if not _is_chunk_bomb(exc):
+        return CorruptFileError(f"'{name}' cannot be opened as an image ({exc}).", path=name)
+    return TooLargeError(
+        f"'{name}' has text or colour-profile (ICC) chunks that decompress to more than {MAX_TEXT_CHUNK // 1024:,} KB "
+        f"each or {MAX_TEXT_MEMORY // (1024 * 1024)} MB in all, over the limit (a decompression bomb?).",
+        "Re-save the image without metadata (e.g. export as a plain PNG or JPEG).", path=name)
+
+
+def check_header(name: str, fmt: str, width: int, height: int, size: int, limit: int, *, pages: int = 1) -> None:
+    """Bounds checked from the header, before any pixel is decoded (the module docstring lists them)."""
+    pixels = width * height
+    if pixels > limit:
+        raise TooLargeError(
+            f"'{name}' is {width}×{height} = {pixels:,} pixels, over the limit of {limit:,}.",
+            "Whole slides belong on the Slide page; tiles must be smaller." if fmt == "TIFF" else None,
+            path=name,
+        )
+    if width == 0 or height == 0:
+        raise CorruptFileError(f"'{name}' has no pixels.", path=name)
+    if pages > 1:
+        raise UnsupportedFormatError(
+            f"'{name}' is a TIFF with {pages} pages (images); a tile must be a single image, and HistoDash does not pick one for you.",
+            "Save the page you want as its own file; a pyramid (whole slide) belongs on the Slide page.", path=name)
+    if min(width, height) < MIN_SIDE_PX:
+        raise InvalidInputError(f"'{name}' is {width}×{height} px, below the minimum of {MIN_SIDE_PX} px a side: not a tile, not scored.",
+                                "Upload the tile itself (e.g. 224 or 512 px a side).", path=name)
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        raise InvalidInputError(
+            f"'{name}' is {width}×{height} px, an aspect ratio over {MAX_ASPECT:g}:1: a strip, not a tile, not scored.",
+            "Crop it to a square tile.", path=name)
+    if pixels > 1_000_000 and pixels > MAX_PIXELS_PER_BYTE * size:
+        raise CorruptFileError(
+            f"'{name}' declares {width}×{height} pixels but holds only {size:,} bytes: its header is damaged or forged.",
+            path=name)
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    """Float pixels must be numbers: NaN or infinite pixels are refused, naming how many."""
+    bad = int(np.count_nonzero(~np.isfinite(arr)))
+    if bad:
+        raise InvalidInputError(
+            f"'{name}' has {bad:,} pixel value(s) that are not finite numbers (NaN or infinite): not scored.",
+            "Export the image again as 8- or 16-bit, or replace the missing values.", path=name)
+
+
+def check_scorable(rgb: np.ndarray, name: str) -> np.ndarray:
+    """A tile a model may score, or :class:`InvalidInputError` naming why not (blank: one colour, no content).
+
+    The size and aspect bounds are checked from the header by :func:`read_image_with_info`; arrays given
+    directly (not read from a file) are checked here too.
+    """
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_SIDE_PX or max(h, w) / max(min(h, w), 1) > MAX_ASPECT:
+        check_header(name, "array", w, h, rgb.nbytes, rgb.size + 1)
+    step = max(1, int(np.sqrt(h * w / 65536)))  # a 256 × 256 sample is plenty to tell one colour
+    sample = rgb[::step, ::step].reshape(-1, rgb.shape[2]).astype(np.float32)
+    if float(sample.std(axis=0).max()) < BLANK_STD and float(np.ptp(sample, axis=0).max()) <= 8:
+        colour = tuple(int(round(v)) for v in sample.mean(axis=0))
+        raise InvalidInputError(f"'{name}' is blank: every pixel is about RGB {colour}, there is nothing to score.",
+                                "Upload tiles with tissue; blank glass or a filled area is not scored.", path=name)
+    return rgb
+
+
+def header_pixels(raw: bytes) -> int:
+    """Width × height from an image's header, without decoding it (0 when the header cannot be read)."""
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            width, height = img.size
+            return int(width) * int(height)
+    except Exception:  # noqa: BLE001 - the decoder names a broken file later
+        return 0
+
+
+def unique_name(name: str, taken) -> str:
+    """``name``, or ``stem (2).suffix``, ``stem (3).suffix``… — the first not in ``taken`` (two uploads both named ``a.png``)."""
+    if name not in taken:
+        return name
+    path = Path(name)
+    k = 2
+    while f"{path.stem} ({k}){path.suffix}" in taken:
+        k += 1
+    return f"{path.stem} ({k}){path.suffix}"
 
 
 def read_image(data: bytes | str | Path, *, name: str | None = None, max_pixels: int | None = None) -> np.ndarray:

@@ -43,6 +43,7 @@ import contextlib
 import importlib
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -69,9 +70,11 @@ log = logging.getLogger(__name__)
 JOB_KINDS: dict[str, str] = {
     "train": "engine.training.run:run_job",
     "heatmap": "engine.heatmap:run_job",
+    "cohort": "engine.cohort.job:run_job",
 }
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+DAMAGED, UNKNOWN = "damaged", "unknown"  # a job.json that cannot be trusted; a state file that cannot be read
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -155,6 +158,56 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
+
+
+def _job_problem(job: Any) -> str | None:
+    """Why a parsed job.json cannot be trusted (None when it can)."""
+    if not isinstance(job, dict):
+        return "job.json is not a JSON object" if job is not None else "job.json cannot be read"
+    if not isinstance(job.get("kind"), str) or not job["kind"]:
+        return "no job kind"
+    if not isinstance(job.get("params", {}), dict):
+        return "its parameters are not an object"
+    if job.get("owner") is not None and not isinstance(job["owner"], str):
+        return "its owner is not text"
+    return None
+
+
+def _state_of(job_dir: Path) -> dict | None:
+    """state.json as a dict, or None when it is missing, unreadable, not an object or has a non-numeric pid."""
+    st = _read_json(job_dir / STATE_FILE)
+    if not isinstance(st, dict):
+        return None
+    pid = st.get("pid")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0):
+        return None
+    return st
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+def _whole(st: dict | None, key: str) -> int | None:
+    value = (st or {}).get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _clean_progress(progress: Any) -> dict:
+    """progress.json as a dict whose counters are numbers (a damaged file shows no progress)."""
+    if not isinstance(progress, dict):
+        return {}
+    out = dict(progress)
+    for key in ("done", "total", "eta_s"):
+        if key in out and _seconds(out[key]) is None:
+            out.pop(key)
+    if "message" in out and not isinstance(out["message"], str):
+        out.pop("message")
+    return out
 
 
 def _read_json(path: Path, default: Any = None) -> Any:
@@ -332,6 +385,77 @@ class JobContext:
             raise Cancelled(f"job {self.job_id} was cancelled")
 
 
+# ----------------------------------------------------------------------------- records on disk (every runner)
+
+
+def check_submission(kind: str, params: dict) -> dict:
+    """``params`` as plain JSON for a known ``kind`` (a :class:`JobError` otherwise)."""
+    if kind not in JOB_KINDS:
+        raise JobError(f"Unknown job kind '{kind}'. Known: {', '.join(sorted(JOB_KINDS))}.")
+    try:
+        return json.loads(json.dumps(params))
+    except (TypeError, ValueError) as exc:
+        raise JobError(f"Job parameters must be plain JSON values ({exc}).") from exc
+
+
+def create_job(root: Path, kind: str, params: dict, owner: str | None, **extra) -> Path:
+    """A new queued job's folder under ``root`` (``extra`` goes into ``job.json``, e.g. the backend)."""
+    root.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    # 128 random bits: a job id is a capability (a ?job= link), it must not be guessable from the time
+    job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{secrets.token_hex(16)}"
+    job_dir = root / job_id
+    job_dir.mkdir()
+    (job_dir / "work").mkdir()
+    (job_dir / LOG_FILE).touch()
+    _write_json(job_dir / STATE_FILE, {"state": "queued"})
+    # job.json last: a folder without it is not a job yet (list() skips it)
+    _write_json(job_dir / JOB_FILE, {"id": job_id, "kind": kind, "target": JOB_KINDS[kind], "params": params, "owner": owner, "created": now, **extra})
+    return job_dir
+
+
+def read_record(job_dir: Path, state: dict | None = None) -> JobRecord:
+    """The job in ``job_dir``, its files read as untrusted input: anything malformed gives a "damaged" (or "unknown" state)
+    record, never an exception. ``state``: an already read (and brought up to date) ``state.json``."""
+    if not (job_dir / JOB_FILE).exists():
+        raise JobNotFoundError(f"No job '{job_dir.name}'.")
+    job = _read_json(job_dir / JOB_FILE)
+    problem = _job_problem(job)
+    st = state if state is not None else _state_of(job_dir)
+    metrics = []
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in (job_dir / METRICS_FILE).read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                row = json.loads(line)
+                if isinstance(row, dict):
+                    metrics.append(row)
+    log_path, cancel = str(job_dir / LOG_FILE), (job_dir / CANCEL_FILE).exists()
+    if problem:
+        kind = job.get("kind") if isinstance(job, dict) and isinstance(job.get("kind"), str) else UNKNOWN
+        return JobRecord(id=job_dir.name, kind=kind, state=DAMAGED, params={}, error=f"The job record is damaged ({problem}).",
+                         log_path=log_path, cancel_requested=cancel)
+    state = st.get("state") if st is not None else None
+    progress = _read_json(job_dir / PROGRESS_FILE, {})
+    return JobRecord(
+        id=job_dir.name, kind=job["kind"], state=state if state in STATES else UNKNOWN, params=job.get("params") or {},
+        owner=_text(job.get("owner")), pid=_whole(st, "pid"), created=_seconds(job.get("created")), started=_seconds((st or {}).get("started")),
+        finished=_seconds((st or {}).get("finished")), progress=_clean_progress(progress), metrics=metrics,
+        result=(st or {}).get("result") if isinstance((st or {}).get("result"), dict) else None,
+        error=_text((st or {}).get("error")) if state in STATES else "The job's state file cannot be read: its state is unknown.",
+        log_path=log_path, cancel_requested=cancel,
+    )
+
+
+def wait_until_done(runner: JobRunner, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> JobRecord:
+    """Block until the job is finished (or ``timeout`` seconds passed); the last record."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        rec = runner.get(job_id)
+        if not rec.active or (deadline is not None and time.monotonic() >= deadline):
+            return rec
+        time.sleep(poll_s)
+
+
 # ----------------------------------------------------------------------------- the local runner
 
 
@@ -357,24 +481,9 @@ class LocalProcessRunner:
     # -- public API
     def submit(self, kind: str, params: dict, *, owner: str | None = None) -> str:
         """Queue a job; it starts at once when a slot is free. Returns the job id."""
-        if kind not in JOB_KINDS:
-            raise JobError(f"Unknown job kind '{kind}'. Known: {', '.join(sorted(JOB_KINDS))}.")
-        try:
-            params = json.loads(json.dumps(params))
-        except (TypeError, ValueError) as exc:
-            raise JobError(f"Job parameters must be plain JSON values ({exc}).") from exc
-        self.root.mkdir(parents=True, exist_ok=True)
-        now = time.time()
-        job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{secrets.token_hex(3)}"
-        job_dir = self.root / job_id
-        job_dir.mkdir()
-        (job_dir / "work").mkdir()
-        (job_dir / LOG_FILE).touch()
-        _write_json(job_dir / STATE_FILE, {"state": "queued"})
-        # job.json last: a folder without it is not a job yet (list() skips it)
-        _write_json(job_dir / JOB_FILE, {"id": job_id, "kind": kind, "target": JOB_KINDS[kind], "params": params, "owner": owner, "created": now})
+        job_dir = create_job(self.root, kind, check_submission(kind, params), owner)
         self._schedule()
-        return job_id
+        return job_dir.name
 
     def get(self, job_id: str) -> JobRecord:
         self._schedule()
@@ -389,7 +498,7 @@ class LocalProcessRunner:
                 rec = self._record(job_dir)
             except JobError:
                 continue
-            if (kind is None or rec.kind == kind) and (owner is None or rec.owner == owner):
+            if (kind is None or rec.kind in (kind, UNKNOWN)) and (owner is None or rec.owner == owner):  # a record of unknown kind is shown everywhere
                 out.append(rec)
         return sorted(out, key=lambda r: (r.created or 0, r.id), reverse=True)
 
@@ -404,7 +513,7 @@ class LocalProcessRunner:
             raise JobNotFoundError(f"No job '{job_id}'.")
         (job_dir / CANCEL_FILE).touch()
         with _locked(job_dir / ".lock"):
-            st = _read_json(job_dir / STATE_FILE, {})
+            st = _state_of(job_dir) or {}
             if st.get("state") == "queued":
                 st.update(state="cancelled", finished=time.time(), error=None)
                 _write_json(job_dir / STATE_FILE, st)
@@ -418,12 +527,7 @@ class LocalProcessRunner:
 
     def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> JobRecord:
         """Block until the job is finished (or ``timeout`` seconds passed); the last record."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            rec = self.get(job_id)
-            if not rec.active or (deadline is not None and time.monotonic() >= deadline):
-                return rec
-            time.sleep(poll_s)
+        return wait_until_done(self, job_id, timeout, poll_s)
 
     # -- internals
     def _job_dirs(self) -> list[Path]:
@@ -432,21 +536,7 @@ class LocalProcessRunner:
         return [p for p in self.root.iterdir() if p.is_dir() and (p / JOB_FILE).exists()]
 
     def _record(self, job_dir: Path) -> JobRecord:
-        job = _read_json(job_dir / JOB_FILE)
-        if not job:
-            raise JobNotFoundError(f"No job '{job_dir.name}'.")
-        st = _read_json(job_dir / STATE_FILE, {}) or {}
-        metrics = []
-        with contextlib.suppress(FileNotFoundError):
-            for line in (job_dir / METRICS_FILE).read_text().splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    metrics.append(json.loads(line))
-        return JobRecord(
-            id=job["id"], kind=job["kind"], state=st.get("state", "queued"), params=job.get("params", {}), owner=job.get("owner"),
-            pid=st.get("pid"), created=job.get("created"), started=st.get("started"), finished=st.get("finished"),
-            progress=_read_json(job_dir / PROGRESS_FILE, {}) or {}, metrics=metrics, result=st.get("result"), error=st.get("error"),
-            log_path=str(job_dir / LOG_FILE), cancel_requested=(job_dir / CANCEL_FILE).exists(),
-        )
+        return read_record(job_dir)
 
     def _schedule(self) -> None:
         """Mark vanished workers failed, then start queued jobs (oldest first) while slots are free."""
@@ -458,7 +548,9 @@ class LocalProcessRunner:
         with self._lock():
             running, queued = 0, []
             for job_dir in self._job_dirs():
-                st = _read_json(job_dir / STATE_FILE, {}) or {}
+                if _job_problem(_read_json(job_dir / JOB_FILE)):
+                    continue  # a damaged record is listed as such, never run
+                st = _state_of(job_dir) or {}
                 state = st.get("state")
                 if state == "running":
                     if _pid_alive(st.get("pid"), st.get("pid_start")):
@@ -466,7 +558,7 @@ class LocalProcessRunner:
                     else:
                         self._mark_lost(job_dir)
                 elif state == "queued":
-                    queued.append(((_read_json(job_dir / JOB_FILE, {}) or {}).get("created", 0), job_dir))
+                    queued.append((_seconds((_read_json(job_dir / JOB_FILE, {}) or {}).get("created")) or 0, job_dir))
             for _, job_dir in sorted(queued, key=lambda t: (t[0], t[1].name)):
                 if running >= self.slots:
                     break
@@ -475,7 +567,7 @@ class LocalProcessRunner:
 
     def _mark_lost(self, job_dir: Path) -> None:
         with _locked(job_dir / ".lock"):
-            st = _read_json(job_dir / STATE_FILE, {}) or {}
+            st = _state_of(job_dir) or {}
             if st.get("state") != "running" or _pid_alive(st.get("pid"), st.get("pid_start")):
                 return  # it finished (or is alive) after all
             msg = f"The worker process (pid {st.get('pid')}) is gone: it was killed or crashed without reporting (out of memory?)."
@@ -485,7 +577,7 @@ class LocalProcessRunner:
 
     def _launch(self, job_dir: Path) -> bool:
         with _locked(job_dir / ".lock"):
-            st = _read_json(job_dir / STATE_FILE, {}) or {}
+            st = _state_of(job_dir) or {}
             if st.get("state") != "queued":
                 return False
             env = dict(os.environ)
@@ -519,7 +611,14 @@ def _append(path: Path, line: str) -> None:
 
 
 def get_runner() -> JobRunner:
-    """The configured runner: the embedded :class:`LocalProcessRunner` on ``settings.jobs_dir``."""
+    """The configured runner (``settings.runner``, ``HISTODASH_RUNNER``): the embedded :class:`LocalProcessRunner` on
+    ``settings.jobs_dir`` (default), or :class:`engine.ray_runner.RayRunner` on the cluster at ``settings.ray_address``
+    (imported only then: the local runner needs no Ray)."""
+    settings = get_settings()
+    if settings.runner == "ray":
+        from engine.ray_runner import RayRunner
+
+        return RayRunner(settings.ray_address)
     return LocalProcessRunner()
 
 
@@ -528,13 +627,63 @@ def get_runner() -> JobRunner:
 
 def _finish(job_dir: Path, **update) -> None:
     with _locked(job_dir / ".lock"):
-        st = _read_json(job_dir / STATE_FILE, {}) or {}
+        st = _state_of(job_dir) or {}
         st.update(finished=time.time(), **update)
         _write_json(job_dir / STATE_FILE, st)
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001
     raise Cancelled("terminated (SIGTERM)")
+
+
+def claim(job_dir: Path, **info) -> bool:
+    """Mark a job running in this process (``info``: more of ``state.json``); False when it has already ended."""
+    with _locked(job_dir / ".lock"):
+        st = _state_of(job_dir) or {}
+        if st.get("state") in FINISHED:
+            return False
+        st.update(state="running", pid=os.getpid(), started=st.get("started") or time.time(), **info)
+        _write_json(job_dir / STATE_FILE, st)
+    return True
+
+
+def execute(job_dir: Path, ctx: JobContext, call, *, cause=lambda exc: exc, cancel_wins: bool = False, echo_traceback: bool = False) -> int:
+    """Run ``call()`` (the job function) and record how it ended; returns the exit code (0, or 1 when it failed).
+
+    Args:
+        cause: the job's own exception inside a wrapper (a Ray task's error); a wrapped one brought its traceback along.
+        cancel_wins: a failure after a cancel request counts as cancelled (what the cancel broke on its way).
+        echo_traceback: also print a failure's traceback on stderr (a Ray driver: Ray's job log is its output).
+    """
+    try:
+        ctx.raise_if_cancelled()
+        result = call()
+        try:
+            result = json.loads(json.dumps(result if result is not None else {}, default=_jsonable))
+        except (TypeError, ValueError) as exc:
+            raise JobError(f"The job's result is not JSON-serialisable ({exc}).") from exc
+        ctx.log("succeeded")  # the log line first: whoever sees the final state sees the whole log
+        _finish(job_dir, state="succeeded", result=result, error=None)
+    except BaseException as exc:  # noqa: BLE001 - every ending is recorded, a failure with its traceback in the log
+        own = cause(exc)
+        if isinstance(own, Cancelled) or (cancel_wins and ctx.cancelled()):
+            ctx.log(f"cancelled ({own})")
+            _finish(job_dir, state="cancelled", error=None)
+            return 0
+        message = str(own) if isinstance(own, HistoDashError) else f"{type(own).__name__}: {own}"
+        if own is exc:
+            text = traceback.format_exc()
+            with open(job_dir / LOG_FILE, "a") as fh:
+                fh.write(text)
+            if echo_traceback:
+                print(text, file=sys.stderr, flush=True)
+        ctx.log(f"FAILED: {message}")
+        _finish(job_dir, state="failed", error=message)
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return 0
 
 
 def run_worker(job_dir: Path | str) -> int:
@@ -544,40 +693,13 @@ def run_worker(job_dir: Path | str) -> int:
     if not job:
         print(f"no job in {job_dir}", file=sys.stderr)
         return 2
-    with _locked(job_dir / ".lock"):
-        st = _read_json(job_dir / STATE_FILE, {}) or {}
-        if st.get("state") in FINISHED:
-            return 0
-        st.update(state="running", pid=os.getpid(), pid_start=_proc_start(os.getpid()), started=st.get("started") or time.time())
-        _write_json(job_dir / STATE_FILE, st)
+    if not claim(job_dir, pid_start=_proc_start(os.getpid())):
+        return 0
     # SIGTERM (cancel with force, or a shutdown) → cancelled, with the log kept
     signal.signal(signal.SIGTERM, _on_sigterm)
     ctx = JobContext(job_dir, job.get("params"))
     ctx.log(f"job {job['id']} ({job['kind']}) started in pid {os.getpid()}")
-    code = 0
-    try:
-        ctx.raise_if_cancelled()
-        fn = _resolve(job.get("target") or JOB_KINDS[job["kind"]])
-        result = fn(job.get("params") or {}, ctx)
-        try:
-            result = json.loads(json.dumps(result if result is not None else {}, default=_jsonable))
-        except (TypeError, ValueError) as exc:
-            raise JobError(f"The job's result is not JSON-serialisable ({exc}).") from exc
-        ctx.log("succeeded")  # the log line first: whoever sees the final state sees the whole log
-        _finish(job_dir, state="succeeded", result=result, error=None)
-    except Cancelled as exc:
-        ctx.log(f"cancelled ({exc})")
-        _finish(job_dir, state="cancelled", error=None)
-    except BaseException as exc:  # noqa: BLE001 - every failure is recorded, with its traceback in the log
-        message = str(exc) if isinstance(exc, HistoDashError) else f"{type(exc).__name__}: {exc}"
-        with open(job_dir / LOG_FILE, "a") as fh:
-            fh.write(traceback.format_exc())
-        ctx.log(f"FAILED: {message}")
-        _finish(job_dir, state="failed", error=message)
-        code = 1
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+    code = execute(job_dir, ctx, lambda: _resolve(job.get("target") or JOB_KINDS[job["kind"]])(job.get("params") or {}, ctx))
     # hand the slot on: start the next queued job (if any) before this process ends
     with contextlib.suppress(Exception):
         LocalProcessRunner(job_dir.parent)._schedule()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -34,6 +35,8 @@ from pathlib import Path
 
 from engine.config import get_settings
 from engine.errors import SlotTimeoutError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_POLL_S = 0.1
 REPEAT_S = 1.0  # on_wait is called again this often while the place stays the same
@@ -209,11 +212,14 @@ _local = threading.local()
 
 
 @contextlib.contextmanager
-def inference_slot(on_wait: Callable[[int], None] | None = None, *, timeout: float | None = None, limiter: InferenceLimiter | None = None) -> Iterator[None]:
+def inference_slot(on_wait: Callable[[int], None] | None = None, *, timeout: float | None = None, limiter: InferenceLimiter | None = None,
+                   on_unavailable: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold one of the global inference slots for the block (released on exceptions too).
 
     ``on_wait(place)`` is called with the 1-based place in line while waiting (``wait_message(place)``
-    makes the sentence). Re-entrant on one thread.
+    makes the sentence). Re-entrant on one thread. When the lock files cannot be written (a read-only
+    or full ``HISTODASH_HOME``), the block runs without a slot rather than failing: the reason is logged
+    and passed to ``on_unavailable(message)`` (a page can show it).
     """
     if getattr(_local, "depth", 0) > 0:
         _local.depth += 1
@@ -223,10 +229,19 @@ def inference_slot(on_wait: Callable[[int], None] | None = None, *, timeout: flo
             _local.depth -= 1
         return
     limiter = limiter or InferenceLimiter()
-    fd = limiter.acquire(on_wait=on_wait, timeout=timeout)
+    try:
+        fd = limiter.acquire(on_wait=on_wait, timeout=timeout)
+    except OSError as exc:  # EROFS, ENOSPC, EACCES on the lock folder: predict anyway, without the global limit
+        message = (f"The inference queue is unavailable ({os.strerror(exc.errno) if exc.errno else type(exc).__name__} in HistoDash's home "
+                   "folder): this run is not limited with other users' work. Ask your administrator to check the disk.")
+        log.warning(message)
+        if on_unavailable is not None:
+            on_unavailable(message)
+        fd = None
     _local.depth = 1
     try:
         yield
     finally:
         _local.depth = 0
-        limiter.release(fd)
+        if fd is not None:
+            limiter.release(fd)

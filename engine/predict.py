@@ -28,8 +28,9 @@ import pandas as pd
 
 from engine.cache import ResultCache, make_key, shared_cache
 from engine.errors import HistoDashError, InvalidInputError
-from engine.forward import ForwardOutput, ModelRunner, probabilities_from_output  # noqa: F401 - probabilities_from_output: public here too
-from engine.imageio import is_tile_name, pixel_hash, read_image, resize_tile
+from engine.exports import safe_csv
+from engine.forward import EXTRA_FIELDS, ForwardOutput, ModelRunner, probabilities_from_output  # noqa: F401 - probabilities_from_output: public here too
+from engine.imageio import check_scorable, is_tile_name, pixel_hash, read_image, resize_tile
 from engine.progress import Progress
 from engine.registry import ModelCard, Registry, load_model_for_card
 
@@ -53,7 +54,7 @@ class TilePrediction:
 
 
 #: per-tile columns a prediction (and a heatmap tile) may carry beyond the probabilities, in table order
-EXTRA_COLUMNS = ("in_domain", "domain_score", "uncertainty")
+EXTRA_COLUMNS = EXTRA_FIELDS
 #: a slide or tile set with more than this share of its tiles out of domain gets a warning
 OUT_OF_DOMAIN_WARNING_FRACTION = 0.5
 
@@ -128,7 +129,8 @@ class PredictionResult:
         return pd.DataFrame(rows, columns=columns)
 
     def to_csv(self, path=None, threshold: float | None = None) -> str | None:
-        return self.to_frame(threshold).to_csv(path, index=False)
+        data = safe_csv(self.to_frame(threshold), path)  # file names are user text: escaped for spreadsheets
+        return None if path is not None else data.decode()
 
 
 def labels_from_card(card: ModelCard) -> tuple[str, str]:
@@ -272,6 +274,7 @@ class TilePredictor:
                 rgb = source if isinstance(source, np.ndarray) else read_image(source, name=Path(name).name)
                 if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
                     raise InvalidInputError(f"'{name}' is not an RGB uint8 image (shape {rgb.shape}, {rgb.dtype}).")
+                check_scorable(rgb, Path(name).name)  # blank or degenerate tiles are named, not scored
                 key = make_key("predict/v2", self.card.weights_sha256, prep_key, pixel_hash(rgb))
                 hit = self.cache.get(key) if self.cache is not None else None
                 if hit is not None:

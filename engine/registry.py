@@ -383,6 +383,13 @@ CODE_CLASSES = ("Lambda", "__lambda__", "TFOpLambda", "SlicingOpLambda")
 MODEL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 MAX_KERAS_UNCOMPRESSED = 4 * 1024**3
+MAX_CONFIG_DEPTH = 100  # nesting of config.json ([ and {); Keras' own configs stay under ~30 (a nested model adds ~8)
+MAX_PARAMETERS = 200_000_000  # weights in model.weights.h5 (ResNet50: 25.6 M), counted from its dataset shapes
+#: sizing fields of a layer's config and their largest accepted value (checked before anything is built)
+MAX_LAYER_SIZES = {"units": 65_536, "filters": 65_536, "input_dim": 10_000_000, "output_dim": 65_536, "kernel_size": 256,
+                   "pool_size": 256, "size": 64, "num_heads": 1024, "key_dim": 65_536, "embed_dim": 65_536}
+MAX_INPUT_SIDE = 8192  # an Input's spatial dimensions
+NUMERIC_CHECK_TILES = 4  # synthetic tissue-like tiles run through an imported model
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -459,10 +466,13 @@ def inspect_keras_archive(raw: bytes, name: str = "model.keras") -> dict:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as exc:
         raise _refuse(f"'{name}' is a damaged zip archive ({type(exc).__name__}).") from exc
+    depth = json_depth(config_text)
+    if depth > MAX_CONFIG_DEPTH:
+        raise _refuse(f"'{name}' has a config.json nested {depth} levels deep, over the limit of {MAX_CONFIG_DEPTH}: refused before parsing it.")
     try:
         config = json.loads(config_text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _refuse(f"'{name}' has an unreadable config.json ({exc}).") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise _refuse(f"'{name}' has an unreadable config.json ({type(exc).__name__}).") from exc
     stack = [config]
     while stack:
         node = stack.pop()
@@ -476,7 +486,116 @@ def inspect_keras_archive(raw: bytes, name: str = "model.keras") -> dict:
             stack.extend(node)
     if not isinstance(config, dict) or "class_name" not in config:
         raise _refuse(f"'{name}' has no model in its config.json.")
+    _check_layer_sizes(config, name)
     return config
+
+
+def json_depth(text: bytes | str) -> int:
+    """Deepest nesting of ``[``/``{`` in JSON text, without parsing it (strings are blanked out first)."""
+    import numpy as np
+
+    raw = text.encode() if isinstance(text, str) else bytes(text)
+    raw = re.sub(rb'"(?:[^"\\]|\\.)*"', b'""', raw)
+    arr = np.frombuffer(raw, np.uint8)
+    step = (np.isin(arr, (ord("["), ord("{")))).astype(np.int64) - (np.isin(arr, (ord("]"), ord("}")))).astype(np.int64)
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _check_layer_sizes(config: dict, name: str) -> None:
+    """Every sizing field of every layer within :data:`MAX_LAYER_SIZES`, every Input side within MAX_INPUT_SIDE."""
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        layer = node.get("config") if isinstance(node.get("config"), dict) and "class_name" in node else None
+        if layer is not None:
+            for key, limit in MAX_LAYER_SIZES.items():
+                values = layer.get(key)
+                values = values if isinstance(values, (list, tuple)) else [values]
+                for v in values:
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and v > limit:
+                        raise _refuse(f"'{name}' was refused: layer '{layer.get('name', node.get('class_name'))}' has {key} = {v:,}, "
+                                      f"over the limit of {limit:,} (it would exhaust the server's memory when built).")
+            shape = layer.get("batch_shape") or layer.get("batch_input_shape") or layer.get("shape")
+            if node.get("class_name") == "InputLayer" and isinstance(shape, (list, tuple)):
+                sides = [d for d in shape[1:-1] if isinstance(d, int)]
+                if any(d > MAX_INPUT_SIDE for d in sides):
+                    raise _refuse(f"'{name}' was refused: its input is {shape}, larger than {MAX_INPUT_SIDE} px a side.")
+        stack.extend(node.values())
+
+
+def count_weights(h5_bytes: bytes, name: str) -> int:
+    """Number of weights stored in a ``model.weights.h5`` (from dataset shapes; no array is read)."""
+    import h5py
+
+    total = 0
+
+    def visit(_key, obj):
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            n = 1
+            for d in obj.shape:
+                n *= int(d)
+            total += n
+
+    try:
+        with h5py.File(io.BytesIO(h5_bytes), "r") as f:
+            f.visititems(visit)
+    except Exception as exc:  # noqa: BLE001 - a damaged weights file
+        raise _refuse(f"'{name}' has a damaged weights file ({type(exc).__name__}).") from exc
+    return total
+
+
+def check_parameters(raw: bytes, name: str) -> int:
+    """The weights a ``.keras`` file stores, refused over :data:`MAX_PARAMETERS` (checked before the model is built)."""
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        n = count_weights(zf.read("model.weights.h5"), name)
+    if n > MAX_PARAMETERS:
+        raise _refuse(f"'{name}' stores {n:,} weights, over the limit of {MAX_PARAMETERS:,}.")
+    return n
+
+
+def synthetic_tissue_tiles(px: int, n: int = NUMERIC_CHECK_TILES, seed: int = 15):
+    """``n`` H&E-like RGB tiles (pink stroma, purple nuclei, white gaps), float32 0–255, for numeric checks of a model."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:px, 0:px]
+    tiles = []
+    for _ in range(n):
+        img = np.empty((px, px, 3), np.float32)
+        img[...] = (230, 150, 200)  # eosin
+        for _ in range(max(3, px // 8)):  # nuclei
+            cy, cx, r = rng.integers(0, px), rng.integers(0, px), rng.integers(2, max(3, px // 10))
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (90, 40, 150)
+        gap = (yy - rng.integers(0, px)) ** 2 + (xx - rng.integers(0, px)) ** 2 < (px // 6) ** 2
+        img[gap] = (245, 245, 245)  # glass
+        tiles.append(np.clip(img + rng.normal(0, 8, img.shape), 0, 255))
+    return np.stack(tiles).astype(np.float32)
+
+
+def check_outputs(model, input_px: int, n_classes: int, name: str) -> None:
+    """Run synthetic tissue tiles (and a blank one): outputs must be finite probabilities (in [0, 1], summing to 1)."""
+    import numpy as np
+
+    x = np.concatenate([synthetic_tissue_tiles(input_px), np.full((1, input_px, input_px, 3), 255.0, np.float32)])
+    out = np.asarray(model(x, training=False), dtype=np.float64)
+    out = out.reshape(len(x), -1)
+    if not np.all(np.isfinite(out)):
+        raise _refuse(f"'{name}' gives non-finite outputs (NaN or infinite) on synthetic tissue tiles.",
+                      "Check the model's last layers and its weights; a model that gives NaN cannot be scored.")
+    if out.min() < -1e-6 or out.max() > 1 + 1e-6:
+        raise _refuse(f"'{name}' gives outputs outside 0–1 (from {out.min():.3g} to {out.max():.3g}) on synthetic tissue tiles: they are not probabilities.",
+                      "End the model with a softmax (several classes) or a sigmoid (one unit).")
+    if out.shape[1] == n_classes and n_classes > 1:
+        sums = out.sum(axis=1)
+        if np.abs(sums - 1).max() > 1e-3:
+            raise _refuse(f"'{name}' gives class probabilities that do not sum to 1 (e.g. {sums[np.argmax(np.abs(sums - 1))]:.4g}) on synthetic tissue tiles.",
+                          "End the model with a softmax layer.")
 
 
 def _name_list(value) -> list[str]:
@@ -529,13 +648,16 @@ def import_model(raw: bytes, card_fields: dict, models_dir: Path | str | None = 
     """Import an untrusted ``.keras`` upload as a new registered model; returns its card.
 
     Steps: refuse non-Keras files and inspect ``config.json`` (:func:`inspect_keras_archive`), validate
-    the card fields, load in Keras safe mode from a hidden staging folder, check the input shape
-    against the declared px and the outputs against the classes, run one blank tile through it, write
+    the card fields, bound the config's nesting and layer sizes and the stored weights' count before
+    anything is built, load in Keras safe mode from a hidden staging folder, check the input shape
+    against the declared px and the outputs against the classes, run synthetic tissue tiles through it
+    (finite probabilities summing to 1: :func:`check_outputs`), write
     ``model.keras`` + ``card.json`` (with the sha256) and move the folder into place. On any failure
     nothing is left in the models folder.
     """
     root = Path(models_dir) if models_dir is not None else get_settings().models_dir
     config = inspect_keras_archive(raw, file_name)
+    check_parameters(raw, file_name)
     sha = hashlib.sha256(raw).hexdigest()
     card = card_from_fields(card_fields, sha, file_name=file_name)
     final = root / card["id"]
@@ -549,11 +671,9 @@ def import_model(raw: bytes, card_fields: dict, models_dir: Path | str | None = 
         weights.write_bytes(raw)
         model = load_keras_file(weights)
         check_shapes(model, card["input_px"], len(card["classes"]), name=file_name)
-        import numpy as np
-
-        out = np.asarray(model(np.zeros((1, card["input_px"], card["input_px"], 3), np.float32), training=False))
-        if not np.all(np.isfinite(out)):
-            raise _refuse(f"'{file_name}' gives non-finite outputs on a blank tile.")
+        if model.count_params() > MAX_PARAMETERS:
+            raise _refuse(f"'{file_name}' has {model.count_params():,} parameters, over the limit of {MAX_PARAMETERS:,}.")
+        check_outputs(model, card["input_px"], len(card["classes"]), file_name)
         card["keras_config_class"] = config.get("class_name")
         tmp = staging / f".{CARD_FILE}.tmp"
         tmp.write_text(json.dumps(card, indent=2))

@@ -246,6 +246,11 @@ class OpenSlideSlide(Slide):
     def associated_names(self) -> tuple[str, ...]:
         return tuple(n for n in self._osr.associated_images if n in SAFE_ASSOCIATED)
 
+    @property
+    def openslide_handle(self):
+        """The underlying ``openslide.OpenSlide`` (for ``openslide.deepzoom``); never read label/macro images from it."""
+        return self._osr
+
     def get_thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
         """As :meth:`Slide.get_thumbnail`, but when the smallest pyramid level is big (> 4 MP to decode) and the
         file carries a ``thumbnail`` associated image of the same aspect ratio (Aperio), that image is used:

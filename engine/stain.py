@@ -31,15 +31,18 @@ StainTools-1 / ``normalizeStaining`` Macenko with a per-pixel NNLS), with the sa
    stain is absent (or the tile is nearly all background): the tile is left unchanged.
 7. **Recombination.** ``uint8(255 * exp(-C @ S_target.T))`` (truncated; output ``Io`` = 255).
 
-Speed (512 × 512 tile, one core, see ``bench/macenko.py`` and ``bench/results/macenko.md``): about
-11 ms on an idle core (about 20 ms on a busy one), against 1.5–3 s for the per-pixel
-``scipy.optimize.nnls`` loop of :mod:`engine.stain_reference`, the oracle the tests compare with
-(every pixel within 1/255), and about 0.33 s for staintools' Macenko. How: lookup tables from the
-uint8 values (brightness, OD, projections), histograms instead of float arrays for the brightness
-percentile and the OD covariance, the two-stain NNLS in closed form, tail percentiles without a
-full partition, no BLAS call on per-pixel arrays (its threads thrash on a busy 2-core machine),
-float64 for the stain vectors and float32 for the per-pixel concentrations and recombination
-(``fit`` uses float64 throughout).
+Speed (512 × 512 tile, one core; measured by ``bench/macenko.py``, ``bench/results/macenko.md``
+has the numbers with their spread): ``transform`` looks every channel value up once in a float32
+OD table, then makes four sweeps over blocks of 32k pixels whose float32 temporaries stay in the
+core's cache (a fresh whole-tile array costs more in page faults than the arithmetic on it): OD
+moments of the tissue (float32 sums of 512 values, added in float64), stain angles, the exact
+two-stain NNLS, recombination. Per-pixel projections are small matrix products that OpenBLAS runs
+on the calling thread; tail percentiles come from a subsample's threshold checked by counting (all
+values are used when the check fails, so the result never depends on the subsample); the
+brightness percentile is found by counting, not by a histogram of every value. ``fit`` keeps the
+float64 path (joint histograms for the covariance, every pixel's concentrations). The tests
+compare ``transform`` with the per-pixel ``scipy.optimize.nnls`` oracle of
+:mod:`engine.stain_reference` and with its plain vectorised NumPy version (every pixel within 1/255).
 
 A tile that cannot be normalised (too little tissue, black, a single colour, one stain absent) is
 returned unchanged, never as an exception or NaN: :meth:`StainNormalizer.transform_with_info`
@@ -109,7 +112,11 @@ class _Unusable(Exception):
 
 @dataclass
 class _Prepared:
-    """Internal: an input tile after brightness standardisation and tissue detection."""
+    """Internal: an input tile after brightness standardisation and tissue detection (``fit``'s float64 path).
+
+    The stain estimators read a tile through :meth:`standardized`, :meth:`covariance` and
+    :meth:`angle_percentiles`, which the transform's :class:`_FastTile` provides too.
+    """
 
     shape: tuple[int, ...]
     planes: np.ndarray  # (3, P) uint8: the input's R, G, B values (not standardised), one row each
@@ -121,6 +128,39 @@ class _Prepared:
     @property
     def tissue_fraction(self) -> float:
         return self.tissue_pixels / self.planes.shape[1]
+
+    def standardized(self) -> np.ndarray:
+        """The brightness-standardised uint8 ``(H, W, 3)`` tile (a new array)."""
+        return np.ascontiguousarray(self.standard_lut.take(self.planes).T).reshape(self.shape)
+
+    def _tissue_values(self) -> np.ndarray:
+        if not hasattr(self, "_rgb"):
+            self._rgb = np.compress(self.tissue, self.planes, axis=1)  # (3, n) tissue pixels' values
+        return self._rgb
+
+    def covariance(self) -> np.ndarray:
+        """Covariance (as ``np.cov``, ddof=1) of the tissue ODs, from the joint histograms of the channel values."""
+        r, g, b = self._tissue_values()
+        od_lut, n = self.od_lut, self.tissue_pixels
+        joint = [np.bincount((u.astype(np.uint16) << 8) | v, minlength=65536).reshape(256, 256) for u, v in ((r, g), (r, b), (g, b))]
+        marginals = [joint[0].sum(axis=1), joint[0].sum(axis=0), joint[1].sum(axis=0)]  # R, G, B
+        centred = [od_lut - (m @ od_lut) / n for m in marginals]
+        cov = np.empty((3, 3))
+        for i in range(3):
+            cov[i, i] = marginals[i] @ centred[i] ** 2
+        for (i, j), h in zip(((0, 1), (0, 2), (1, 2)), joint, strict=True):
+            cov[i, j] = cov[j, i] = np.einsum("a,ab,b->", centred[i], h, centred[j])  # no BLAS
+        return cov / (n - 1)
+
+    def angle_percentiles(self, plane: np.ndarray, qs: list[float]) -> list[float]:
+        """The ``qs`` percentiles of the tissue ODs' angles ``arctan2(y, x)`` in ``plane`` (float64)."""
+        r, g, b = self._tissue_values()
+        luts = self.od_lut[None, :, None] * plane[:, None, :]  # (channel, value, axis): projections by lookup
+        x = luts[0, :, 0].take(r) + luts[1, :, 0].take(g) + luts[2, :, 0].take(b)
+        y = luts[0, :, 1].take(r) + luts[1, :, 1].take(g) + luts[2, :, 1].take(b)
+        if x.min() > 0:  # the usual case: the angle arctan2(y, x) is arctan(y / x), which is monotone
+            return _percentiles(y / x, qs, monotone=np.arctan)
+        return _percentiles(np.arctan2(y, x), qs)
 
 
 def nnls_two_stains(od: np.ndarray, stain_matrix: np.ndarray) -> np.ndarray:
@@ -241,8 +281,9 @@ def _percentiles(x: np.ndarray, qs: list[float], monotone=None) -> list[float]:
                 if n - kept.size <= below:
                     candidates, offset = kept, n - kept.size
         k = below - offset
-        part = np.partition(candidates, [k, k + 1] if candidates.size > 1 else [0])
-        lo, hi = part[k], part[min(k + 1, candidates.size - 1)]
+        part = np.partition(candidates, k)  # one kth: see _order_pair
+        lo = part[k]
+        hi = part[k + 1:].min() if k + 1 < candidates.size else lo
         if monotone is not None:
             lo, hi = monotone(lo), monotone(hi)
         results.append(float(hi) if virtual >= n - 1 else _interpolate(float(lo), float(hi), virtual - below))
@@ -372,7 +413,7 @@ class StainNormalizer:
         self._check_params()
         image = _as_rgb_uint8(reference_rgb, "reference image")
         try:
-            stains, _, maxima = self._decompose(self._prepare(image), np.float64)
+            stains, maxima = self._decompose(self._prepare(image))
         except _Unusable as exc:
             raise InvalidInputError(
                 f"Cannot fit the stain normaliser to this reference image: {exc}.",
@@ -410,28 +451,22 @@ class StainNormalizer:
             InvalidInputError: If the parameters or the image are invalid (wrong dtype or shape).
         """
         self._check_params()
-        image = _as_rgb_uint8(rgb, "image")
-        prepared = None
+        image = np.ascontiguousarray(_as_rgb_uint8(rgb, "image"))
+        tile = None
         try:
-            prepared = self._prepare(image)
-            _, (c0, c1), maxima = self._decompose(prepared, np.float32)
+            tile = _FastTile(image, self)
+            tile.scan(moments=self._needs_moments)
+            self._check_tissue(tile)
+            stains = self._checked_stains(tile)
+            c, maxima = tile.concentrations(stains, self.concentration_percentile)
+            self._check_maxima(maxima)
         except _Unusable as exc:
-            fraction = prepared.tissue_fraction if prepared is not None else 0.0
+            fraction = tile.tissue_fraction if tile is not None else 0.0
             return NormalizationResult(image.copy(), False, str(exc), fraction)
         # Step 7: scale, recombine with the target stains, back to RGB (truncated, as astype does).
         ratio = np.asarray(self.target_max_concentrations, dtype=np.float64) / maxima
         weights = -(np.asarray(self.target_stain_matrix, dtype=np.float64) * ratio)  # (3, 2): -S_target[c, k] * ratio[k]
-        clip = bool(np.any(weights > 0))  # a target with negative entries could exceed 255
-        out = np.empty((c0.size, 3), dtype=np.uint8)
-        for channel, (h, e) in enumerate(weights.tolist()):
-            od = c0 * h
-            od += c1 * e
-            np.exp(od, out=od)
-            od *= 255
-            if clip:
-                np.minimum(od, 255, out=od)
-            out[:, channel] = od
-        return NormalizationResult(out.reshape(image.shape), True, None, prepared.tissue_fraction)
+        return NormalizationResult(tile.recombine(c, weights), True, None, tile.tissue_fraction)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -468,38 +503,354 @@ class StainNormalizer:
         tissue = (od_lut > self.beta).take(darkest)
         return _Prepared(image.shape, planes, standard, od_lut, tissue, int(np.count_nonzero(tissue)))
 
-    def _decompose(self, prepared: _Prepared, dtype: type) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]:
-        """Steps 3 (tissue check) to 6: stain matrix (3, 2), concentration rows (2 x (P,), ``dtype``), maxima (2,)."""
+    #: Whether the stain estimator reads :meth:`_FastTile.covariance` (the transform's sweep 1 then sums OD moments).
+    _needs_moments: ClassVar[bool] = False
+
+    def _check_tissue(self, prepared: _Prepared | _FastTile) -> None:
+        """Step 3's check: raise _Unusable when too little of the tile is tissue."""
         count = prepared.tissue_pixels
         if prepared.tissue_fraction < self.min_tissue_fraction or count < self.min_tissue_pixels:
             raise _Unusable(
                 f"too little tissue: {prepared.tissue_fraction:.2%} of the pixels ({count}) have an optical density "
                 f"above beta={self.beta:g}; at least {self.min_tissue_fraction:.2%} and {self.min_tissue_pixels} pixels are needed"
             )
+
+    def _checked_stains(self, prepared: _Prepared | _FastTile) -> np.ndarray:
+        """Step 4: the estimator's stain matrix, or _Unusable when its two vectors cannot be told apart."""
         stains = self._estimate_stain_matrix(prepared)
         if not np.all(np.isfinite(stains)) or np.linalg.norm(np.cross(stains[:, 0], stains[:, 1])) < _MIN_STAIN_SINE:
             raise _Unusable("the two stain vectors cannot be told apart (the tissue has a single colour)")
-        od = prepared.od_lut.astype(dtype).take(prepared.planes)  # (3, P)
-        concentrations = _nnls_planar(od, stains)
-        maxima = np.array([_percentiles(c, [self.concentration_percentile])[0] for c in concentrations])
-        # A stain whose maximum is fainter than the tissue threshold is background noise: scaling it
-        # up to the target would paint the tile (for instance a tile with ~1 % tissue, whose 99th
-        # percentile falls in the background).
+        return stains
+
+    def _check_maxima(self, maxima: np.ndarray) -> None:
+        """Step 6's check: a stain whose maximum is fainter than the tissue threshold is background noise.
+
+        Scaling it up to the target would paint the tile (for instance a tile with ~1 % tissue, whose
+        99th percentile falls in the background).
+        """
         faint = [name for name, m in zip(("haematoxylin", "eosin"), maxima, strict=True) if not m > self.beta]
         if faint:
             raise _Unusable(
                 f"{' and '.join(faint)} is absent or too faint (its {self.concentration_percentile:g}th-percentile concentration "
                 f"over all pixels is not above beta={self.beta:g})"
             )
-        return stains, concentrations, maxima
 
-    def _estimate_stain_matrix(self, prepared: _Prepared) -> np.ndarray:
+    def _decompose(self, prepared: _Prepared) -> tuple[np.ndarray, np.ndarray]:
+        """``fit``'s steps 3 to 6 in float64: stain matrix (3, 2) and maxima (2,)."""
+        self._check_tissue(prepared)
+        stains = self._checked_stains(prepared)
+        od = prepared.od_lut.take(prepared.planes)  # (3, P)
+        concentrations = _nnls_planar(od, stains)
+        maxima = np.array([_percentiles(c, [self.concentration_percentile])[0] for c in concentrations])
+        self._check_maxima(maxima)
+        return stains, maxima
+
+    def _estimate_stain_matrix(self, prepared: _Prepared | _FastTile) -> np.ndarray:
         """Return the ``(3, 2)`` unit stain vectors (haematoxylin first) of a prepared tile.
 
         Raises:
             _Unusable: If the tile cannot give two stain vectors.
         """
         raise NotImplementedError
+
+
+# -- the transform's fast path: float32, in blocks of pixels that stay in the core's cache ---------
+#
+# ``transform`` runs the steps of the module docstring in four sweeps over blocks of ``_BLOCK``
+# pixels (tissue and OD moments; stain angles; concentrations; recombination), so every float32
+# temporary is a few hundred KB and stays in the core's cache instead of streaming whole-tile
+# arrays through memory (a fresh 1 MB array costs more in page faults than the arithmetic on it).
+# Tail percentiles are found by collecting, block by block, only the values beyond a threshold read
+# from a subsample, then checked by counting: when the check fails the exact value is found from
+# all values, so the subsample changes the speed, never the result.
+
+# Pixels per block. The per-pixel projections are small matrix products ((2, 3) @ (3, k) and
+# (k, 2) @ (2, 3)): OpenBLAS runs a product with M*N*K <= 262,144 on the calling thread only (its
+# GEMM_MULTITHREAD_THRESHOLD), so at 32k pixels no BLAS thread is woken (they thrash on a busy
+# 2-core machine); the 512-value row sums of the OD moments stay in einsum for their accuracy.
+_BLOCK = 32768
+_SAMPLE_STEP = 16  # subsample: every 16th pixel
+_MIN_SAMPLE = 256  # fewer subsampled values than this: no thresholds, collect all values
+_LOG_255 = math.log(255.0)
+
+
+def _percentile_of_uint8_values(values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (linear method) of a contiguous 1-D uint8 array, bit for bit.
+
+    Finds the two order statistics by counting (``count_nonzero(values <= v)``, a vectorised
+    compare), starting from a value read off a subsample's histogram: usually two or three counts
+    instead of a histogram of every value.
+    """
+    n = values.size
+    virtual = (n - 1) * (q / 100)
+    below = min(math.floor(virtual), n - 1)
+    step = max(1, n // 16384)
+    step += (step % 3 == 0)  # never a multiple of 3: the subsample must hold all three channels
+    sample = np.cumsum(np.bincount(values[::step], minlength=256))
+    guess = min(255, int(np.searchsorted(sample, below * sample[-1] / n, side="right")))
+
+    def smallest_with_more_than(k: int, v: int) -> tuple[int, int]:
+        """The smallest value ``v`` with more than ``k`` values <= ``v``, and that count."""
+        count = int(np.count_nonzero(values <= v))
+        if count > k:
+            while v > 0:
+                fewer = int(np.count_nonzero(values <= v - 1))
+                if fewer <= k:
+                    break
+                v, count = v - 1, fewer
+            return v, count
+        while count <= k:
+            v += 1
+            count = int(np.count_nonzero(values <= v))
+        return v, count
+
+    lo, count = smallest_with_more_than(below, guess)
+    if virtual >= n - 1:
+        return float(lo)
+    hi = lo if count > below + 1 else smallest_with_more_than(below + 1, lo + 1)[0]
+    return _interpolate(float(lo), float(hi), virtual - below)
+
+
+class _Tails:
+    """Exact order statistics ``sorted(V)[k], sorted(V)[k + 1]`` of values produced block by block.
+
+    ``V`` (``n`` values, NaN never counted) arrives in blocks through :meth:`add`; only the values
+    beyond each position's threshold (an order statistic of a subsample of ``V``, with a margin) are
+    kept. :meth:`result` checks by counting that both order statistics are among the kept values
+    and returns None for a position where they are not (the caller then uses all values).
+    """
+
+    def __init__(self, sample: np.ndarray, n: int, positions: list[int]):
+        sample = sample[~np.isnan(sample)]
+        m = sample.size
+        self.n, self.positions, self.sides, self.kept = n, positions, [], []
+        ranks = []  # the rank in the subsample of each position's threshold
+        for k in positions:
+            if m < _MIN_SAMPLE:
+                side, rank = "all", None
+            elif k < n // 2:
+                side, rank = "low", min(m - 1, (k + 2) * m // n + 16 + m // 100)
+            else:
+                side, rank = "high", max(0, m - 1 - ((n - k) * m // n + 16 + m // 100))
+            self.sides.append(side)
+            ranks.append(rank)
+            self.kept.append([])
+        # one partition per order statistic (NumPy's partition with several kth takes a path ~6x slower)
+        self.thresholds = [None if r is None else np.partition(sample, r)[r] for r in ranks]
+
+    def add(self, block: np.ndarray, where: np.ndarray | None = None) -> None:
+        """Keep the values of ``block`` beyond each threshold (only those where ``where`` is True, if given)."""
+        for side, threshold, kept in zip(self.sides, self.thresholds, self.kept, strict=True):
+            if side == "all":
+                kept.append(block[~np.isnan(block) if where is None else where])
+                continue
+            selected = block <= threshold if side == "low" else block >= threshold
+            if where is not None:
+                selected &= where
+            kept.append(block[selected])
+
+    def result(self) -> list[tuple[float, float] | None]:
+        out = []
+        for k, side, kept in zip(self.positions, self.sides, self.kept, strict=True):
+            values = np.concatenate(kept) if kept else np.empty(0)
+            offset = self.n - values.size if side == "high" else 0
+            j = k - offset
+            k1 = min(k + 1, self.n - 1)
+            if not (0 <= j and k1 - offset < values.size):
+                out.append(None)
+                continue
+            out.append(_order_pair(values, j, k1 - offset))
+        return out
+
+
+def _order_pair(values: np.ndarray, j: int, j1: int) -> tuple[float, float]:
+    """``(sorted(values)[j], sorted(values)[j1])`` for ``j1`` in ``{j, j + 1}``: one single-kth partition and a minimum.
+
+    (``np.partition`` with two kth values takes a path several times slower than with one.)
+    """
+    part = np.partition(values, j)
+    hi = part[j] if j1 == j else part[j + 1:].min()
+    return float(part[j]), float(hi)
+
+
+def _percentile_positions(n: int, q: float) -> tuple[int, float, bool]:
+    """NumPy's linear method: (index below, fraction, at the top) of the ``q`` percentile of ``n`` values."""
+    virtual = (n - 1) * (q / 100)
+    below = min(math.floor(virtual), n - 2) if n > 1 else 0
+    return below, virtual - below, virtual >= n - 1
+
+
+def _interpolated(pair: tuple[float, float], fraction: float, top: bool, monotone=None) -> float:
+    lo, hi = pair
+    if monotone is not None:
+        lo, hi = float(monotone(np.float64(lo))), float(monotone(np.float64(hi)))
+    return hi if top else _interpolate(lo, hi, fraction)
+
+
+class _FastTile:
+    """The transform's working state for one contiguous uint8 tile (see the comment above)."""
+
+    def __init__(self, image: np.ndarray, normalizer: StainNormalizer):
+        self.shape = image.shape
+        self.pixels = image.reshape(-1, 3)
+        self.n_pixels = self.pixels.shape[0]
+        self.blocks = [slice(s, min(s + _BLOCK, self.n_pixels)) for s in range(0, self.n_pixels, _BLOCK)]
+        values = np.arange(256, dtype=np.uint8)
+        if normalizer.brightness_percentile is None:
+            self.standard_lut = values
+        else:
+            p = _percentile_of_uint8_values(image.reshape(-1), normalizer.brightness_percentile)
+            if p <= 0:
+                raise _Unusable(f"the image is black (the {normalizer.brightness_percentile:g}th percentile of its intensities is 0)")
+            self.standard_lut = np.clip(values * 255.0 / p, 0, 255).astype(np.uint8)
+        od_lut = -np.log(np.maximum(self.standard_lut, 1) / 255)
+        self.od_lut = od_lut
+        self.od32 = od_lut.astype(np.float32)
+        # A channel value is tissue when its OD (float64) is above beta. OD does not increase with the
+        # value, so that is "value <= T" for the largest such T, and in float32 "OD >= OD32[T]" (distinct
+        # standardised values have ODs at least ln(255/254) apart, far beyond float32 rounding).
+        tissue_values = np.flatnonzero(od_lut > normalizer.beta)
+        self.tissue_od = self.od32[tissue_values[-1]] if tissue_values.size else np.float32(np.inf)
+        self.tissue_pixels = 0
+        self.moments = None
+
+    @property
+    def tissue_fraction(self) -> float:
+        return self.tissue_pixels / self.n_pixels
+
+    def standardized(self) -> np.ndarray:
+        """The brightness-standardised uint8 ``(H, W, 3)`` tile (a new array)."""
+        return self.standard_lut.take(self.pixels).reshape(self.shape)
+
+    def od(self, rows: slice) -> np.ndarray:
+        """``(3, k)`` float32 optical densities of the pixels ``rows`` (a view; :meth:`scan` computes them)."""
+        return self.od_all[:, rows]
+
+    def tissue(self, rows: slice) -> np.ndarray:
+        """``(k,)`` bool: which of the pixels ``rows`` are tissue (a view; :meth:`scan` computes them)."""
+        return self.tissue_all[rows]
+
+    def scan(self, moments: bool) -> None:
+        """Sweep 1: ODs and tissue of every pixel, and (``moments``) the sums of the tissue ODs and OD products in float64."""
+        self.od_all = self.od32.take(self.pixels.T, mode="clip")  # (3, P): the one lookup of every value ("clip": no bounds check)
+        self.tissue_all = np.empty(self.n_pixels, bool)
+        count, sums, products = 0, np.zeros(3), np.zeros((3, 3))
+        for rows in self.blocks:
+            od = self.od_all[:, rows]
+            darkest = np.maximum(od[0], od[1])
+            np.maximum(darkest, od[2], out=darkest)
+            tissue = np.greater_equal(darkest, self.tissue_od, out=self.tissue_all[rows])
+            count += int(np.count_nonzero(tissue))
+            if moments:
+                masked = od * tissue
+                # float32 sums of rows of 512 values, added up in float64: rounding stays ~1e-7 relative
+                chunks = masked.reshape(3, -1, 512) if masked.shape[1] % 512 == 0 else masked[:, None, :]
+                sums += chunks.sum(axis=2).sum(axis=1, dtype=np.float64)
+                full = od.reshape(3, *chunks.shape[1:])
+                for i in range(3):
+                    for j in range(i, 3):
+                        products[i, j] += np.einsum("ij,ij->i", chunks[i], full[j]).sum(dtype=np.float64)
+        self.tissue_pixels = count
+        # every _SAMPLE_STEP-th pixel, contiguous (a strided operand keeps matmul off BLAS, 10x slower)
+        self.sample_od = np.ascontiguousarray(self.od_all[:, ::_SAMPLE_STEP])
+        self.sample_tissue = self.tissue_all[::_SAMPLE_STEP].copy()
+        if moments:
+            products = np.triu(products) + np.triu(products, 1).T
+            self.moments = (sums, products)
+
+    def covariance(self) -> np.ndarray:
+        """Covariance (ddof=1) of the tissue ODs, from :meth:`scan`'s moments."""
+        sums, products = self.moments
+        n = self.tissue_pixels
+        mean = sums / n
+        return (products - n * np.outer(mean, mean)) / (n - 1)
+
+    def angle_percentiles(self, plane: np.ndarray, qs: list[float]) -> list[float]:
+        """Sweep 2: the ``qs`` percentiles of the tissue ODs' angles ``arctan2(y, x)`` in ``plane``."""
+        n = self.tissue_pixels
+        p = plane.astype(np.float32)
+        if not np.all(plane[:, 0] > 0):  # x could be <= 0: angles from arctan2, over all tissue pixels
+            return self._angle_percentiles_general(plane, qs)
+
+        def slopes(od: np.ndarray) -> np.ndarray:  # y / x (x > 0 for tissue pixels; anything for the others)
+            x, y = p.T @ od  # (2, 3) @ (3, k): see _BLOCK on this product
+            with np.errstate(divide="ignore", invalid="ignore"):
+                y /= x
+            return y
+
+        places = [_percentile_positions(n, q) for q in qs]
+        sample = slopes(self.sample_od)
+        np.copyto(sample, np.float32(np.nan), where=~self.sample_tissue)
+        tails = _Tails(sample, n, [below for below, _, _ in places])
+        for rows in self.blocks:
+            tails.add(slopes(self.od(rows)), where=self.tissue(rows))  # tissue pixels only
+        pairs = tails.result()
+        if any(pair is None for pair in pairs):
+            return self._angle_percentiles_general(plane, qs)
+        # arctan is increasing: the percentiles of the angles are arctan of the slopes' order statistics
+        return [_interpolated(pair, f, top, np.arctan) for pair, (_, f, top) in zip(pairs, places, strict=True)]
+
+    def _angle_percentiles_general(self, plane: np.ndarray, qs: list[float]) -> list[float]:
+        angles = []
+        for rows in self.blocks:
+            t = self.od(rows)[:, self.tissue(rows)].astype(np.float64)
+            xy = plane.T @ t
+            angles.append(np.arctan2(xy[1], xy[0]))
+        return _percentiles(np.concatenate(angles), qs)
+
+    def concentrations(self, stains: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+        """Sweep 3: exact NNLS concentrations (``(2, P)`` float32) and each stain's ``q`` percentile."""
+        s = np.asarray(stains, dtype=np.float64)
+        gram = s.T @ s
+        if not np.linalg.det(gram) > 1e-12 * gram[0, 0] * gram[1, 1]:
+            raise InvalidInputError("nnls_two_stains needs two linearly independent stain vectors.")
+        solve = (np.linalg.inv(gram) @ s.T).astype(np.float32)  # (2, 3): the unconstrained solution
+        s32 = s.astype(np.float32)
+        g11, g22 = float(gram[0, 0]), float(gram[1, 1])
+
+        def solve_block(od: np.ndarray, c: np.ndarray) -> None:
+            np.matmul(solve, od, out=c)  # (2, 3) @ (3, k): the unconstrained solutions
+            if not c.min() < 0:  # usually: every unconstrained solution is non-negative
+                return
+            c0, c1 = c
+            infeasible = np.flatnonzero(np.minimum(c0, c1) < 0)  # a few % of the pixels
+            if infeasible.size:
+                y = od[:, infeasible]
+                p0 = np.maximum(y[0] * s32[0, 0] + y[1] * s32[1, 0] + y[2] * s32[2, 0], 0)
+                p1 = np.maximum(y[0] * s32[0, 1] + y[1] * s32[1, 1] + y[2] * s32[2, 1], 0)
+                # residual reduction of the fit on stain k alone is max(d_k, 0)^2 / g_kk: keep the larger
+                first = p0 * p0 * g22 >= p1 * p1 * g11
+                c0[infeasible] = np.where(first, p0 / g11, 0)
+                c1[infeasible] = np.where(first, 0, p1 / g22)
+
+        sample = np.empty((2, self.sample_od.shape[1]), np.float32)
+        solve_block(self.sample_od, sample)
+        below, fraction, top = _percentile_positions(self.n_pixels, q)
+        tails = [_Tails(sample[k], self.n_pixels, [below]) for k in range(2)]
+        c = np.empty((2, self.n_pixels), np.float32)
+        for rows in self.blocks:
+            solve_block(self.od(rows), c[:, rows])
+            tails[0].add(c[0, rows])
+            tails[1].add(c[1, rows])
+        maxima = []
+        for k in range(2):
+            pair = tails[k].result()[0]
+            maxima.append(_percentiles(c[k], [q])[0] if pair is None else _interpolated(pair, fraction, top))
+        return c, np.array(maxima)
+
+    def recombine(self, c: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Sweep 4: ``uint8(255 * exp(weights @ c))`` per pixel and channel (truncated, as ``astype`` does)."""
+        wt = np.asarray(weights, dtype=np.float32).T  # (2, 3)
+        clip = bool(np.any(weights > 0))  # a target with negative entries could exceed 255
+        out = np.empty((self.n_pixels, 3), np.uint8)
+        for rows in self.blocks:
+            od = c[:, rows].T @ wt  # (k, 2) @ (2, 3): pixel-major, the layout of the output
+            np.exp(od, out=od)
+            od *= 255
+            if clip:
+                np.minimum(od, 255, out=od)
+            out[rows] = od
+        return out.reshape(self.shape)
 
 
 def _order_h_first(v1: np.ndarray, v2: np.ndarray) -> np.ndarray:
@@ -526,6 +877,7 @@ class MacenkoNormalizer(StainNormalizer):
     """
 
     method: ClassVar[str] = "macenko"
+    _needs_moments: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -551,34 +903,13 @@ class MacenkoNormalizer(StainNormalizer):
         if not (isinstance(self.alpha, (int, float)) and 0 <= self.alpha < 50):
             raise InvalidInputError(f"Invalid MacenkoNormalizer parameter: alpha must be in [0, 50) ({self!r}).")
 
-    def _estimate_stain_matrix(self, prepared: _Prepared) -> np.ndarray:
-        r, g, b = np.compress(prepared.tissue, prepared.planes, axis=1)  # tissue pixels' values
-        od_lut = prepared.od_lut
-        n = prepared.tissue_pixels
-        # Covariance of the tissue ODs (as np.cov, ddof=1) from the joint histograms of the channel
-        # values, pair by pair, instead of from an (N, 3) float array.
-        joint = [np.bincount((u.astype(np.uint16) << 8) | v, minlength=65536).reshape(256, 256) for u, v in ((r, g), (r, b), (g, b))]
-        marginals = [joint[0].sum(axis=1), joint[0].sum(axis=0), joint[1].sum(axis=0)]  # R, G, B
-        centred = [od_lut - (m @ od_lut) / n for m in marginals]
-        cov = np.empty((3, 3))
-        for i in range(3):
-            cov[i, i] = marginals[i] @ centred[i] ** 2
-        for (i, j), h in zip(((0, 1), (0, 2), (1, 2)), joint, strict=True):
-            cov[i, j] = cov[j, i] = np.einsum("a,ab,b->", centred[i], h, centred[j])  # no BLAS
-        eigenvalues, eigenvectors = np.linalg.eigh(cov / (n - 1))
+    def _estimate_stain_matrix(self, prepared: _Prepared | _FastTile) -> np.ndarray:
+        eigenvalues, eigenvectors = np.linalg.eigh(prepared.covariance())
         if not eigenvalues[1] > 1e-12 * max(eigenvalues[2], 1e-300):
             raise _Unusable("the two stain vectors cannot be told apart (the tissue has a single colour)")
         plane = eigenvectors[:, [2, 1]]
         plane[:, plane[0] < 0] *= -1
-        # Angle of each tissue pixel's OD in the plane: projections through per-channel lookup tables.
-        luts = od_lut[None, :, None] * plane[:, None, :]  # (channel, value, axis)
-        x = luts[0, :, 0].take(r) + luts[1, :, 0].take(g) + luts[2, :, 0].take(b)
-        y = luts[0, :, 1].take(r) + luts[1, :, 1].take(g) + luts[2, :, 1].take(b)
-        qs = [self.alpha, 100 - self.alpha]
-        if x.min() > 0:  # the usual case: the angle arctan2(y, x) is arctan(y / x), which is monotone
-            low, high = _percentiles(y / x, qs, monotone=np.arctan)
-        else:
-            low, high = _percentiles(np.arctan2(y, x), qs)
+        low, high = prepared.angle_percentiles(plane, [self.alpha, 100 - self.alpha])
         v_low = plane @ np.array([np.cos(low), np.sin(low)])
         v_high = plane @ np.array([np.cos(high), np.sin(high)])
         return _order_h_first(v_low, v_high)
@@ -629,9 +960,9 @@ class VahadaneNormalizer(StainNormalizer):
         self.luminosity_threshold = luminosity_threshold
         self.regularizer = regularizer
 
-    def _estimate_stain_matrix(self, prepared: _Prepared) -> np.ndarray:
+    def _estimate_stain_matrix(self, prepared: _Prepared | _FastTile) -> np.ndarray:
         extractor, tissue_mask_exception = _import_staintools_vahadane()
-        standardized = np.ascontiguousarray(prepared.standard_lut.take(prepared.planes).T).reshape(prepared.shape)  # staintools writes into it
+        standardized = prepared.standardized()  # a new array: staintools writes into it
         try:
             rows = extractor.get_stain_matrix(
                 standardized, luminosity_threshold=self.luminosity_threshold, regularizer=self.regularizer

@@ -8,7 +8,8 @@
 Tissue is darker and more saturated than glass. A pixel is tissue where its grey level is below
 Otsu's threshold (computed on the thumbnail) *and* below ``max_grey`` (so an empty slide, whose Otsu
 threshold falls in the noise of the glass, gives no tissue), or its saturation is above
-``min_saturation``. Then closing, small-object and small-hole removal (scikit-image).
+``min_saturation``. A thumbnail of one colour (black, grey or white: nothing differs from the
+background) has no tissue at all. Then closing, small-object and small-hole removal (scikit-image).
 Fractions are exact area integrals over the mask pixels a level-0 rectangle covers (partial pixels
 weighted), so tiles, mask and heatmap share one coordinate system.
 """
@@ -75,6 +76,34 @@ class TissueMask:
         return float(self.fractions(np.array([x]), np.array([y]), w, h)[0])
 
 
+def binary_closing(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``skimage.morphology.closing(mask, disk(radius))`` of a boolean mask, the same pixels, ~30x faster.
+
+    Dilation then erosion by the disk, each as an OR / AND of shifted views of the mask padded by
+    reflection (scikit-image's default border, ``mode="reflect"``; NumPy calls it "symmetric").
+    scikit-image runs a general grey-level filter; on a 1024 px thumbnail that was ~20 ms of every
+    heatmap's fixed cost.
+    """
+    from skimage.morphology import disk
+
+    footprint = disk(radius).astype(bool)
+    offsets = [(dy, dx) for dy in range(2 * radius + 1) for dx in range(2 * radius + 1) if footprint[dy, dx]]
+    h, w = mask.shape
+
+    def sweep(m: np.ndarray, dilate: bool) -> np.ndarray:
+        padded = np.pad(m, radius, mode="symmetric")
+        out = np.zeros_like(m) if dilate else np.ones_like(m)
+        for dy, dx in offsets:
+            view = padded[dy : dy + h, dx : dx + w]
+            if dilate:
+                out |= view
+            else:
+                out &= view
+        return out
+
+    return sweep(sweep(np.asarray(mask, bool), True), False)
+
+
 @dataclass
 class TissueMasker:
     """Otsu tissue detection (scikit-learn style: parameters in the constructor, ``fit`` does the work).
@@ -88,6 +117,8 @@ class TissueMasker:
         max_grey: grey level (0–1) above which a pixel is glass whatever Otsu says.
         min_saturation: saturation (0–1) above which a pixel is tissue (pale eosin).
         closing_um / min_object_px: clean-up sizes in thumbnail pixels.
+        uniform_std: a thumbnail whose every colour channel varies less than this (standard deviation, 0–1)
+            is one colour — a black, grey or white slide — and has no tissue.
     """
 
     max_side: int = 1024
@@ -96,6 +127,7 @@ class TissueMasker:
     closing_radius: int = 2
     min_object_px: int = 64
     min_hole_px: int = 64
+    uniform_std: float = 0.02  # colour spread (0–1) below which a thumbnail is one colour: no tissue
 
     def thumbnail_mask(self, rgb: np.ndarray, scale_x: float = 1.0, scale_y: float | None = None) -> TissueMask:
         """The tissue mask of an RGB thumbnail whose pixel covers ``scale_x × scale_y`` level-0 pixels."""
@@ -104,23 +136,30 @@ class TissueMasker:
         arr = np.asarray(rgb, dtype=np.uint8)
         # grey (ITU-R 601-2 luma, as skimage's rgb2gray) and HSV saturation, in float32 without the full HSV
         grey = (arr[..., 0] * np.float32(0.2125 / 255) + arr[..., 1] * np.float32(0.7154 / 255) + arr[..., 2] * np.float32(0.0721 / 255))
-        hi = arr.max(axis=2)
-        lo = arr.min(axis=2)
+        r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
+        hi = np.maximum(np.maximum(r, g), b)  # not arr.max(axis=2): a 3-long inner loop per pixel is ~50x slower
+        lo = np.minimum(np.minimum(r, g), b)
         hsv_s = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1).astype(np.float32), np.float32(0))
-        if int(hi.max()) - int(lo.min()) == 0 or float(grey.max() - grey.min()) < 1e-3:
-            t = 1.0
-        else:
-            t = float(filters.threshold_otsu(grey))
+        if arr.size == 0 or self._uniform(arr):
+            # one colour (black, grey, white or any other): nothing stands out from the background, so no tissue
+            return TissueMask(np.zeros(grey.shape, bool), float(scale_x), float(scale_x if scale_y is None else scale_y), 1.0)
+        t = float(filters.threshold_otsu(grey))
         dark = (grey < min(t, self.max_grey))
         coloured = (hsv_s > self.min_saturation) & (grey < 0.97)
         mask = dark | coloured
         if self.closing_radius > 0:
-            mask = morphology.closing(mask, morphology.disk(self.closing_radius)).astype(bool)
+            mask = binary_closing(mask, self.closing_radius)
         if self.min_object_px > 0:
             mask = morphology.remove_small_objects(mask, max_size=self.min_object_px)
         if self.min_hole_px > 0:
             mask = morphology.remove_small_holes(mask, max_size=self.min_hole_px)
         return TissueMask(mask.astype(bool), float(scale_x), float(scale_x if scale_y is None else scale_y), t)
+
+    def _uniform(self, rgb: np.ndarray) -> bool:
+        """True when the image is one colour up to compression noise (every channel's spread, 0–1, below ``uniform_std``)."""
+        step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 262144)))
+        sample = rgb[::step, ::step].reshape(-1, 3).astype(np.float32) / 255.0
+        return float(sample.std(axis=0).max()) < self.uniform_std
 
     def slide_mask(self, slide) -> TissueMask:
         """The tissue mask of ``slide`` (an :class:`engine.slides.Slide`), detected on its thumbnail."""
@@ -135,5 +174,5 @@ class TissueMasker:
         return self
 
     def cache_key(self) -> dict:
-        return {"method": "otsu-v1", **{k: getattr(self, k) for k in ("max_side", "max_grey", "min_saturation", "closing_radius", "min_object_px", "min_hole_px")}}
+        return {"method": "otsu-v2", **{k: getattr(self, k) for k in ("max_side", "max_grey", "min_saturation", "closing_radius", "min_object_px", "min_hole_px", "uniform_std")}}
 

@@ -39,12 +39,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(env_overrides: dict[str, str | None], log_path: Path):
-    """A ``streamlit run dashboard/server.py`` (the app as `make run` starts it) on a free port; yields its URL. An override of None unsets that variable."""
+def streamlit_server(env_overrides: dict[str, str | None], log_path: Path, script: Path | None = None):
+    """A ``streamlit run dashboard/server.py`` (the app as `make run` starts it) on a free port; yields its URL.
+
+    An override of None unsets that variable. ``script`` runs another app file the same way (a test's own ``st.App``).
+    """
     port = free_port()
     env = {**os.environ, **env_overrides, "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if v is not None}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "server.py"), "--server.headless=true",
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script or ROOT / "dashboard" / "server.py"), "--server.headless=true",
            f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false"]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -12,6 +12,7 @@ through the dashboard page a user would use.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
@@ -210,6 +211,76 @@ IMAGE_CASES = [
     file_case("image", "jpeg-named.png", lambda: encode(np.full((16, 16, 3), 200, np.uint8), "JPEG"), LOADS, "a JPEG with a .png name",
               size=(16, 16), colour=(200, 200, 200), tolerance=3),
 ]
+# Every awkward-but-valid tile above is one colour: it must read correctly, and then be named blank, never scored (issue 15).
+IMAGE_CASES = [dataclasses.replace(c, options={**c.options, "blank": True}) if c.expect is None else c for c in IMAGE_CASES]
+
+
+def _noise16_rgb() -> np.ndarray:
+    return (25700 + np.random.default_rng(7).integers(-2570, 2571, (32, 32, 3))).astype(np.uint16)
+
+
+def _ramp(h: int = 32, w: int = 64) -> np.ndarray:
+    return np.tile(np.linspace(0.0, 1.0, w, dtype=np.float32), (h, 1))
+
+
+def _float_with(value: float) -> bytes:
+    arr = _ramp()
+    arr[3, 5:8] = value
+    return tiff(arr)
+
+
+def _multipage() -> bytes:
+    return tiff(np.stack([rgb(i, 32) for i in range(3)]), photometric="rgb")
+
+
+def _forged_jpeg(width: int = 7000, height: int = 7000) -> bytes:
+    """A small real JPEG whose frame header (SOF0) then declares ``width × height``: decoders pad the rest with grey."""
+    data = bytearray(jpeg(2, 64))
+    at = data.find(b"\xff\xc0")
+    data[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def _png_with(*chunks: bytes) -> bytes:
+    data = png(1)
+    return data[:33] + b"".join(chunks) + data[33:]  # after IHDR, before the image data
+
+
+def _text_bomb() -> bytes:
+    return _png_with(png_chunk(b"zTXt", b"comment\0\0" + zlib.compress(b"A" * (50 * 1024 * 1024), 9)))
+
+
+def _icc_bomb() -> bytes:
+    return _png_with(png_chunk(b"iCCP", b"icc\0\0" + zlib.compress(b"\0" * (50 * 1024 * 1024), 9)))
+
+
+def _many_text_chunks() -> bytes:  # each under the per-chunk limit, together over the total
+    one = zlib.compress(b"B" * 900 * 1024, 9)
+    return _png_with(*(png_chunk(b"zTXt", f"k{i}".encode() + b"\0\0" + one) for i in range(12)))
+
+
+IMAGE_CASES += [
+    # degenerate: named, not scored
+    file_case("image", "onepixel.png", lambda: encode(np.full((1, 1, 3), 180, np.uint8), "PNG"), InvalidInputError,
+              "is 1×1 px, below the minimum of 8 px a side"),
+    file_case("image", "line.png", lambda: encode(np.full((1, 100_000, 3), 180, np.uint8), "PNG"), InvalidInputError,
+              "is 100000×1 px, below the minimum of 8 px a side"),
+    file_case("image", "strip.png", lambda: encode(rgb(3, 20).repeat(100, axis=1), "PNG"), InvalidInputError, "an aspect ratio over 16:1"),
+    file_case("image", "nan.tif", lambda: tiff(np.full((16, 16), np.nan, np.float32)), InvalidInputError,
+              "has 256 pixel value(s) that are not finite numbers (NaN or infinite)"),
+    file_case("image", "someinf.tif", lambda: _float_with(np.inf), InvalidInputError, "has 3 pixel value(s) that are not finite numbers"),
+    file_case("image", "pages.tif", _multipage, UnsupportedFormatError, "is a TIFF with 3 pages"),
+    file_case("image", "forged.jpg", _forged_jpeg, CorruptFileError, "declares 7000×7000 pixels but holds only"),
+    file_case("image", "textbomb.png", _text_bomb, TooLargeError, "text or colour-profile (ICC) chunks that decompress to more than"),
+    file_case("image", "iccbomb.png", _icc_bomb, TooLargeError, "text or colour-profile (ICC) chunks that decompress to more than"),
+    file_case("image", "manytext.png", _many_text_chunks, TooLargeError, "or 8 MB in all, over the limit"),
+    # textured (not blank): read correctly and scored
+    file_case("image", "noise16.tif", lambda: tiff(_noise16_rgb(), photometric="rgb"), LOADS, "16-bit RGB TIFF with texture", size=(32, 32),
+              colour=(100, 100, 100)),
+    file_case("image", "ramp.tif", lambda: tiff(_ramp()), LOADS, "32-bit float ramp 0–1", size=(32, 64), colour=(127.5, 127.5, 127.5)),
+    file_case("image", "gradient.png", lambda: encode(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1)), "PNG"), LOADS,
+              "8-bit grey gradient", size=(16, 64), colour=(126, 126, 126)),
+]
 
 
 # ----------------------------------------------------------------------------- archives
@@ -226,7 +297,13 @@ def _many_members_zip() -> bytes:
     return buf.getvalue()
 
 
+def _pixel_bomb_zip() -> bytes:
+    """Five small PNGs each declaring 7000 × 7000 px (under the per-tile limit), 245 megapixels together."""
+    return zipped({f"t{i}.png": png_bomb(7000, 7000) for i in range(5)})
+
+
 ARCHIVE_CASES = [
+    file_case("archive", "pixelbomb.zip", _pixel_bomb_zip, TooLargeError, "its tiles decode to more than 200,000,000 pixels in all"),
     file_case("archive", "slip.zip", lambda: zipped({"ok.png": png(1), "../evil.png": png(2)}), UnsafeArchiveError, "outside the archive"),
     file_case("archive", "slipdeep.zip", lambda: zipped({"a/../../../etc/evil.png": png(2)}), UnsafeArchiveError, "outside the archive"),
     file_case("archive", "absolute.zip", lambda: zipped({"/tmp/evil.png": png(2)}), UnsafeArchiveError, "outside the archive"),
@@ -252,12 +329,12 @@ ARCHIVE_CASES = [
 APERIO = "Aperio Image Library v12.0.15 \r\n{w}x{h} [0,0 {w}x{h}] (256x256) JPEG/RGB Q=90|AppMag = 20|MPP = 0.5|Filename = corpus"
 
 
-def aperio_like_svs(path: Path, width: int = 1536, height: int = 1024, *, tissue: bool = True) -> Path:
-    """A real-looking Aperio SVS: tiled JPEG pyramid written with tifffile, with an Aperio description."""
+def aperio_like_svs(path: Path, width: int = 1536, height: int = 1024, *, tissue: bool = True, fill: int = 242) -> Path:
+    """A real-looking Aperio SVS: tiled JPEG pyramid written with tifffile, with an Aperio description (``fill``: the glass)."""
     import tifffile
 
     yy, xx = np.mgrid[0:height, 0:width]
-    img = np.full((height, width, 3), 242, np.uint8)
+    img = np.full((height, width, 3), fill, np.uint8)
     if tissue:
         blob = ((xx - width / 2) ** 2 / (width / 3) ** 2 + (yy - height / 2) ** 2 / (height / 3) ** 2) < 1
         noise = np.random.default_rng(0).integers(0, 40, (height, width, 1), dtype=np.uint8)
@@ -292,6 +369,11 @@ SLIDE_CASES = [
     file_case("slide", "anim.svs", lambda: encode(rgb(0, 8), "GIF"), UnsupportedFormatError, "GIF"),
     # these load: a slide without tissue (tiling finds nothing, the page warns) and a PNG named .ndpi (read as an image)
     case("slide", "blank.svs", _blank_slide, LOADS, "no tissue: zero tissue tiles", tissue=0.0, kind="openslide"),
+    # issue 15: a uniform black or grey slide was "100 % tissue" and scored
+    case("slide", "black.svs", lambda d: aperio_like_svs(d / "black.svs", tissue=False, fill=0), LOADS, "uniform black: no tissue", tissue=0.0,
+         kind="openslide"),
+    case("slide", "grey.svs", lambda d: aperio_like_svs(d / "grey.svs", tissue=False, fill=128), LOADS, "uniform grey: no tissue", tissue=0.0,
+         kind="openslide"),
     file_case("slide", "really-png.ndpi", lambda: png(5, 300), LOADS, "a PNG with an .ndpi name opens as a one-level image slide", kind="image"),
     case("slide", "good.svs", lambda d: aperio_like_svs(d / "good.svs"), LOADS, "a real-looking Aperio slide", kind="openslide", vendor="aperio",
          mpp=0.5),
@@ -355,7 +437,48 @@ TABLE_CASES = [
     table_case("tabs.tsv", csv(GOOD_ROWS.replace(",", "\t")), LOADS, "tab-separated", step="all", group="arm", n=6, events=4),
     table_case("words.csv", csv("time,status,arm\n5,Dead,a\n6,alive,a\n7,DEAD,a\n9,dead,b\n3,Alive,b\n4,dead,b\n"), LOADS, "event words in any case",
                step="all", group="arm", n=6, events=4),
+    # issue 15: tables users really have, and the ones that used to give tracebacks or hang
+    table_case("dupcols.csv", csv("time,status, time ,arm\n5,1,5,a\n6,0,6,b\n"), InvalidInputError,
+               "column name(s) that appear more than once, ignoring surrounding spaces (e.g. 'time', 2 times)", step="read"),
+    table_case("dupexact.csv", csv("time,status,x,x\n5,1,1,2\n6,0,3,4\n"), InvalidInputError, "appear more than once", step="read"),
+    table_case("booltime.csv", csv("time,status,arm\ntrue,1,a\nfalse,0,a\ntrue,1,b\nfalse,1,b\n"), InvalidInputError,
+               "Time column 'time' holds true/false values, not times", step="prepare", group="arm"),
+    table_case("pidgroup.csv", lambda: _rows(300, pid=True).encode(), InvalidInputError,
+               "Group column 'pid' has 300 different values, more than the limit of 50 groups (one per row: is it a patient id?)",
+               step="prepare", group="pid"),
+    table_case("infcov.csv", csv("time,status,arm,x\n5,1,a,1\n6,0,a,inf\n7,1,a,3\n9,1,b,4\n3,1,b,5\n4,0,b,6\n"), InvalidInputError,
+               "Covariate 'x' has 1 infinite value(s), e.g. inf in row 2", step="cox", covariates=["x"]),
+    table_case("latin1.csv", lambda: _with_accents(GOOD_ROWS).encode("cp1252"), LOADS, "Windows-1252 (Excel 'CSV' on Windows) is detected",
+               step="all", group="arm", n=6, events=4, encoding="cp1252"),
+    table_case("unicode.txt", lambda: _with_accents(GOOD_ROWS).replace(",", "\t").encode("utf-16"), LOADS,
+               "UTF-16 with a byte-order mark (Excel 'Unicode text') is detected", step="all", group="arm", n=6, events=4, encoding="utf-16"),
+    table_case("utf16le.csv", lambda: _with_accents(GOOD_ROWS).encode("utf-16-le"), LOADS, "UTF-16 without a byte-order mark",
+               step="all", group="arm", n=6, events=4, encoding="utf-16"),
+    table_case("good.xlsx", lambda: _xlsx(GOOD_ROWS), LOADS, "an Excel workbook (openpyxl)", step="all", group="arm", n=6, events=4),
+    table_case("big.csv", lambda: _rows(200_000).encode(), LOADS, "200,000 rows answer in seconds (O(n log n) concordance)", step="all",
+               group="arm", n=200_000, events=133_333),
 ]
+
+
+def _with_accents(text: str) -> str:
+    """The table with a last column whose name and values need more than ASCII (as French or German exports have)."""
+    lines = text.strip().split("\n")
+    return "\n".join([lines[0] + ",Région"] + [f"{line},{'Île' if i % 2 else 'Zürich'}" for i, line in enumerate(lines[1:])]) + "\n"
+
+
+def _rows(n: int, *, pid: bool = False) -> str:
+    """``n`` patients, deterministic: events where ``i % 3 != 0``, arms a/b alternating, times 1–3650 days."""
+    head = "pid,time,status,arm,x\n" if pid else "time,status,arm,x\n"
+    rows = (f"{f'P{i:06d},' if pid else ''}{1 + (i * 7919) % 3650},{int(i % 3 != 0)},{'ab'[i % 2]},{(i * 37) % 101 / 10}" for i in range(n))
+    return head + "\n".join(rows) + "\n"
+
+
+def _xlsx(text: str) -> bytes:
+    import pandas as pd
+
+    buf = io.BytesIO()
+    pd.read_csv(io.StringIO(text)).to_excel(buf, index=False)
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- training folders
@@ -430,6 +553,21 @@ def _training_zip(d: Path, entries: dict[str, bytes], name: str) -> Path:
     return write(d / name, zipped(entries))
 
 
+def _other_workspace(d: Path) -> Path:
+    """Tiles in another browser session's upload workspace (under HISTODASH_WORK_DIR)."""
+    from engine.config import get_settings
+
+    return class_folders(get_settings().work_dir / "someone-else" / "training" / "tiles", {"benign": 2, "tumour": 2})
+
+
+def _escaping_link(d: Path) -> Path:
+    """A folder inside the data roots that is a symbolic link to a folder outside them."""
+    link = d / "link"
+    if not link.exists():
+        link.symlink_to("/usr/share")
+    return link
+
+
 TRAINING_CASES = [
     case("training", "oneclass", _one_class, InvalidInputError, "Only one class ('tumour')"),
     case("training", "emptyclass", _empty_class, InvalidInputError, "Class folder(s) 'stroma'"),
@@ -451,6 +589,41 @@ TRAINING_CASES = [
     # unreadable tiles are counted and skipped: the rest trains
     case("training", "unreadable", _unreadable, LOADS, "3 unreadable tiles skipped, 6 kept", step="prepare", kept=6,
          skipped=["broken.png", "cut.png", "empty.jpg"]),
+    # issue 15: server paths as input. The CLI's operator may name any folder; the page only uploads and data roots.
+    case("training", "devnull", lambda d: Path("/dev/null"), InvalidInputError, "is a device or other special file",
+         page_fragment="the path you gave is not"),
+    case("training", "etc", lambda d: Path("/etc"), InvalidInputError, "", page_only=True, page_fragment="the path you gave is not"),
+    case("training", "otherworkspace", _other_workspace, InvalidInputError, "", page_only=True, page_fragment="the path you gave is not"),
+    case("training", "escapelink", _escaping_link, InvalidInputError, "", page_only=True, page_fragment="the path you gave is not"),
+]
+
+
+# ----------------------------------------------------------------------------- training configurations (YAML, CLI)
+
+def _config_case(name: str, text: Callable[[Path], str], expect, fragment: str, /, **options) -> Case:
+    def build(d: Path) -> Path:
+        class_folders(d / "good", {"benign": 3, "tumour": 3})
+        return write(d / name, text(d).encode())
+    return Case("config", name, build, expect, fragment, options)
+
+
+def _alias_bomb(d: Path) -> str:
+    lines = [f"data: {d / 'good'}", 'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    return "\n".join(lines) + "\n"
+
+
+CONFIG_CASES = [
+    _config_case("aliasbomb.yaml", _alias_bomb, InvalidInputError, "uses a YAML alias ('*a0', line 3); aliases are not accepted"),
+    _config_case("huge.yaml", lambda d: f"data: {d / 'good'}\n" + "# padding\n" * 10_000, InvalidInputError, "is over 64 KB"),
+    _config_case("nanweight.yaml", lambda d: f"data: {d / 'good'}\nclass_weights: {{benign: .nan, tumour: 1}}\n", InvalidInputError,
+                 "class_weights must be 'balanced', 'none' or a mapping class → positive weight"),
+    _config_case("infweight.yaml", lambda d: f"data: {d / 'good'}\nclass_weights: {{benign: .inf, tumour: 1}}\n", InvalidInputError,
+                 "class_weights must be"),
+    _config_case("devnull.yaml", lambda d: "data: /dev/null\n", InvalidInputError, "'null' is a device or other special file"),
+    _config_case("takenid.yaml", lambda d: f"data: {d / 'good'}\nmodel_id: tiny-test\n", InvalidInputError,
+                 "A model 'tiny-test' is already registered"),
+    _config_case("good.yaml", lambda d: f"data: {d / 'good'}\nepochs: 1\n", LOADS, "queued: 6 tiles in 2 classes"),
 ]
 
 
@@ -500,6 +673,55 @@ def _canary_model(d: Path) -> Path:
     return _tampered_model(d / "canary.keras", module=CANARY, class_name="Payload", registered_name="Payload", config={})
 
 
+def _small_classifier(path: Path, *, activation: str = "softmax", nan: bool = False, edit=None) -> Path:
+    """A real 8-px, 2-class ``.keras`` model (GAP → Dense); ``nan`` fills its weights with NaN; ``edit(config)`` rewrites config.json."""
+    from engine.runtime import keras
+
+    k = keras()
+    inputs = k.Input((8, 8, 3))
+    outputs = k.layers.Dense(2, activation=activation, name="head")(k.layers.GlobalAveragePooling2D()(k.layers.Rescaling(1 / 255)(inputs)))
+    model = k.Model(inputs, outputs)
+    if nan:
+        model.get_layer("head").set_weights([np.full((3, 2), np.nan, np.float32), np.zeros(2, np.float32)])
+    if edit is None:
+        model.save(path)
+        return path
+    clean = path.with_name("clean-" + path.name)
+    model.save(clean)
+    with zipfile.ZipFile(clean) as src, zipfile.ZipFile(path, "w") as dst:
+        for member in src.namelist():
+            data = src.read(member)
+            dst.writestr(member, edit(data) if member == "config.json" else data)
+    clean.unlink()
+    return path
+
+
+def _deep_config(data: bytes) -> bytes:
+    cfg = json.loads(data)
+    cfg["config"]["layers"][-1]["config"]["nest"] = "DEEP"
+    return json.dumps(cfg).replace('"DEEP"', "[" * 100_000 + "]" * 100_000).encode()
+
+
+def _huge_layer(data: bytes) -> bytes:
+    cfg = json.loads(data)
+    next(layer for layer in cfg["config"]["layers"] if layer["name"] == "head")["config"]["units"] = 1_000_000_000
+    return json.dumps(cfg).encode()
+
+
+# these load in Keras (safe mode) but must not be imported: checked by import_model only
+IMPORT_ONLY_CASES = [
+    case("model", "deep.keras", lambda d: _small_classifier(d / "deep.keras", edit=_deep_config), IncompatibleModelError,
+         "has a config.json nested 100005 levels deep, over the limit of 100: refused before parsing it", import_only=True),
+    case("model", "hugelayer.keras", lambda d: _small_classifier(d / "hugelayer.keras", edit=_huge_layer), IncompatibleModelError,
+         "layer 'head' has units = 1,000,000,000, over the limit of 65,536", import_only=True),
+    case("model", "nan.keras", lambda d: _small_classifier(d / "nan.keras", nan=True), IncompatibleModelError,
+         "gives non-finite outputs (NaN or infinite) on synthetic tissue tiles", import_only=True),
+    case("model", "logits.keras", lambda d: _small_classifier(d / "logits.keras", activation="linear"), IncompatibleModelError,
+         "on synthetic tissue tiles", import_only=True),
+    case("model", "relu.keras", lambda d: _small_classifier(d / "relu.keras", activation="sigmoid"), IncompatibleModelError,
+         "class probabilities that do not sum to 1", import_only=True),
+]
+
 MODEL_CASES = [
     case("model", "lambda.keras", _lambda_model, IncompatibleModelError, "refused for safety"),
     case("model", "unknown.keras", lambda d: _tampered_model(d / "unknown.keras", module="no_such_module.layers", class_name="Evil",
@@ -515,10 +737,11 @@ MODEL_CASES = [
     file_case("model", "text.keras", lambda: b"not a keras model", IncompatibleModelError, "cannot be loaded as a Keras model"),
     file_case("model", "empty.keras", lambda: b"", IncompatibleModelError, "cannot be loaded as a Keras model"),
     file_case("model", "model.pkl", lambda: b"\x80\x04K\x01.", IncompatibleModelError, "not a .keras model file"),
+    *IMPORT_ONLY_CASES,
 ]
 
 
-ALL_CASES: list[Case] = [*IMAGE_CASES, *ARCHIVE_CASES, *SLIDE_CASES, *TABLE_CASES, *TRAINING_CASES, *MODEL_CASES]
+ALL_CASES: list[Case] = [*IMAGE_CASES, *ARCHIVE_CASES, *SLIDE_CASES, *TABLE_CASES, *TRAINING_CASES, *CONFIG_CASES, *MODEL_CASES]
 
 
 def cases(group: str) -> list[Case]:

@@ -96,21 +96,11 @@ def _write_legacy_keras2_h5(model, path, rename=None):
 KERAS2 = Path(__file__).parent / "fixtures" / "keras2_h5"
 
 
-def _nested_toy(px: int = 32) -> keras.Model:
-    """Keras-3 twin of ``nested_toy`` in tests/fixtures/keras2_h5/make_fixture.py (same names and layers)."""
-    layers = keras.layers
-    b_in = keras.Input((px, px, 3), name="backbone_input")
-    y = layers.Conv2D(8, 3, strides=2, padding="same", name="b_conv")(b_in)
-    y = layers.BatchNormalization(name="b_bn")(y)
-    y = layers.Activation("relu", name="b_relu")(y)
-    y = layers.SeparableConv2D(16, 3, padding="same", use_bias=False, name="b_sepconv")(y)
-    y = layers.BatchNormalization(name="b_bn2")(y)
-    y = layers.GlobalAveragePooling2D(name="b_gap")(y)
-    backbone = keras.Model(b_in, y, name="backbone")
-    inputs = keras.Input((px, px, 3), name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    x = layers.Dense(12, activation="relu", name="fc")(backbone(x))
-    return keras.Model(inputs, layers.Dense(1, activation="sigmoid", name="predictions")(x), name="nested_toy")
+def _nested_toy() -> keras.Model:
+    """``nested_toy`` of make_fixture.py built with Keras 3 (the same function wrote the fixture with Keras 2)."""
+    from tests.fixtures.keras2_h5.make_fixture import nested_toy
+
+    return nested_toy(keras)
 
 
 KERAS2_CASES = {  # fixture file → (Keras-3 model of the same layers, key of its Keras-2 predictions in expected.npz)

@@ -52,7 +52,7 @@ def test_command_table_is_the_whole_cli():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert list(sub.choices) == list(COMMANDS)
-    assert {"predict", "models", "gradcam", "heatmap", "cohort-scores", "survival", "train", "jobs", "train-default", "hash-password"} == set(COMMANDS)
+    assert {"predict", "models", "gradcam", "heatmap", "cohort", "cohort-scores", "survival", "train", "jobs", "train-default", "hash-password"} == set(COMMANDS)
 
 
 def test_a_broken_command_fails_loudly():

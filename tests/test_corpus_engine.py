@@ -17,7 +17,7 @@ import pytest
 from engine.errors import HistoDashError, IncompatibleModelError, InvalidInputError
 from tests.corpus import ALL_CASES, CANARY, Case, cases
 
-GROUPS = ("image", "archive", "slide", "table", "training", "model")
+GROUPS = ("image", "archive", "slide", "table", "training", "config", "model")
 
 
 def test_corpus_has_at_least_40_cases_in_every_group():
@@ -60,6 +60,14 @@ def test_image(case, tmp_path):
     assert rgb.shape[:2] == case.options["size"] and (info.height, info.width) == case.options["size"]
     mean = rgb.reshape(-1, 3).mean(axis=0)
     assert np.allclose(mean, case.options["colour"], atol=case.options.get("tolerance", 1.5)), (case.fragment, mean)
+    from engine.errors import InvalidInputError as _Invalid
+    from engine.imageio import check_scorable
+
+    if case.options.get("blank"):  # one colour: named, not scored
+        with pytest.raises(_Invalid, match=f"'{case.name}' is blank: every pixel is about RGB"):
+            check_scorable(rgb, case.name)
+    else:
+        check_scorable(rgb, case.name)
 
 
 # ----------------------------------------------------------------------------- archives
@@ -181,11 +189,17 @@ def test_table(case, tmp_path):
     cohort = run_table(case, path)
     assert (cohort.n, cohort.n_events) == (case.options["n"], case.options["events"])
     assert cohort.group_order == ("a", "b")
+    if "encoding" in case.options:  # detected, and the accented column reads back as written
+        from engine import survival as sv
+
+        table = sv.read_table(path.read_bytes(), name=case.name)
+        assert table.attrs["encoding"] == case.options["encoding"]
+        assert list(table.columns)[-1] == "Région" and set(table["Région"]) == {"Île", "Zürich"}
 
 
 # ----------------------------------------------------------------------------- training folders
 
-@pytest.mark.parametrize("case", cases("training"), ids=lambda c: c.name)
+@pytest.mark.parametrize("case", [c for c in cases("training") if not c.options.get("page_only")], ids=lambda c: c.name)
 def test_training(case, tmp_path):
     from engine.training.datasets import discover, prepare
 
@@ -209,9 +223,29 @@ def test_training(case, tmp_path):
         assert Path(p).name in why  # each skipped tile says which and why
 
 
+# ----------------------------------------------------------------------------- training configurations
+
+@pytest.mark.parametrize("case", cases("config"), ids=lambda c: c.name)
+def test_training_config(case, tmp_path, tiny_registry):
+    """A YAML configuration through everything checked at submit (load_config, then check_submission)."""
+    from engine.training.config import load_config
+    from engine.training.submit import check_submission
+
+    path = case.make(tmp_path)
+
+    def run():
+        return check_submission(load_config(path), models_dir=tiny_registry.root)
+
+    if case.expect is not None:
+        expect_error(case, run, names_file=False)
+        return
+    cfg, found = run()
+    assert len(found) == 6 and cfg.epochs == 1
+
+
 # ----------------------------------------------------------------------------- models
 
-@pytest.mark.parametrize("case", cases("model"), ids=lambda c: c.name)
+@pytest.mark.parametrize("case", [c for c in cases("model") if not c.options.get("import_only")], ids=lambda c: c.name)
 def test_model(case, tmp_path, monkeypatch):
     from engine.registry import load_keras_file
 
@@ -243,6 +277,8 @@ def test_model_import_refused_and_registry_unchanged(case, tmp_path, monkeypatch
     except HistoDashError as err:
         assert isinstance(err, (IncompatibleModelError, InvalidInputError)), type(err)
         assert case.name in str(err) and "Traceback" not in str(err)
+        if case.options.get("import_only"):
+            assert case.fragment in str(err), str(err)
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"{case.id}: bare {type(exc).__name__} escaped import_model: {exc}")
     else:

@@ -83,6 +83,10 @@ def test_heatmap_tiles_exports_and_summary_warning(outside, pyramid, tmp_path):
     assert np.allclose(back.columns["uncertainty"], result.columns["uncertainty"], atol=1e-5)
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["out_of_domain_warning"]
     assert np.allclose(layer_values(result, "in_domain"), 0.0) and layer_values(result, "uncertainty").max() <= 1.0
+    from engine.overlay import tiles_payload
+
+    layers = tiles_payload(back)["columns"]  # the viewer offers each as a layer, from the reloaded files as from the run
+    assert {"in_domain", "domain_score", "uncertainty"} <= set(layers) and set(layers) == set(tiles_payload(result)["columns"])
     assert render_overlay(result, None, layer="uncertainty", max_side=128).shape[2] == 3
 
 
@@ -96,3 +100,61 @@ def test_gradcam_result_has_the_flag_of_the_shared_forward_pass(outside):
     assert res.in_domain is False and "OUT OF DOMAIN" in res.summary()
     assert res.probabilities == pytest.approx(pred.probabilities, abs=1e-5)  # calibrated, like prediction
     assert res.uncertainty == pytest.approx(pred.uncertainty, abs=1e-6)
+
+
+def test_cohort_chunks_come_from_the_same_forward_pass(outside, pyramid, tmp_path):
+    """The cohort worker scores with the predictor's forward pass: its probabilities (calibrated), flags and uncertainty
+    equal the heatmap's for the same tiles, and they reach the store, the heatmap cache value and the slide result."""
+    from engine.cohort.store import EmbeddingStore
+    from engine.cohort.worker import ChunkJob, ModelSpec, TileWorker
+    from engine.heatmap import HeatmapRun, TileGrid
+    from engine.predict import TilePredictor
+    from engine.slides import open_slide
+
+    with open_slide(pyramid) as slide:
+        grid = TileGrid.for_slide(slide, 32, level=2, tile_px=64)
+        result = HeatmapRun(TilePredictor(outside, cache=False), min_tissue=0.0).run(slide, grid)
+    worker = TileWorker(ModelSpec.from_card(outside), batch_size=3)
+    try:
+        chunk = worker.score(ChunkJob("0:0", 0, 0, result.n_tiles, str(pyramid), grid.level, grid.read_px, result.x, result.y))
+    finally:
+        worker.close()
+    np.testing.assert_allclose(chunk.probabilities, result.probabilities, atol=1e-5)
+    assert set(chunk.extras) == {"in_domain", "domain_score", "uncertainty"} and not chunk.extras["in_domain"].any()
+    for name in ("domain_score", "uncertainty"):
+        np.testing.assert_allclose(chunk.extras[name], result.columns[name], rtol=1e-5, atol=1e-6)
+    assert chunk.embeddings.shape == (result.n_tiles, 4)
+    row = chunk.row(0)
+    assert row["in_domain"] is False and row["probabilities"] == pytest.approx(list(result.probabilities[0]), abs=1e-5)
+    store = EmbeddingStore(tmp_path / "store")
+    key = "cd" + "0" * 62
+    half = (result.n_tiles + 1) // 2  # two parts, as complete() walks them
+    store.save_part(key, 0, half, chunk.probabilities[:half], chunk.embeddings[:half], **{k: v[:half] for k, v in chunk.extras.items()})
+    store.save_part(key, half, result.n_tiles, chunk.probabilities[half:], chunk.embeddings[half:], **{k: v[half:] for k, v in chunk.extras.items()})
+    record = store.complete(key, result.n_tiles, half)
+    np.testing.assert_array_equal(record["uncertainty"], chunk.extras["uncertainty"])
+    assert record["in_domain"].dtype == bool and len(record["in_domain"]) == result.n_tiles
+
+
+def _slide_summary_script(folder: str) -> None:
+    from dashboard import slidepage
+    from engine.heatmap import HeatmapResult
+
+    result = HeatmapResult.load(folder)
+    slidepage.summary(result, {"threshold": result.threshold, "mode": "percentiles", "colormap": "viridis"})
+
+
+def test_the_slide_page_says_when_most_tissue_is_out_of_domain_and_that_percentiles_are_relative(outside, pyramid, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from engine.heatmap import HeatmapRun, TileGrid
+    from engine.predict import TilePredictor
+    from engine.slides import open_slide
+
+    with open_slide(pyramid) as slide:
+        result = HeatmapRun(TilePredictor(outside, cache=False), min_tissue=0.0).run(slide, TileGrid.for_slide(slide, 32, level=2, tile_px=64))
+    result.save(tmp_path / "out")
+    at = AppTest.from_function(_slide_summary_script, args=(str(tmp_path / "out"),), default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert len(at.error) == 1 and "out of domain" in at.error[0].value and "100%" in at.error[0].value
+    assert any("relative" in c.value for c in at.caption)

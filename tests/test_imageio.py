@@ -41,12 +41,12 @@ def test_grey_becomes_three_equal_channels():
 
 
 def test_rgba_is_composited_on_white():
-    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba = np.zeros((8, 8, 4), np.uint8)  # 8 px: the smallest tile read (issue 15)
     rgba[..., 0] = 200
-    rgba[:2, :, 3] = 255  # top half opaque red-ish, bottom transparent
+    rgba[:4, :, 3] = 255  # top half opaque red-ish, bottom transparent
     out = read_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), name="a.png")
     assert tuple(out[0, 0]) == (200, 0, 0)
-    assert tuple(out[3, 0]) == (255, 255, 255)
+    assert tuple(out[7, 0]) == (255, 255, 255)
 
 
 @pytest.mark.parametrize("fmt", ["TIFF", "JPEG"])

@@ -38,10 +38,14 @@ def boom(params, ctx):
 def runner(tmp_path, monkeypatch):
     monkeypatch.setitem(jobs.JOB_KINDS, "sleep", "tests.test_jobs:sleepy")
     monkeypatch.setitem(jobs.JOB_KINDS, "boom", "tests.test_jobs:boom")
+    monkeypatch.setitem(jobs.JOB_KINDS, "hold", "tests.jobfuncs:hold")  # runs until released or cancelled: no race with its end
     return LocalProcessRunner(tmp_path / "jobs", slots=1)
 
 
-def wait_for(predicate, timeout=20.0, poll=0.1):
+HANG_S = 120.0  # how long a test waits for something that must happen: a guard against hangs, not a speed requirement
+
+
+def wait_for(predicate, timeout=HANG_S, poll=0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -56,7 +60,7 @@ def wait_for(predicate, timeout=20.0, poll=0.1):
 
 def test_job_runs_in_its_own_process_and_succeeds(runner):
     job_id = runner.submit("sleep", {"steps": 4, "step_s": 0.02}, owner="alice")
-    rec = runner.wait(job_id, timeout=30)
+    rec = runner.wait(job_id, timeout=HANG_S)
     assert rec.state == "succeeded", runner.log_tail(job_id)
     assert rec.result == {"steps": 4, "workdir_exists": True}
     assert rec.pid and rec.pid != os.getpid()
@@ -70,59 +74,57 @@ def test_job_runs_in_its_own_process_and_succeeds(runner):
     assert runner.list(owner="bob") == []
 
 
-def test_queue_with_one_slot_runs_jobs_one_after_the_other(runner):
-    first = runner.submit("sleep", {"steps": 10, "step_s": 0.05})
+def test_queue_with_one_slot_runs_jobs_one_after_the_other(runner, tmp_path):
+    release = tmp_path / "release-first"
+    first = runner.submit("hold", {"release": str(release)})
     second = runner.submit("sleep", {"steps": 1, "step_s": 0.01})
     assert runner.get(first).state == "running"
-    assert runner.get(second).state == "queued"
+    assert runner.get(second).state == "queued"  # the first holds its slot until released
+    release.touch()
     # the first worker starts the second when it ends: no dashboard call needed in between
-    a = runner.wait(first, timeout=30)
+    a = runner.wait(first, timeout=HANG_S)
     # read the raw record (no scheduling call): the finished worker itself launched the next job
-    wait_for(lambda: jobs._read_json(runner.root / second / "state.json")["state"] != "queued", timeout=10)
-    b = runner.wait(second, timeout=30)
+    wait_for(lambda: jobs._read_json(runner.root / second / "state.json")["state"] != "queued")
+    b = runner.wait(second, timeout=HANG_S)
     assert a.state == b.state == "succeeded"
     assert b.started >= a.finished - 0.01
 
 
 def test_cancel_a_running_job_stops_it_and_keeps_its_log(runner):
-    job_id = runner.submit("sleep", {"steps": 400, "step_s": 0.05})
-    wait_for(lambda: runner.get(job_id).progress.get("done", 0) >= 2)
-    t0 = time.monotonic()
+    job_id = runner.submit("hold", {})
+    wait_for(lambda: runner.get(job_id).progress.get("done", 0) >= 1)
     runner.cancel(job_id)
-    rec = runner.wait(job_id, timeout=10)
+    rec = runner.wait(job_id, timeout=HANG_S)
     assert rec.state == "cancelled" and rec.cancel_requested
-    assert time.monotonic() - t0 < 5
-    assert rec.progress["done"] < 400
+    assert rec.progress["done"] == 1 and rec.result is None
     log = runner.log_tail(job_id)
-    assert "sleepy: 400 steps" in log and "cancelled" in log
+    assert "hold: waiting" in log and "cancelled" in log
 
 
 def test_cancel_a_queued_job_never_starts_it(runner):
-    first = runner.submit("sleep", {"steps": 400, "step_s": 0.05})
+    first = runner.submit("hold", {})
     second = runner.submit("sleep", {"steps": 1})
     runner.cancel(second)
     assert runner.get(second).state == "cancelled"
     runner.cancel(first)
-    assert runner.wait(first, timeout=10).state == "cancelled"
+    assert runner.wait(first, timeout=HANG_S).state == "cancelled"
     assert runner.get(second).started is None
     runner.cancel(first)  # cancelling a finished job does nothing
     assert runner.get(first).state == "cancelled"
 
 
-def test_worker_killed_from_outside_is_marked_failed_within_10_s(runner):
-    job_id = runner.submit("sleep", {"steps": 1000, "step_s": 0.05})
+def test_worker_killed_from_outside_is_marked_failed_when_next_read(runner):
+    job_id = runner.submit("hold", {})
     rec = wait_for(lambda: (r := runner.get(job_id)).progress.get("done") and r)
     os.kill(rec.pid, signal.SIGKILL)
-    t0 = time.monotonic()
-    failed = wait_for(lambda: (r := runner.get(job_id)).state == "failed" and r, timeout=10)
-    assert time.monotonic() - t0 < 10
+    failed = wait_for(lambda: (r := runner.get(job_id)).state == "failed" and r)  # as soon as the process is gone
     assert "gone" in failed.error and str(rec.pid) in failed.error
     assert "FAILED" in runner.log_tail(job_id)
 
 
 def test_a_job_that_raises_is_failed_with_its_traceback_in_the_log(runner):
     job_id = runner.submit("boom", {})
-    rec = runner.wait(job_id, timeout=30)
+    rec = runner.wait(job_id, timeout=HANG_S)
     assert rec.state == "failed"
     assert rec.error == "ValueError: boom: deliberate failure"
     log = runner.log_tail(job_id, 100)
@@ -131,8 +133,8 @@ def test_a_job_that_raises_is_failed_with_its_traceback_in_the_log(runner):
 
 def test_restart_recovery_a_new_runner_sees_the_right_states(runner, tmp_path):
     done = runner.submit("sleep", {"steps": 1, "step_s": 0.01})
-    runner.wait(done, timeout=30)
-    long = runner.submit("sleep", {"steps": 1000, "step_s": 0.05})
+    runner.wait(done, timeout=HANG_S)
+    long = runner.submit("hold", {})
     queued = runner.submit("sleep", {"steps": 1, "step_s": 0.01})
     # a record left "running" by a worker that died with the machine (pid that no longer exists)
     ghost = tmp_path / "jobs" / "sleep-20000101-000000-abcdef"
@@ -155,8 +157,8 @@ def test_restart_recovery_a_new_runner_sees_the_right_states(runner, tmp_path):
     assert states[reused.name] == "failed"
     assert fresh.get(done).result == {"steps": 1, "workdir_exists": True}
     fresh.cancel(long)
-    assert fresh.wait(long, timeout=10).state == "cancelled"
-    assert fresh.wait(queued, timeout=30).state == "succeeded"
+    assert fresh.wait(long, timeout=HANG_S).state == "cancelled"
+    assert fresh.wait(queued, timeout=HANG_S).state == "succeeded"
 
 
 def test_bad_submissions_and_ids_give_messages(runner):
@@ -201,7 +203,7 @@ def test_cli_jobs_list_show_cancel(runner, capsys, monkeypatch):
     from engine.cli import main
 
     monkeypatch.setenv("HISTODASH_JOBS_DIR", str(runner.root))
-    job_id = runner.submit("sleep", {"steps": 1000, "step_s": 0.05})
+    job_id = runner.submit("hold", {})
     try:
         wait_for(lambda: runner.get(job_id).progress.get("done"))
     except AssertionError:
@@ -210,8 +212,92 @@ def test_cli_jobs_list_show_cancel(runner, capsys, monkeypatch):
     assert job_id in capsys.readouterr().out
     assert main(["jobs", "show", job_id]) == 0
     out = capsys.readouterr().out
-    assert "state:    running" in out and "sleepy: 1000 steps" in out
+    assert "state:    running" in out and "hold: waiting" in out
     assert main(["jobs", "cancel", job_id]) == 0
-    assert runner.wait(job_id, timeout=10).state == "cancelled"
+    assert runner.wait(job_id, timeout=HANG_S).state == "cancelled"
     assert main(["jobs", "show", "sleep-19990101-000000-000000"]) == 2
     assert "No job" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- issue 15: job records are untrusted files
+
+def _damaged_jobs(root):
+    """Job folders a crash, a full disk or a hostile user could leave: each must list as damaged/unknown, never crash."""
+    import json as _json
+
+    def job(name, job_json, state_json='{"state": "running", "pid": 12345}'):
+        d = root / name
+        d.mkdir(parents=True)
+        (d / "job.json").write_text(job_json)
+        if state_json is not None:
+            (d / "state.json").write_text(state_json)
+
+    job("train-nokind", _json.dumps({"id": "train-nokind", "params": {}, "created": 1.0}))
+    job("train-list", _json.dumps([1, 2, 3]))
+    job("train-badparams", _json.dumps({"id": "x", "kind": "train", "params": [1], "created": 2.0}))
+    job("train-textpid", _json.dumps({"id": "train-textpid", "kind": "train", "params": {}, "created": 3.0}), '{"state": "running", "pid": "12; rm -rf /"}')
+    job("train-garbledstate", _json.dumps({"id": "train-garbledstate", "kind": "train", "params": {}, "created": 4.0}), "{not json")
+    job("train-nostate", _json.dumps({"id": "train-nostate", "kind": "train", "params": {}, "created": 5.0}), None)
+    job("train-liststate", _json.dumps({"id": "train-liststate", "kind": "train", "params": {}, "created": 6.0}), "[]")
+    job("train-badprogress", _json.dumps({"id": "train-badprogress", "kind": "train", "params": {}, "created": 7.0}),
+        '{"state": "succeeded", "result": "not a dict"}')
+    (root / "train-badprogress" / "progress.json").write_text('{"done": "many", "total": [1]}')
+    return {
+        "train-nokind": "damaged", "train-list": "damaged", "train-badparams": "damaged", "train-textpid": "unknown",
+        "train-garbledstate": "unknown", "train-nostate": "unknown", "train-liststate": "unknown", "train-badprogress": "succeeded",
+    }
+
+
+def test_damaged_job_records_are_listed_never_crash(tmp_path):
+    expected = _damaged_jobs(tmp_path / "jobs")
+    runner = jobs.LocalProcessRunner(tmp_path / "jobs")
+    records = {r.id: r for r in runner.list()}
+    assert {i: r.state for i, r in records.items()} == expected
+    assert {r.id for r in runner.list(kind="train")} == set(expected)  # damaged records of unknown kind show in every listing
+    for rec in records.values():
+        assert not rec.active and isinstance(rec.params, dict)
+        jobs.describe_progress(rec), jobs.format_duration(rec.elapsed_s), rec.fraction  # noqa: B018 - what pages call
+    assert "damaged (no job kind)" in records["train-nokind"].error
+    assert records["train-garbledstate"].error == "The job's state file cannot be read: its state is unknown."
+    assert records["train-badprogress"].result is None and records["train-badprogress"].progress == {}
+    assert runner.get("train-list").state == "damaged"
+
+
+def test_jobs_cli_lists_damaged_records(tmp_path, monkeypatch, capsys):
+    from engine.cli import main
+
+    expected = _damaged_jobs(tmp_path / "jobs")
+    monkeypatch.setenv("HISTODASH_JOBS_DIR", str(tmp_path / "jobs"))
+    assert main(["jobs", "list"]) == 0
+    out = capsys.readouterr().out
+    for job_id, state in expected.items():
+        assert f"{job_id}\t{state}" in out
+
+
+def test_training_page_shows_damaged_jobs(tmp_path, monkeypatch, tiny_registry):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+
+    _damaged_jobs(tmp_path / "jobs")
+    monkeypatch.setenv("HISTODASH_JOBS_DIR", str(tmp_path / "jobs"))
+    for query in ({}, {"job": "train-list"}, {"job": "train-garbledstate"}):
+        at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
+        at.query_params.update(query)
+        at.run()
+        at.switch_page("views/training.py")
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert {"damaged", "unknown"} <= set(at.dataframe[0].value["state"])
+
+
+def test_job_ids_carry_128_random_bits(tmp_path, monkeypatch):
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
+    runner = jobs.LocalProcessRunner(tmp_path / "jobs")
+    ids = [runner.submit("train", {"epochs": 1}) for _ in range(2)]
+    for job_id in ids:
+        random_part = job_id.rsplit("-", 1)[1]
+        assert len(random_part) == 32 and int(random_part, 16) >= 0  # 32 hex digits = 128 bits
+    assert ids[0].rsplit("-", 1)[1] != ids[1].rsplit("-", 1)[1]
+    for job_id in ids:
+        runner.wait(job_id, timeout=60)

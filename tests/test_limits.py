@@ -189,3 +189,28 @@ def test_a_callback_that_raises_abandons_the_wait(tmp_path):
     assert seen == [1] and limiter.waiting() == 0
     limiter.release(fd)
     assert limiter.busy() == 0
+
+
+def test_a_read_only_home_does_not_stop_prediction(tmp_path, caplog):
+    """Issue 15: a read-only HISTODASH_HOME broke prediction with an OSError traceback (the lock folder could not be made)."""
+    import os
+    import stat
+
+    from engine.limits import InferenceLimiter, inference_slot
+
+    home = tmp_path / "ro"
+    home.mkdir()
+    os.chmod(home, stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        if os.access(home, os.W_OK):  # root ignores permission bits: make the folder unusable another way
+            home.rmdir()
+            home.write_text("a file where the lock folder should be")
+        said = []
+        ran = False
+        with inference_slot(limiter=InferenceLimiter(home / "locks"), on_unavailable=said.append):
+            ran = True
+        assert ran and len(said) == 1 and "The inference queue is unavailable" in said[0]
+        assert "not limited with other users' work" in caplog.text
+    finally:
+        if home.is_dir():
+            os.chmod(home, stat.S_IRWXU)

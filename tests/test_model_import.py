@@ -56,7 +56,7 @@ def test_normal_model_imports_and_predicts(tmp_path):
     assert card.input_px == 32 and card.threshold == 0.4 and card.mpp == 0.5
     assert sha256_file(card.weights_path) == card.weights_sha256
     assert Registry(models).ids() == ["imported-cnn"]  # listed (the sidebar scans the registry on every run)
-    result = TilePredictor(Registry(models).get("imported-cnn"), cache=False).predict_arrays([np.full((40, 40, 3), 128, np.uint8)])
+    result = TilePredictor(Registry(models).get("imported-cnn"), cache=False).predict_arrays([np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)])
     assert 0.0 <= result.predictions[0].score <= 1.0
     # the same id twice is refused
     with pytest.raises(HistoDashError, match="already registered"):

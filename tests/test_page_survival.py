@@ -214,3 +214,75 @@ def test_join_slide_scores_then_risk_score_with_uploaded_validation():
     press(at, "Build risk score")
     assert not at.error, errors(at)
     assert "Validation scores (CSV)" in [b.label for b in at.get("download_button")]
+
+
+def test_an_edited_reupload_with_the_same_name_and_shape_is_analysed_anew():
+    """Tables are known by their content: the old id (name, shape, columns) showed the first file's result for the second."""
+    first = pd.DataFrame({"time": [5, 6, 7, 9, 3, 4], "status": [1, 0, 1, 1, 1, 0], "arm": list("aaabbb")})
+    edited = first.assign(status=[1, 1, 1, 1, 1, 1])
+    at = upload(page(), "cohort.csv", first.to_csv(index=False).encode())
+    widget(at, "selectbox", "Group").set_value("arm")
+    press(at, "Analyse")
+    assert "6 patients, 4 events" in infos(at)
+    widget(at, "file_uploader", "Cohort table (CSV, TSV or Excel; one row per patient)").set_value(("cohort.csv", edited.to_csv(index=False).encode(), "text/csv"))
+    at.run()
+    assert "6 patients, 4 events" not in infos(at) and "Map the columns above" in infos(at)  # the old result is not shown for the new table
+    widget(at, "selectbox", "Group").set_value("arm")
+    press(at, "Analyse")
+    assert "6 patients, 6 events" in infos(at)
+
+
+def test_a_latin1_table_is_read_and_the_encoding_can_be_chosen():
+    text = "time;status;arm\n5;1;b\u00e9b\u00e9\n6;0;b\u00e9b\u00e9\n7;1;z\u00fcri\n9;1;z\u00fcri\n"
+    at = upload(page(), "excel.csv", text.encode("cp1252"))
+    assert "Read as cp1252." in " ".join(c.value for c in at.caption)
+    widget(at, "selectbox", "Group").set_value("arm")
+    press(at, "Analyse")
+    assert "4 patients, 3 events" in infos(at) and not at.error
+    widget(at, "selectbox", "Text encoding").set_value("utf-8")
+    at.run()
+    assert "excel.csv cannot be read as utf-8 text" in errors(at)
+
+
+def test_many_permutations_run_off_the_script_thread_with_progress():
+    """An optimal cut-point with 5,000 permutations on 686 patients runs on a worker thread: the run that starts it returns
+    at once with a progress bar and the earlier result still on the page; later runs pick the result up."""
+    import time
+
+    at = page()
+    widget(at, "selectbox", "Demo cohort").set_value("gbsg2")
+    at.run()
+    assert "686 patients" in infos(at)
+    widget(at, "selectbox", "Strata").set_value("optimal")
+    widget(at, "selectbox", "Continuous column to split").set_value("age")
+    widget(at, "number_input", "Permutations (0 = none)").set_value(5000)
+    press(at, "Analyse")
+    assert not at.error, errors(at)
+    assert at.session_state["survival_job"] is not None or any(m.label == "Optimal cut (low ≤ cut)" for m in at.metric)
+    if "survival_job" in at.session_state:
+        assert "686 patients" in infos(at)  # the page rendered, with the earlier result, while the job runs
+    for _ in range(600):  # poll as the fragment does (AppTest does not run timers)
+        if any(m.label == "Optimal cut (low ≤ cut)" for m in at.metric):
+            break
+        time.sleep(0.2)
+        at.run()
+    metrics = {m.label: m.value for m in at.metric}
+    from engine import survival as sv
+
+    expected = sv.analyse(sv.demo_table("gbsg2"), sv.AnalysisSpec("time", "cens", strata="optimal", split_col="age", n_permutations=5000))
+    assert metrics["Optimal cut (low ≤ cut)"] == f"{expected.scan.cutpoint:g}"
+    assert metrics["Permutation p"] == f"{expected.scan.p_permutation:.3g}"
+
+
+def test_background_analysis_reports_progress_and_errors():
+    from engine import survival as sv
+    from engine.errors import InvalidInputError
+
+    table = sv.demo_table("lung")
+    job = sv.BackgroundAnalysis(table, sv.AnalysisSpec("time", "status", strata="optimal", split_col="age", n_permutations=2000)).start()
+    assert job.wait(timeout=300) and job.progress == (2000, 2000)
+    assert job.result().scan.n_permutations == 2000
+    bad = sv.BackgroundAnalysis(table, sv.AnalysisSpec("time", "age", strata="optimal", split_col="age", n_permutations=10)).start()
+    assert bad.wait(timeout=300)
+    with pytest.raises(InvalidInputError, match="cannot be read as event/censored"):
+        bad.result()

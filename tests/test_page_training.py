@@ -49,6 +49,7 @@ def fail_train(params, ctx):
 @pytest.fixture
 def runner(tmp_path, monkeypatch, tiny_registry):
     monkeypatch.setenv("HISTODASH_JOBS_DIR", str(tmp_path / "jobs"))
+    monkeypatch.setenv("HISTODASH_DATA_ROOTS", str(tmp_path))  # the page trains from uploads or the data roots only
     return jobs.LocalProcessRunner(tmp_path / "jobs")
 
 
@@ -132,8 +133,8 @@ def test_failed_and_running_jobs_reattach_from_the_query_string(runner, monkeypa
     monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fail_train")
     failed = runner.submit("train", {"data": "x"})
     assert runner.wait(failed, timeout=30).state == "failed"
-    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_jobs:sleepy")
-    running = runner.submit("train", {"steps": 2000, "step_s": 0.05})
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.jobfuncs:hold")  # runs until cancelled: no race with its end
+    running = runner.submit("train", {})
     deadline = time.monotonic() + 20
     while not runner.get(running).progress and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -144,10 +145,10 @@ def test_failed_and_running_jobs_reattach_from_the_query_string(runner, monkeypa
 
     at = page({"job": running})
     assert any(b.label == "Cancel job" for b in at.button)
-    assert "step" in " ".join(p.proto.text for p in at.get("progress"))
+    assert "holding" in " ".join(p.proto.text for p in at.get("progress"))
     next(b for b in at.button if b.label == "Cancel job").click()
     at.run()
-    assert runner.wait(running, timeout=10).state == "cancelled"
+    assert runner.wait(running, timeout=120).state == "cancelled"
 
     at = page({"job": "train-nope"})
     assert "is not in the job list" in texts(at, "warning")
@@ -216,3 +217,18 @@ def test_browser_train_on_demo_data_survives_refresh_and_restart_then_predicts(t
             out.mkdir(exist_ok=True)
             page.screenshot(path=str(out / "browser_training_failure.png"), full_page=True)
             raise
+
+
+def test_a_taken_model_id_is_refused_at_submit(runner, monkeypatch, tmp_path):
+    """Issue 15: a model id already registered was refused only after training."""
+    from tests.test_training import make_folder_dataset
+
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
+    data = make_folder_dataset(tmp_path / "tiles", per_class=4, patients=2)
+    at = page()
+    next(t for t in at.text_input if t.label.startswith("Dataset")).set_value(str(data))
+    next(t for t in at.text_input if t.label.startswith("Model id")).set_value("tiny-test")  # registered by tiny_registry
+    next(b for b in at.button if b.label == "Start training").click()
+    at.run()
+    assert not at.exception
+    assert "A model 'tiny-test' is already registered." in texts(at, "error") and runner.list() == []

@@ -32,8 +32,11 @@ from engine.stain import (
     NormalizationResult,
     StainNormalizer,
     VahadaneNormalizer,
+    _FastTile,
     _percentile_of_uint8,
+    _percentile_of_uint8_values,
     _percentiles,
+    _Tails,
     get_normalizer,
     nnls_two_stains,
 )
@@ -169,6 +172,50 @@ def test_float_percentiles_equal_numpy(n):
     x32 = x.astype(np.float32)
     np.testing.assert_allclose(_percentiles(x32, [1, 99]), np.percentile(x32, [1, 99]), rtol=1e-6)
     np.testing.assert_allclose(_percentiles(x, [1, 99], monotone=np.arctan), np.percentile(np.arctan(x), [1, 99]), rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 999, 1000, 50_001, 786_432])
+def test_uint8_percentile_by_counting_equals_numpy_bit_for_bit(n):
+    rng = np.random.default_rng(n)
+    for values in (rng.integers(0, 256, n, dtype=np.uint8), rng.integers(180, 256, n, dtype=np.uint8),
+                   np.repeat(rng.integers(0, 256, 3, dtype=np.uint8), -(-n // 3))[:n]):  # few distinct values: long runs
+        for q in [0, 1, 33.3, 50, 90, 99, 99.9, 100]:
+            assert _percentile_of_uint8_values(values, q) == np.percentile(values, q), (q, n)
+
+
+@pytest.mark.parametrize("n", [5, 300, 20_000, 100_000])
+def test_tails_give_numpy_order_statistics_or_say_they_cannot(n):
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n).astype(np.float32)
+    x[rng.random(n) < 0.2] = np.nan  # not counted (non-tissue pixels)
+    x[: n // 4] = np.round(x[: n // 4], 1)  # ties
+    valid = np.sort(x[~np.isnan(x)])
+    m = valid.size
+    positions = [0, m // 100, m // 2, m - 1 - m // 100, m - 2]
+    for sample in (x[::16], x):  # subsample thresholds; the whole array as its own sample
+        tails = _Tails(sample, m, positions)
+        for block in np.array_split(x, 7):
+            tails.add(block)
+        for k, pair in zip(positions, tails.result(), strict=True):
+            assert pair == (valid[k], valid[min(k + 1, m - 1)]), k
+    # a sample from another distribution gives thresholds that miss: the result says so (None), never a wrong value
+    tails = _Tails(rng.normal(5, 0.01, 4096).astype(np.float32), m, positions)
+    tails.add(x)
+    results = tails.result()
+    assert any(r is None for r in results)
+    for k, pair in zip(positions, results, strict=True):
+        assert pair is None or pair == (valid[k], valid[min(k + 1, m - 1)])
+
+
+def test_general_angle_path_equals_numpy():
+    tile = _FastTile(synthetic_he(4, size=96), MacenkoNormalizer())
+    tile.scan(moments=False)
+    rng = np.random.default_rng(4)
+    plane = np.linalg.qr(rng.normal(size=(3, 2)))[0]
+    plane[0, 0] = -abs(plane[0, 0])  # a negative component: x can be <= 0, arctan2 over all tissue pixels
+    od = tile.od_lut.take(tile.pixels.T)[:, tile.tissue_all]
+    expected = np.percentile(np.arctan2(plane[:, 1] @ od, plane[:, 0] @ od), [1, 99])
+    np.testing.assert_allclose(tile.angle_percentiles(plane, [1, 99]), expected, rtol=0, atol=1e-6)
 
 
 # -- Macenko vs the plain per-pixel reference (synthetic, fast) -----------------------------------
@@ -379,6 +426,41 @@ def test_real_tiles_match_per_pixel_reference(name, sccnet_target):
     diff = np.abs(result.image.astype(np.int16) - expected)
     assert diff.max() <= 1, f"{name}: max |difference| {diff.max()} / 255"
     assert (diff > 0).mean() < 1e-3  # measured: at most a few dozen pixels differ by 1 (float32 rounding)
+
+
+@pytest.mark.parametrize("name", SCCNET_TILES)
+def test_fast_path_matches_plain_vectorised_baseline(name, sccnet_target):
+    """The float32 blocked transform against the plain float64 vectorised NumPy baseline of the benchmark."""
+    rgb = sccnet_tile(name)
+    normalizer, (stains, maxima) = sccnet_target
+    expected = reference.normalize_vectorized(rgb, stains, maxima)
+    diff = np.abs(normalizer.transform(rgb).astype(np.int16) - expected)
+    assert diff.max() <= 1, f"{name}: max |difference| {diff.max()} / 255"
+    assert (diff > 0).mean() < 1e-3  # measured: below 5e-5 of the values differ by 1 (float32 rounding)
+
+
+def test_plain_vectorised_baseline_equals_per_pixel_reference():
+    """The benchmark's baseline is the same method as the per-pixel oracle (checked on a small tile: the oracle is slow)."""
+    tile = synthetic_he(5, size=48)
+    stains, maxima = reference.fit(synthetic_he(6, size=48, io=250))
+    np.testing.assert_array_equal(reference.normalize_vectorized(tile, stains, maxima), reference.normalize(tile, stains, maxima))
+    standardized = reference.standardize_brightness(tile)
+    s = reference.stain_matrix(standardized)
+    np.testing.assert_allclose(reference.concentrations_vectorized(standardized, s), reference.concentrations(standardized, s), rtol=0, atol=1e-12)
+
+
+def test_transform_is_the_same_without_subsample_thresholds(monkeypatch, sccnet_target):
+    """The subsample only speeds the tail percentiles up: collecting every value gives the same tile."""
+    import engine.stain as stain
+
+    normalizer, _ = sccnet_target
+    rgb = sccnet_tile("met1_x_0_y_0.jpg")
+    fast = normalizer.transform(rgb)
+    monkeypatch.setattr(stain, "_MIN_SAMPLE", 10**9)  # no thresholds: every value is kept and partitioned
+    np.testing.assert_array_equal(normalizer.transform(rgb), fast)
+    monkeypatch.setattr(stain, "_BLOCK", 1000)  # blocks of another size (and a short last one): float32 sums round differently
+    diff = np.abs(normalizer.transform(rgb).astype(np.int16) - fast)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 # -- staintools as a second oracle, and the Vahadane option ----------------------------------------------

@@ -573,3 +573,97 @@ def test_r_live(tmp_path):
     lung = pd.read_csv(tmp_path / "lung.csv", na_values=["NA"])
     close("live R: log-rank", sv.logrank_test(sv.prepare_cohort(lung, "time", "status", "sex")).chi2, r0.chisq)
     assert math.isfinite(r0.p)
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 15: O(n log n) concordance, vectorised cox.zph, tables users really have, bounds
+# --------------------------------------------------------------------------------------------------
+def slow_concordance(t, e, r):
+    """The obvious O(events × n) count (the engine's former implementation): the reference for the sorted one."""
+    conc = disc = tied = 0
+    for i in np.flatnonzero(e == 1):
+        j = (t > t[i]) | ((t == t[i]) & (e == 0))
+        conc += int((r[i] > r[j]).sum())
+        disc += int((r[i] < r[j]).sum())
+        tied += int((r[i] == r[j]).sum())
+    return conc, disc, tied
+
+
+def test_sorted_concordance_equals_the_pairwise_count_with_ties():
+    rng = np.random.default_rng(15)
+    for _ in range(200):  # small tables full of tied times, tied risks and tied censored/event times
+        n = int(rng.integers(1, 50))
+        t, e, r = rng.integers(0, 6, n).astype(float), rng.integers(0, 2, n), rng.integers(0, 4, n).astype(float)
+        assert sv.cox.concordance(t, e, r)[1:] == slow_concordance(t, e, r)
+
+
+def slow_cox_zph_information(x, time, event, beta):
+    """R cox.zph's score and information for (beta, theta), one event time at a time (the former loop; km transform)."""
+    tt = sv.cox.km_time_transform(time, event)
+    g_all = tt - tt[event == 1].mean()
+    w = np.exp(x @ beta - (x @ beta).max())
+    p = x.shape[1]
+    u, imat = np.zeros(2 * p), np.zeros((2 * p, 2 * p))
+    for t in np.unique(time[event == 1]):
+        risk, dead = time >= t, (time >= t) & (time == t) & (event == 1)
+        nd, g = int(dead.sum()), g_all[dead][0]
+        s0, s1, s2 = w[risk].sum(), w[risk] @ x[risk], (x[risk] * w[risk][:, None]).T @ x[risk]
+        d0, d1, d2 = w[dead].sum(), w[dead] @ x[dead], (x[dead] * w[dead][:, None]).T @ x[dead]
+        u[:p] += x[dead].sum(axis=0)
+        u[p:] += g * x[dead].sum(axis=0)
+        for k in range(nd):
+            f = k / nd
+            xbar = (s1 - f * d1) / (s0 - f * d0)
+            v = (s2 - f * d2) / (s0 - f * d0) - np.outer(xbar, xbar)
+            u[:p] -= xbar
+            u[p:] -= g * xbar
+            imat += np.block([[v, g * v], [g * v, g * g * v]])
+    return u, imat
+
+
+def test_vectorised_cox_zph_equals_the_per_time_loop():
+    rng = np.random.default_rng(14)
+    for _ in range(20):
+        n, p = int(rng.integers(12, 60)), int(rng.integers(1, 4))
+        x, time = rng.normal(size=(n, p)), rng.integers(1, 10, n).astype(float)
+        event = rng.integers(0, 2, n)
+        event[:2] = 1
+        beta = rng.normal(size=p) * 0.3
+        u, imat = slow_cox_zph_information(x, time, event, beta)
+        expected = [float(np.r_[np.zeros(p), u[p + j]] @ np.linalg.solve(imat[np.ix_([*range(p), p + j], [*range(p), p + j])],
+                                                                           np.r_[np.zeros(p), u[p + j]])) for j in range(p)]
+        got = sv.cox_zph(x, time, event, beta, [f"x{j}" for j in range(p)])
+        close("cox.zph chisq (vs loop)", got.chi2[:p], expected, rtol=1e-9)
+
+
+def test_200000_rows_answer_and_the_row_limit_is_stated():
+    from tests.corpus import _rows
+
+    table = sv.read_table(_rows(200_000).encode(), name="big.csv")
+    cohort = sv.prepare_cohort(table, "time", "status", "arm", ["x"])
+    res = sv.fit_cox(cohort, ["x"])  # concordance, cox.zph and Schoenfeld residuals on 200,000 rows
+    assert res.n == 200_000 and 0.4 < res.concordance < 0.6 and len(res.schoenfeld) == 133_333
+    with pytest.raises(sv.data.TooLargeError, match="has more than 1,000 rows, the limit for a cohort table"):
+        sv.read_table(_rows(1_001).encode(), name="big.csv", max_rows=1_000)
+    assert len(sv.read_table(_rows(1_000).encode(), name="ok.csv", max_rows=1_000)) == 1_000
+
+
+def test_encoding_can_be_chosen_and_a_wrong_choice_is_a_message():
+    text = "time;status;Région\n5;1;Île\n6;0;Zürich\n"
+    assert list(sv.read_table(text.encode("latin-1"), name="t.csv", encoding="latin-1")["Région"]) == ["Île", "Zürich"]
+    assert list(sv.read_table(text.encode("cp1252"), name="t.csv")["Région"]) == ["Île", "Zürich"]  # detected
+    with pytest.raises(CorruptFileError, match="t.csv cannot be read as utf-8 text"):
+        sv.read_table(text.encode("latin-1"), name="t.csv", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="Unknown text encoding 'ebcdic'"):
+        sv.read_table(text.encode(), name="t.csv", encoding="ebcdic")
+
+
+def test_excel_duplicate_headers_and_old_xls():
+    import io as _io
+
+    buf = _io.BytesIO()
+    pd.DataFrame([[5, 1, 2], [6, 0, 3]], columns=["time", "status", "status "]).to_excel(buf, index=False)
+    with pytest.raises(InvalidInputError, match=r"dup.xlsx has 1 column name\(s\) that appear more than once"):
+        sv.read_table(buf.getvalue(), name="dup.xlsx")
+    with pytest.raises(UnsupportedFormatError, match=r"old Excel 97–2003 workbook \(.xls\)"):
+        sv.read_table(b"\xd0\xcf\x11\xe0 old", name="old.xls")

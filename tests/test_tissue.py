@@ -55,6 +55,22 @@ def test_real_slides_have_tissue():
         assert low < mask.tissue_fraction < high, (name, mask.tissue_fraction)
 
 
+@pytest.mark.parametrize("value", [0, 40, 128, 200, 255])
+def test_a_uniform_slide_has_no_tissue(value):
+    """Issue 15: uniform black or grey slides were "100 % tissue" and scored."""
+    from engine.tissue import TissueMasker
+
+    rng = np.random.default_rng(value)
+    flat = np.full((300, 400, 3), value, np.uint8)
+    noisy = np.clip(flat.astype(int) + rng.integers(-2, 3, flat.shape), 0, 255).astype(np.uint8)  # JPEG-like noise
+    for img in (flat, noisy):
+        assert TissueMasker().thumbnail_mask(img).tissue_fraction == 0.0
+    with_tissue = noisy.copy()
+    with_tissue[100:200, 100:300] = (170, 70, 150)
+    if value > 200:  # on glass-coloured background the stained block is found
+        assert 0.1 < TissueMasker().thumbnail_mask(with_tissue).tissue_fraction < 0.25
+
+
 def test_fit_returns_the_masker_with_fitted_attributes(tmp_path):
     path = make_pyramid(tmp_path / "s.tif", noise=4)
     masker = TissueMasker(max_side=256)
@@ -64,3 +80,14 @@ def test_fit_returns_the_masker_with_fitted_attributes(tmp_path):
     assert fitted is masker and fitted.threshold_ == fitted.mask_.threshold
     np.testing.assert_array_equal(fitted.mask_.mask, direct.mask)
     assert masker.cache_key() == TissueMasker(max_side=256).cache_key()  # fitting does not change the parameters
+
+
+@pytest.mark.parametrize("shape, density, radius", [((97, 131), 0.5, 2), ((40, 33), 0.9, 2), ((64, 64), 0.05, 3), ((5, 7), 0.5, 2), ((8, 8), 1.0, 1), ((8, 8), 0.0, 2)])
+def test_binary_closing_equals_skimage(shape, density, radius):
+    from skimage import morphology
+
+    from engine.tissue import binary_closing
+
+    mask = np.random.default_rng(radius * 100 + shape[0]).random(shape) < density
+    expected = morphology.closing(mask, morphology.disk(radius)).astype(bool)
+    np.testing.assert_array_equal(binary_closing(mask, radius), expected)

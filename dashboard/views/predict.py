@@ -1,11 +1,14 @@
 """Tile prediction: class probabilities for this session's tiles, whether each looks like the model's training tiles
 (in domain) and how sure the model is; stain normalisation is the model card's unless the user picks another (with a warning)."""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
 from dashboard import sidebar, state
 from dashboard.common import disclaimer, guarded, show_error
+from engine.exports import safe_csv
 from engine.imageio import read_image
 from engine.limits import inference_slot, wait_message
 from engine.normalization import choice_warning
@@ -65,6 +68,8 @@ if submitted:
         names = {t.path: t.name for t in tiles}
         frame = result.to_frame()
         frame["path"] = frame["path"].map(lambda p: names.get(p, p))
+        stored = {t.path: Path(t.path).name for t in tiles}  # messages name the user's file, not the stored copy
+        frame["error"] = [e if not isinstance(e, str) else e.replace(f"'{stored[p]}'", f"'{names[p]}'") for p, e in zip(result.to_frame()["path"], frame["error"])]
         st.session_state[RESULT_KEY] = {"card_id": card.id, "result": result, "frame": frame, "paths": [t.path for t in tiles], "normalize": normalizer is not None, "method": method, "normalizer": normalizer}
         bar.empty()
     except Exception as err:  # noqa: BLE001 - shown as a message; the previous result stays below
@@ -113,7 +118,7 @@ with table:
     )
     anonymise = st.toggle("Anonymise names", key="predict_anonymise", help="The CSV names each tile by a stable pseudonym (tile-…) instead of its file name; the same tile name always gets the same pseudonym on this server.")
     export = anonymise_frame(view, "path", "tile") if anonymise else view
-    st.download_button("Download CSV", export.to_csv(index=False).encode(), file_name=f"histodash_predictions_{result.model_id}.csv", mime="text/csv")
+    st.download_button("Download CSV", safe_csv(export), file_name=f"histodash_predictions_{result.model_id}.csv", mime="text/csv")
 with gallery:
     paths = dict(zip(frame["path"], saved["paths"]))
     per_row = 5

@@ -13,17 +13,18 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard.common import disclaimer, guarded, session_workspace, show_error
-from engine.config import REPO_ROOT
+from engine.config import REPO_ROOT, get_settings
 from engine.errors import HistoDashError
 from engine.jobs import describe_progress, format_duration, get_runner
 from engine.privacy import strip_server_paths
 from engine.registry import Registry
-from engine.training.config import ARCHITECTURE_LABELS, ARCHITECTURES, OPTIMIZERS, parse_config
-from engine.training.datasets import discover
+from engine.training.config import ARCHITECTURE_LABELS, ARCHITECTURES, OPTIMIZERS
+from engine.training.submit import check_submission
 
 DEMO = Path(os.environ.get("HISTODASH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "lc25000-lung-224"
 STATE_ICON = {"queued": ":material/schedule:", "running": ":material/play_circle:", "succeeded": ":material/check_circle:",
-              "failed": ":material/error:", "cancelled": ":material/stop_circle:"}
+              "failed": ":material/error:", "cancelled": ":material/stop_circle:", "damaged": ":material/broken_image:",
+              "unknown": ":material/help:"}
 
 st.title("Training")
 st.caption("Train a tile classifier on labelled tiles: a folder with one subfolder per class, a CSV manifest (path, label, optional patient) "
@@ -105,11 +106,8 @@ if submitted:
             "split": {"method": method, "val": val, "test": test, "folds": int(folds)},
             "early_stopping_patience": int(patience), "reduce_lr_patience": int(lr_patience), "model_id": model_id.strip() or None, "name": name.strip(), "freeze_backbone": freeze,
         }
-        cfg = parse_config(config)
-        found = discover(cfg.data, label_column=cfg.label_column, path_column=cfg.path_column, group_column=cfg.group_column, classes=cfg.classes)
-        bad = [c for c in cfg.positive_classes if c not in found.classes]
-        if bad:
-            raise HistoDashError(f"Positive class(es) {bad} are not among the classes found: {', '.join(found.classes)}.")
+        # data from this session's uploads or the configured data roots only; every check before the job is queued
+        cfg, found = check_submission(config, roots=[session_workspace(), *get_settings().data_roots], runner=runner)
         job_id = runner.submit("train", cfg.to_dict(), owner=st.session_state.get("session_id"))
         st.query_params["job"] = job_id
         st.success(f"Job **{job_id}** queued: {found.summary()}.")
@@ -167,7 +165,7 @@ def live(job_id: str) -> None:
     if not rec.active:  # finished while we watched: redraw the whole page with the results
         st.rerun()
     p = rec.progress
-    st.markdown(f"{STATE_ICON[rec.state]} **{rec.state}** · started {format_duration(rec.elapsed_s)} ago" if rec.started else f"{STATE_ICON['queued']} **queued**: waiting for a free worker slot")
+    st.markdown(f"{STATE_ICON.get(rec.state, STATE_ICON['unknown'])} **{rec.state}** · started {format_duration(rec.elapsed_s)} ago" if rec.started else f"{STATE_ICON['queued']} **queued**: waiting for a free worker slot")
     st.progress(rec.fraction, text=f"{p.get('message', '')} · ETA {format_duration(p.get('eta_s'))}" if p else "waiting…")
     if p.get("epochs"):
         c1, c2 = st.columns(2)

@@ -22,13 +22,14 @@ uploads = st.file_uploader(
 )
 processed: set = st.session_state.setdefault(state.PROCESSED_KEY, set())
 new_errors: list[tuple[str, str]] = []
+new_notes: list[str] = []
 added_count = 0
 processed_now = False
 with guarded("Upload"):
     for uploaded in uploads or []:
         if uploaded.file_id in processed:
             continue
-        added, errors, skipped = state.ingest(uploaded.name, uploaded.getvalue())
+        added, errors, skipped = state.ingest(uploaded.name, uploaded.getvalue(), new_notes)
         processed.add(uploaded.file_id)
         processed_now = True
         added_count += len(added)
@@ -37,9 +38,12 @@ with guarded("Upload"):
             st.info(f"{uploaded.name}: skipped {len(skipped)} non-tile entries ({', '.join(skipped[:5])}{'…' if len(skipped) > 5 else ''}).")
 if processed_now:  # a new batch replaces the previous batch's messages; reruns keep them
     st.session_state["upload_errors"] = new_errors
+    st.session_state["upload_notes"] = new_notes
 
 if added_count:
     st.success(f"Added {added_count} tile(s).")
+for note in st.session_state.get("upload_notes", []):
+    st.info(note)
 for name, message in st.session_state.get("upload_errors", []):
     st.error(f"**{name}** was not loaded: {message}")
 

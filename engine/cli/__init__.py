@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "models": "engine.cli.registry:add_parser",
     "gradcam": "engine.cli.gradcam:add_parser",
     "heatmap": "engine.cli.heatmap:add_parser",
+    "cohort": "engine.cli.cohort:add_cohort_parser",
     "cohort-scores": "engine.cli.cohort:add_parser",
     "survival": "engine.cli.survival:add_parser",
     "train": "engine.cli.training:add_train_parser",
@@ -52,7 +53,9 @@ def _adder(target: str):
 
 def build_parser(commands: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """The ``python -m engine`` parser with every command of ``commands`` (default :data:`COMMANDS`)."""
-    parser = argparse.ArgumentParser(prog="python -m engine", description="HistoDash engine command line.")
+    from engine.cli.common import OneLineParser
+
+    parser = OneLineParser(prog="python -m engine", description="HistoDash engine command line.")  # sub-parsers inherit its class
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and debug information")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, target in (COMMANDS if commands is None else commands).items():

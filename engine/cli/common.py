@@ -3,7 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are ONE line on stderr, ``error: …``, with exit code 2 (like every other user error)."""
+
+    def error(self, message: str):  # argparse's default prints the whole usage first
+        sys.stderr.write(f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def number(kind: type = float, *, low: float | None = None, high: float | None = None, low_open: bool = False, what: str = "value"):
+    """An argparse ``type`` accepting finite numbers of ``kind`` within ``[low, high]`` (``(low, high]`` with ``low_open``).
+
+    NaN, infinities, negative or out-of-range values are refused with a message saying what is accepted.
+    """
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'} ({what})") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number ({what})")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high):
+            lo = "" if low is None else (f"above {low:g}" if low_open else f"at least {low:g}")
+            hi = "" if high is None else f"at most {high:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({what}: {' and '.join(x for x in (lo, hi) if x)})")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.cli.common import add_model_arguments
+from engine.cli.common import add_model_arguments, number
 from engine.errors import InvalidInputError
 from engine.gradcam import COLORMAPS, METHODS, Explainer
 from engine.imageio import read_image
@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="overlay PNG to write")
     p.add_argument("--array", default=None, help="also save the raw map (H×W float32 in [0, 1]) as .npy")
     p.add_argument("--cmap", default="viridis", choices=COLORMAPS)
-    p.add_argument("--opacity", type=float, default=0.45)
+    p.add_argument("--opacity", type=number(low=0, high=1, what="overlay opacity"), default=0.45)
     p.add_argument("--list-layers", action="store_true", help="list the model's selectable layers and exit")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
     p.add_argument("-q", "--quiet", action="store_true")

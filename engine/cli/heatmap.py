@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.cli.common import ConsoleProgress, add_model_arguments
+from engine.cli.common import ConsoleProgress, add_model_arguments, number
 from engine.heatmap import compute_heatmap
 from engine.tissue import DEFAULT_MIN_TISSUE
 
@@ -14,14 +14,14 @@ from engine.tissue import DEFAULT_MIN_TISSUE
 def add_tiling_arguments(p: argparse.ArgumentParser) -> None:
     """The model, tiling and run options shared by ``heatmap`` and ``cohort-scores``."""
     add_model_arguments(p)
-    p.add_argument("--level", type=int, default=None, help="pyramid level to tile when the µm/px is unknown (default 0)")
-    p.add_argument("--tile-px", type=int, default=None, help="tile side at --level (default: the model's input size)")
-    p.add_argument("--stride", type=float, default=1.0, help="stride as a fraction of the tile (1 = no overlap)")
-    p.add_argument("--min-tissue", type=float, default=DEFAULT_MIN_TISSUE, help="minimum tissue fraction of a scored tile")
-    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px when the slide does not say")
+    p.add_argument("--level", type=number(int, low=0, what="pyramid level"), default=None, help="pyramid level to tile when the µm/px is unknown (default 0)")
+    p.add_argument("--tile-px", type=number(int, low=8, high=8192, what="tile side in px"), default=None, help="tile side at --level (default: the model's input size)")
+    p.add_argument("--stride", type=number(low=0, high=4, low_open=True, what="stride, a fraction of the tile"), default=1.0, help="stride as a fraction of the tile (1 = no overlap)")
+    p.add_argument("--min-tissue", type=number(low=0, high=1, what="tissue fraction"), default=DEFAULT_MIN_TISSUE, help="minimum tissue fraction of a scored tile")
+    p.add_argument("--mpp", type=number(low=0.01, high=100, what="µm/px"), default=None, help="level-0 µm/px when the slide does not say")
     p.add_argument("--ignore-mpp", action="store_true", help="tile by --level even when µm/px are known")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--readers", type=int, default=1, help="tile reader threads")
+    p.add_argument("--batch-size", type=number(int, low=1, high=4096, what="batch size"), default=32)
+    p.add_argument("--readers", type=number(int, low=1, high=64, what="reader threads"), default=1, help="tile reader threads")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the tile cache")
     p.add_argument("-q", "--quiet", action="store_true")
 

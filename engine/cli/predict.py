@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli.common import ConsoleProgress, add_model_arguments
+from engine.cli.common import ConsoleProgress, add_model_arguments, number
 from engine.errors import InvalidInputError
+from engine.exports import safe_csv
 from engine.imageio import read_image
 from engine.limits import inference_slot, wait_message
 from engine.predict import TilePredictor, collect_tile_paths
@@ -34,10 +35,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     with inference_slot(on_wait=lambda place: console.status(wait_message(place))):  # one global limit (HISTODASH_MAX_CONCURRENT_INFERENCE)
         result = predictor.predict_paths(paths, progress=console.progress)
     frame = result.to_frame()
-    if args.out:
-        frame.to_csv(args.out, index=False)
-    else:
-        frame.to_csv(sys.stdout, index=False)
+    safe_csv(frame, args.out or sys.stdout)  # tile names are user text: escaped for spreadsheets
     if not args.quiet:
         rate = len(paths) / result.seconds if result.seconds else float("inf")
         print(
@@ -61,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="macenko", choices=["macenko", "vahadane"], help="stain normalisation method for --normalize")
     p.add_argument("--reference", default=None, help="reference tile for --normalize (default: published Macenko target)")
     p.add_argument("--out", default=None, help="CSV file to write (default: stdout)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=number(int, low=1, high=4096, what="batch size"), default=32)
     p.add_argument("--no-cache", action="store_true", help="do not read or write the inference cache")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_predict)

@@ -16,13 +16,11 @@ from pathlib import Path
 from engine.errors import InvalidInputError, JobError
 from engine.jobs import get_runner
 from engine.training import default
-from engine.training.config import TrainConfig, defaults_yaml, load_config
-from engine.training.datasets import discover
+from engine.training.config import TrainConfig, defaults_yaml, load_config, safe_yaml
+from engine.training.submit import check_submission
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
-    import yaml
-
     out: dict = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -32,7 +30,7 @@ def _parse_overrides(pairs: list[str]) -> dict:
         parts = key.split(".")
         for p in parts[:-1]:
             target = target.setdefault(p, {})
-        target[parts[-1]] = yaml.safe_load(value)
+        target[parts[-1]] = safe_yaml(value, f"--set {key}")
     return out
 
 
@@ -53,9 +51,16 @@ def _cmd_default(args: argparse.Namespace) -> int:
 
 
 def _submit_and_follow(cfg: TrainConfig, args: argparse.Namespace, *, out_dir: Path | None = None) -> int:
-    """Check the data, submit a ``train`` job, stream its log to stderr until it ends; print the model id."""
-    discover(cfg.data, label_column=cfg.label_column, path_column=cfg.path_column, group_column=cfg.group_column, classes=cfg.classes)
+    """Check the submission, submit a ``train`` job, stream its log to stderr until it ends; print the model id.
+
+    With ``out_dir`` (train-default) the model folder is replaced on purpose, so its id is not refused as taken.
+    """
     runner = get_runner()
+    if out_dir is None:
+        cfg, _ = check_submission(cfg, runner=runner)  # data path, model id, dataset: refused now, not after the job started
+    else:
+        checked, _ = check_submission(cfg.with_(model_id=None), runner=runner)
+        cfg = checked.with_(model_id=cfg.model_id)
     params = cfg.to_dict() | ({"out_dir": str(Path(out_dir).resolve())} if out_dir is not None else {})
     job_id = runner.submit("train", params, owner=os.environ.get("USER"))
     print(f"job {job_id} submitted", file=sys.stderr)

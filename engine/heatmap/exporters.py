@@ -18,15 +18,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.exports import safe_csv
 from engine.heatmap.grid import TileGrid
-from engine.heatmap.result import HeatmapResult, frozen
+from engine.heatmap.result import HeatmapResult, builtin_columns, frozen
 
 FILE_NAMES = ("tiles.csv", "heatmap.png", "tiles.geojson", "summary.json", "manifest.json")
 
 
 def tiles_csv(result: HeatmapResult, path=None) -> str | None:
     """The per-tile table (:meth:`HeatmapResult.to_frame`) as CSV text, or written to ``path``."""
-    return result.to_frame().to_csv(path, index=False, float_format="%.6g")
+    data = safe_csv(result.to_frame(), path, float_format="%.6g")  # escaped for spreadsheets (engine.exports)
+    return None if path is not None else data.decode()
 
 
 def summary(result: HeatmapResult, threshold: float | None = None, top_k: int = 10) -> dict:
@@ -163,8 +165,7 @@ def load(out_dir: Path | str) -> HeatmapResult:
     frame = pd.read_csv(out / "tiles.csv")
     classes = tuple(meta["model"]["classes"])
     probs = frame[[f"p_{c}" for c in classes]].to_numpy(np.float64) if len(frame) else np.zeros((0, len(classes)))
-    builtin = {"x", "y", "width", "height", "score", "tissue", "cached", *(f"p_{c}" for c in classes)}
-    columns = {c: frame[c].to_numpy(bool if c == "in_domain" else np.float64) for c in frame.columns if c not in builtin}
+    columns = {c: frame[c].to_numpy() for c in frame.columns if c not in builtin_columns(classes) and pd.api.types.is_numeric_dtype(frame[c])}
     return HeatmapResult(
         grid=TileGrid(**meta["grid"]), x=frame["x"].to_numpy(np.int64), y=frame["y"].to_numpy(np.int64),
         tissue=frame["tissue"].to_numpy(np.float64), probabilities=probs, scores=frame["score"].to_numpy(np.float64),
@@ -173,3 +174,4 @@ def load(out_dir: Path | str) -> HeatmapResult:
         slide_name=meta["slide"]["name"], slide_hash=meta["slide"]["hash"], params=frozen(meta.get("params", {})),
         timings=frozen(meta.get("timings", {})), complete=bool(meta.get("complete", True)), columns=columns,
     )
+

@@ -10,8 +10,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from engine.errors import InvalidInputError
+from engine.errors import InvalidInputError, TooLargeError
 from engine.slides import Slide
+
+MAX_TILES = 4_000_000  # tiles per slide (a 100,000² px slide in 96-px tiles at 0.5 µm/px: ~1.1 M); bounds every per-tile array
+MIN_TILE0 = 8  # level-0 pixels a tile must span (an absurd slide µm/px made grids of 1-px tiles)
+MPP_RANGE = (0.01, 100.0)  # plausible microns per pixel of a slide or a model
 
 
 @dataclass(frozen=True)
@@ -105,4 +109,29 @@ class TileGrid:
         stride0 = max(1, round(tile0 * float(stride_fraction)))
         if tile0 > max(w0, h0):
             raise InvalidInputError(f"Tiles of {tile0} level-0 px are larger than the slide ({w0}×{h0}).", "Choose a lower level or smaller tiles.")
+        _check_size(slide, w0, h0, tile0, stride0, read_px, lvl, slide_mpp, model_mpp)
         return cls(w0, h0, int(tile0), int(stride0), lvl, float(ds), int(read_px), int(input_px), slide_mpp, model_mpp)
+
+
+def _check_size(slide: Slide, w0: int, h0: int, tile0: int, stride0: int, read_px: int, level: int,
+                slide_mpp: float | None, model_mpp: float | None) -> None:
+    """Refuse a tiling before any per-tile array is allocated: tiles too small to mean anything, or too many.
+
+    The message names what caused it: the slide's and the model's µm/px, or the level and tile size.
+    """
+    name = getattr(getattr(slide, "path", None), "name", "the slide")
+    by_mpp = model_mpp is not None and slide_mpp is not None
+    cause = (f"the slide's {slide_mpp:g} µm/px and the model's {model_mpp:g} µm/px ({read_px}-px reads of {tile0} level-0 px)" if by_mpp
+             else f"{read_px}-px tiles at level {level} ({tile0} level-0 px)")
+    hint = ("Check the slide's µm/px (enter the right value by hand if the file's is wrong)." if by_mpp
+            else "Choose a larger tile or a lower-resolution level.")
+    for label, value in (("slide", slide_mpp), ("model", model_mpp)):
+        if value is not None and not MPP_RANGE[0] <= float(value) <= MPP_RANGE[1]:
+            raise InvalidInputError(f"'{name}': the {label}'s {float(value):g} µm/px is not a plausible resolution "
+                                    f"({MPP_RANGE[0]:g}–{MPP_RANGE[1]:g} µm/px).", hint)
+    if tile0 < MIN_TILE0:
+        raise InvalidInputError(f"'{name}': with {cause}, a tile spans only {tile0} slide pixel(s), under {MIN_TILE0}.", hint)
+    n = (0 if w0 < tile0 else (w0 - tile0) // stride0 + 1) * (0 if h0 < tile0 else (h0 - tile0) // stride0 + 1)
+    if n > MAX_TILES:
+        raise TooLargeError(f"'{name}': tiling its {w0:,}×{h0:,} px with {cause} and stride {stride0} gives {n:,} tiles, "
+                            f"over the limit of {MAX_TILES:,} per slide.", hint)

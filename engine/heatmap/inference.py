@@ -25,6 +25,7 @@ import numpy as np
 
 from engine.cache import make_key
 from engine.errors import Cancelled, InvalidInputError
+from engine.forward import EXTRA_FIELDS
 from engine.heatmap.grid import TileGrid
 from engine.heatmap.result import HeatmapResult, frozen
 from engine.progress import Progress, Status, report, say
@@ -33,7 +34,7 @@ from engine.tissue import DEFAULT_MIN_TISSUE, TissueMask, TissueMasker
 
 CACHE_NAMESPACE = "heatmap-tile/v2"
 #: per-tile outputs of the forward pass kept as result columns (when the model gives them)
-TILE_EXTRAS = ("in_domain", "domain_score", "uncertainty")
+TILE_EXTRAS = EXTRA_FIELDS
 
 _SENTINEL = object()
 

@@ -40,6 +40,11 @@ def frozen(mapping: Mapping[str, Any] | None = None, **more) -> ReadOnlyDict:
 _ARRAYS = ("x", "y", "tissue", "probabilities", "scores", "cached")
 
 
+def builtin_columns(classes) -> set[str]:
+    """The columns every tiles.csv has; any other numeric one is a per-tile extra (``HeatmapResult.columns``)."""
+    return {"x", "y", "width", "height", "score", "tissue", "cached", *(f"p_{c}" for c in classes)}
+
+
 @dataclass(frozen=True, eq=False)
 class HeatmapResult:
     """Scores of the tissue tiles of one slide (arrays aligned: one entry per scored tile).
@@ -64,7 +69,10 @@ class HeatmapResult:
     params: Mapping[str, Any] = field(default_factory=frozen)
     timings: Mapping[str, Any] = field(default_factory=frozen)
     complete: bool = True
-    columns: Mapping[str, np.ndarray] = field(default_factory=frozen)  # optional per-tile columns (in_domain, domain_score, uncertainty, …)
+    #: more per-tile columns, ``name -> array`` aligned with ``x`` (a model's ``in_domain``, ``domain_score``,
+    #: ``uncertainty``; a cohort's ``cluster``): :meth:`to_frame` and the files carry them, so the viewer offers each
+    #: numeric one as a layer
+    columns: Mapping[str, np.ndarray] = field(default_factory=frozen)
 
     def __post_init__(self):
         n = len(self.x)
@@ -75,7 +83,7 @@ class HeatmapResult:
             if len(arr) != n:
                 raise ValueError(f"HeatmapResult.{name} has {len(arr)} entries for {n} tiles.")
             arr.setflags(write=False)
-        clash = set(self.columns) & {"x", "y", "width", "height", "score", "tissue", "cached", *(f"p_{c}" for c in self.classes)}
+        clash = set(self.columns) & builtin_columns(self.classes)
         if clash:
             raise ValueError(f"HeatmapResult.columns may not be named {sorted(clash)} (built-in columns).")
         for name, arr in self.columns.items():

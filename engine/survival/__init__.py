@@ -4,6 +4,7 @@ Numbers agree with R's ``survival`` package (see ``tests/test_survival.py`` and 
 
     from engine import survival as sv
     cohort = sv.prepare_cohort(sv.load_demo("lung"), time="time", event="status", group="sex")
+    result = sv.analyse(sv.demo_table("lung"), sv.AnalysisSpec("time", "status", "sex"))  # what the page calls
     km = sv.kaplan_meier(cohort)              # per-group curves, log-log CIs, R medians
     test = sv.logrank_test(cohort)             # == survdiff(Surv(time, status) ~ sex, lung)
     hr = sv.group_hazard_ratios(cohort)        # == coxph(..., ties = "efron")
@@ -43,6 +44,24 @@ from engine.survival.data import (
 )
 from engine.survival.km import KMCurve, KMResult, default_risk_times, kaplan_meier, r_median
 from engine.survival.riskscore import HIGH, LOW, RiskScoreModel, RiskScoreResult, risk_score_workflow
+from engine.survival.service import (
+    BACKGROUND_WORK,
+    DEFAULT_TIMES,
+    STRATA,
+    AnalysisResult,
+    AnalysisSpec,
+    BackgroundAnalysis,
+    CoxAnalysis,
+    CoxSpec,
+    RiskSpec,
+    Table,
+    analyse,
+    cox_analysis,
+    demo_table,
+    join_tables,
+    load_table,
+    risk_analysis,
+)
 
 __all__ = [
     "WEIGHTINGS",
@@ -90,6 +109,22 @@ __all__ = [
     "RiskScoreModel",
     "RiskScoreResult",
     "risk_score_workflow",
+    "BACKGROUND_WORK",
+    "DEFAULT_TIMES",
+    "STRATA",
+    "AnalysisResult",
+    "AnalysisSpec",
+    "BackgroundAnalysis",
+    "CoxAnalysis",
+    "CoxSpec",
+    "RiskSpec",
+    "Table",
+    "analyse",
+    "cox_analysis",
+    "demo_table",
+    "join_tables",
+    "load_table",
+    "risk_analysis",
     "km_figure",
     "forest_figure",
     "cutpoint_figure",

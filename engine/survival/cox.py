@@ -162,29 +162,121 @@ def concordance(time, event, risk) -> tuple[float, int, int, int]:
     A pair is comparable when the earlier time is an event; a censored time equal to an event time
     counts as later (still at risk). Pairs tied on risk count one half; pairs of events at the same
     time are not comparable. (lifelines' ``concordance_index`` differs when times and risks tie.)
+
+    O(n log n): with key = (time, censored) a patient ``j`` is comparable to an event ``i`` exactly
+    when ``key_j > key_i``. Patients are laid out by key, descending, and by risk, ascending, within
+    a key; a bottom-up merge count (:func:`_earlier_below`) gives, for each position, how many
+    earlier positions have a lower (and a lower-or-equal) risk; the patients of the same key before
+    it are then subtracted, which the within-key order makes a simple offset.
     """
     t = np.asarray(time, float)
     e = np.asarray(event, int)
     r = np.asarray(risk, float)
-    conc = disc = tied = 0
-    for i in np.flatnonzero(e == 1):
-        j = (t > t[i]) | ((t == t[i]) & (e == 0))
-        rj = r[j]
-        conc += int((r[i] > rj).sum())
-        disc += int((r[i] < rj).sum())
-        tied += int((r[i] == rj).sum())
+    n = len(t)
+    if n == 0 or not (e == 1).any():
+        return float("nan"), 0, 0, 0
+    censored = (e == 0).astype(np.int64)
+    _, key = np.unique(np.stack([t, censored.astype(float)], axis=1), axis=0, return_inverse=True)
+    key = key.ravel().astype(np.int64)
+    _, rank = np.unique(r, return_inverse=True)
+    rank = rank.ravel().astype(np.int64)
+    order = np.lexsort((rank, -key))  # key descending, then risk ascending
+    k, q, ev = key[order], rank[order], e[order]
+    pos = np.arange(n)
+    below, below_eq = _earlier_below(q)
+    new_key = np.r_[True, k[1:] != k[:-1]]
+    key_start = np.maximum.accumulate(np.where(new_key, pos, 0))
+    new_pair = new_key | np.r_[True, q[1:] != q[:-1]]
+    pair_start = np.maximum.accumulate(np.where(new_pair, pos, 0))
+    lower = below - (pair_start - key_start)  # earlier, of a greater key, with a lower risk
+    lower_eq = below_eq - (pos - key_start)  # … with a lower or equal risk
+    is_event = ev == 1
+    conc = int(lower[is_event].sum())
+    tied = int((lower_eq - lower)[is_event].sum())
+    disc = int((key_start - lower_eq)[is_event].sum())
     total = conc + disc + tied
     return ((conc + tied / 2) / total if total else float("nan")), conc, disc, tied
 
 
+def _earlier_below(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each position ``p``: how many ``q < p`` have ``values[q] < values[p]``, and ``<=`` (non-negative ints).
+
+    Bottom-up merge counting, vectorised per level: at block size ``s`` every element of a right half
+    counts the elements of its left half below it, with one ``searchsorted`` over all blocks at once
+    (block number × (max + 1) + value keeps blocks apart). ``log2(n)`` levels of one sort each.
+    """
+    v = np.asarray(values, np.int64)
+    n = len(v)
+    below = np.zeros(n, np.int64)
+    below_eq = np.zeros(n, np.int64)
+    width = int(v.max()) + 1 if n else 1
+    idx = np.arange(n)
+    s = 1
+    while s < n:
+        block = idx // (2 * s)
+        right = (idx % (2 * s)) >= s
+        left_sorted = np.sort(block[~right] * width + v[~right])
+        qb = block[right] * width
+        start = np.searchsorted(left_sorted, qb, side="left")
+        below[right] += np.searchsorted(left_sorted, qb + v[right], side="left") - start
+        below_eq[right] += np.searchsorted(left_sorted, qb + v[right], side="right") - start
+        s *= 2
+    return below, below_eq
+
+
 def km_time_transform(time: np.ndarray, event: np.ndarray) -> np.ndarray:
     """R ``cox.zph(transform = "km")``: 1 - S(t-) of the pooled Kaplan–Meier curve, at each subject's time."""
-    ut = np.unique(time)
-    d = np.array([event[time == t].sum() for t in ut], float)
-    n = np.array([(time >= t).sum() for t in ut], float)
+    time = np.asarray(time, float)
+    ut, inverse = np.unique(time, return_inverse=True)
+    d = np.bincount(inverse.ravel(), weights=np.asarray(event, float), minlength=len(ut))
+    n = np.cumsum(np.bincount(inverse.ravel(), minlength=len(ut))[::-1])[::-1].astype(float)  # at risk: time >= t
     surv = np.cumprod(1 - d / n)
     idx = np.searchsorted(ut, time, side="left")  # number of curve times strictly below t
     return 1 - np.concatenate([[1.0], surv])[idx]
+
+
+@dataclass(frozen=True)
+class _EventTimes:
+    """Per distinct event time ``u_g`` (ascending): risk-set sums of ``w`` and ``w x`` over ``time >= u_g``,
+    sums over the deaths at ``u_g``, and for every death its group and Efron fraction ``k / n_deaths``."""
+
+    times: np.ndarray  # (G,)
+    s0: np.ndarray  # (G,)
+    s1: np.ndarray  # (G, p)
+    d0: np.ndarray  # (G,)
+    d1: np.ndarray  # (G, p)
+    xsum: np.ndarray  # (G, p) sum of x over the deaths
+    dead: np.ndarray  # (E,) row index of each death, by time
+    group: np.ndarray  # (E,) its event-time group
+    frac: np.ndarray  # (E,) k / n_deaths of its group (Efron)
+
+
+def _event_times(x: np.ndarray, time: np.ndarray, event: np.ndarray, w: np.ndarray) -> _EventTimes:
+    order = np.argsort(-time, kind="stable")  # descending: a cumulative sum is a risk-set sum
+    ts = time[order]
+    c0 = np.cumsum(w[order])
+    c1 = np.cumsum(w[order, None] * x[order], axis=0)
+    dead = np.flatnonzero(event == 1)
+    dead = dead[np.argsort(time[dead], kind="stable")]
+    ut, group = np.unique(time[dead], return_inverse=True)
+    group = group.ravel()
+    last = len(ts) - np.searchsorted(ts[::-1], ut, side="left") - 1  # last position with time >= u in the descending order
+    G, p = len(ut), x.shape[1]
+    d0 = np.bincount(group, weights=w[dead], minlength=G)
+    d1 = np.zeros((G, p))
+    xsum = np.zeros((G, p))
+    np.add.at(d1, group, w[dead, None] * x[dead])
+    np.add.at(xsum, group, x[dead])
+    nd = np.bincount(group, minlength=G)
+    first = np.r_[0, np.cumsum(nd)[:-1]]
+    frac = (np.arange(len(dead)) - first[group]) / nd[group]
+    return _EventTimes(ut, c0[last], c1[last], d0, d1, xsum, dead, group, frac)
+
+
+def _time_weights(cum_at_groups: np.ndarray, group_times: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """For each row: the sum of a per-group quantity over the event times ``u_g <= time`` (cumulative, then looked up)."""
+    k = np.searchsorted(group_times, time, side="right")
+    return np.concatenate([[0.0], np.cumsum(cum_at_groups)])[k]
 
 
 def cox_zph(x: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndarray, terms: Sequence[str],
@@ -195,6 +287,10 @@ def cox_zph(x: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndarray
     ``theta = 0`` is the sum of Schoenfeld residuals weighted by the centred ``g(t)``, and the test
     uses the full information matrix of ``(beta, theta)``. ``transform``: ``km``, ``identity``, ``log``
     or ``rank``.
+
+    Vectorised (O(n p² + n log n)): risk-set sums are cumulative sums in time order; the information
+    matrix's second-moment part is ``sum_j w_j x_j x_jᵀ c(t_j)`` with ``c(t)`` the sum of ``g^m / a0`` over
+    the event times up to ``t``, so no per-time ``p × p`` sums are formed.
     """
     time = np.asarray(time, float)
     event = np.asarray(event, int)
@@ -213,31 +309,25 @@ def cox_zph(x: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndarray
     g_all = tt - tt[event == 1].mean()
     eta = x @ beta
     w = np.exp(eta - eta.max())
-    u = np.zeros(2 * p)
-    imat = np.zeros((2 * p, 2 * p))
-    for t in np.unique(time[event == 1]):
-        risk = time >= t
-        dead = risk & (time == t) & (event == 1)
-        nd = int(dead.sum())
-        g = g_all[dead][0]
-        xr, wr = x[risk], w[risk]
-        xd, wd = x[dead], w[dead]
-        s0, s1, s2 = wr.sum(), wr @ xr, (xr * wr[:, None]).T @ xr
-        d0, d1, d2 = wd.sum(), wd @ xd, (xd * wd[:, None]).T @ xd
-        xsum = xd.sum(axis=0)
-        u[:p] += xsum
-        u[p:] += g * xsum
-        for k in range(nd):
-            f = k / nd
-            a0, a1, a2 = s0 - f * d0, s1 - f * d1, s2 - f * d2
-            xbar = a1 / a0
-            v = a2 / a0 - np.outer(xbar, xbar)
-            u[:p] -= xbar
-            u[p:] -= g * xbar
-            imat[:p, :p] += v
-            imat[:p, p:] += g * v
-            imat[p:, :p] += g * v
-            imat[p:, p:] += g * g * v
+    et = _event_times(x, time, event, w)
+    gi, f = et.group, et.frac
+    g_group = np.zeros(len(et.times))
+    g_group[gi] = g_all[et.dead]  # the same g for every death at one time
+    a0 = et.s0[gi] - f * et.d0[gi]  # (E,)
+    xbar = (et.s1[gi] - f[:, None] * et.d1[gi]) / a0[:, None]  # (E, p)
+    resid = et.xsum.sum(axis=0) - xbar.sum(axis=0)
+    u = np.concatenate([resid, et.xsum.T @ g_group - xbar.T @ g_group[gi]])
+    blocks = []
+    dead_x = x[et.dead]
+    for m in range(3):  # weights 1, g, g² of the (beta, beta), (beta, theta), (theta, theta) blocks
+        c = g_group[gi] ** m
+        per_group_a = np.bincount(gi, weights=c / a0, minlength=len(et.times))
+        per_group_b = np.bincount(gi, weights=c * f / a0, minlength=len(et.times))
+        row_w = w * _time_weights(per_group_a, et.times, time)
+        second = (x * row_w[:, None]).T @ x
+        second -= (dead_x * (w[et.dead] * per_group_b[gi])[:, None]).T @ dead_x
+        blocks.append(second - (xbar * c[:, None]).T @ xbar)
+    imat = np.block([[blocks[0], blocks[1]], [blocks[1], blocks[2]]])
     rows = []
     for j, name in enumerate(terms):
         kk = list(range(p)) + [p + j]
@@ -261,19 +351,11 @@ def scaled_schoenfeld(x: np.ndarray, time: np.ndarray, event: np.ndarray, beta: 
     x = np.asarray(x, float)
     eta = x @ beta
     w = np.exp(eta - eta.max())
-    order = np.argsort(time, kind="stable")
-    res, tt = [], []
-    for i in order:
-        if not event[i]:
-            continue
-        risk = time >= time[i]
-        xbar = (w[risk] @ x[risk]) / w[risk].sum()
-        res.append(x[i] - xbar)
-        tt.append(time[i])
-    r = np.asarray(res)
+    et = _event_times(x, time, event, w)
+    r = x[et.dead] - et.s1[et.group] / et.s0[et.group][:, None]
     scaled = beta + len(r) * r @ np.asarray(var)
     out = pd.DataFrame(scaled, columns=list(terms))
-    out.insert(0, "time", tt)
+    out.insert(0, "time", time[et.dead])
     return out
 
 

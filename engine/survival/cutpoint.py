@@ -84,11 +84,12 @@ def _scan(y_sorted: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 def optimal_cutpoint(time, event, x, *, variable: str = "x", minprop: float = 0.1, n_permutations: int = 0,
-                     seed: int | None = 20240601) -> CutpointResult:
+                     seed: int | None = 20240601, progress=None) -> CutpointResult:
     """Maximally selected log-rank statistic over cuts of ``x`` with at least ``minprop`` per side.
 
     ``n_permutations`` (0 = none, at most 10 000) adds a permutation p-value: the scores are permuted
     with ``numpy.random.default_rng(seed)`` and the whole scan repeated; p = (1 + #{max >= observed}) / (B + 1).
+    ``progress(done, total)`` is called after each chunk of permutations (a ``Cancelled`` it raises stops the scan).
     """
     if not 0 < minprop < 0.5:
         raise InvalidInputError(f"Minimum group proportion must be between 0 and 0.5, not {minprop}.",
@@ -118,11 +119,13 @@ def optimal_cutpoint(time, event, x, *, variable: str = "x", minprop: float = 0.
     if n_permutations:
         rng = np.random.default_rng(seed)
         maxima = np.empty(n_permutations)
-        chunk = 500
+        chunk = max(1, min(500, 2_000_000 // max(n, 1)))  # ≤ 2 M scores per chunk: bounded memory, regular progress
         for start in range(0, n_permutations, chunk):
             k = min(chunk, n_permutations - start)
             perm = np.argsort(rng.random((k, n)), axis=1)
             maxima[start:start + k] = np.nanmax(_scan(ys[perm], m), axis=1)
+            if progress is not None:
+                progress(start + k, n_permutations)
         p_perm = float((1 + np.sum(maxima >= b - 1e-12)) / (n_permutations + 1))
     curve = pd.DataFrame({"cut": xs[m - 1], "statistic": stat, "p_unadjusted": 2 * stats.norm.sf(stat), "n_low": m})
     return CutpointResult(variable=variable, cutpoint=cut, statistic=b, p_lausen92=pvalue_lausen92(b, minprop, maxprop),

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.errors import CorruptFileError, InvalidInputError, UnsupportedFormatError
+from engine.errors import CorruptFileError, InvalidInputError, TooLargeError, UnsupportedFormatError
 
 # Words read as "event happened" / "censored" (compared lower-case, stripped).
 EVENT_WORDS = frozenset(
@@ -50,17 +50,64 @@ def convert_time(values, from_unit: str, to_unit: str):
 # --------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------
-def read_table(source: str | Path | bytes | io.IOBase, name: str | None = None) -> pd.DataFrame:
-    """Read a cohort table from CSV, TSV/TXT or Excel (``.xlsx``, needs openpyxl).
+MAX_ROWS = 1_000_000  # a cohort table with more rows is refused (read stops at the limit, no more is parsed)
+MAX_GROUPS = 50  # more distinct values than this in a group column: refused (a patient id, a continuous value)
+ENCODINGS = ("utf-8", "utf-16", "cp1252", "latin-1")  # what read_table may be told (None: detect)
+
+
+def decode_text(data: bytes, name: str, encoding: str | None = None) -> tuple[str, str]:
+    """Text of a delimited table and the encoding used: ``encoding``, or detected.
+
+    Detection: a byte-order mark (UTF-8, UTF-16 LE/BE), UTF-16 without a mark (every other byte
+    zero), then strict UTF-8, then Windows-1252 (what Excel on Windows writes as "CSV"), then
+    Latin-1, which decodes any byte.
+    """
+    if encoding is not None:
+        if encoding.lower() not in ENCODINGS:
+            raise InvalidInputError(f"Unknown text encoding {encoding!r}.", f"Choose one of: {', '.join(ENCODINGS)}.")
+        try:
+            return data.decode("utf-8-sig" if encoding.lower() == "utf-8" else encoding), encoding.lower()
+        except UnicodeDecodeError as exc:
+            raise CorruptFileError(f"{name} cannot be read as {encoding} text (byte {exc.start}).",
+                                   "Choose another encoding, or let HistoDash detect it.", path=name) from exc
+    if data.startswith(b"\xef\xbb\xbf"):
+        candidates = ["utf-8-sig"]
+    elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        candidates = ["utf-16"]
+    else:
+        head = data[:4096]
+        odd, even = head[1::2], head[0::2]
+        if len(head) >= 4 and odd.count(0) > 0.4 * len(odd) and even.count(0) < 0.1 * len(even):
+            candidates = ["utf-16-le"]
+        elif len(head) >= 4 and even.count(0) > 0.4 * len(even) and odd.count(0) < 0.1 * len(odd):
+            candidates = ["utf-16-be"]
+        else:
+            candidates = ["utf-8", "cp1252", "latin-1"]
+    for enc in candidates:
+        try:
+            text = data.decode(enc)
+        except UnicodeDecodeError:
+            continue
+        shown = {"utf-8-sig": "utf-8", "utf-16-le": "utf-16", "utf-16-be": "utf-16"}.get(enc, enc)
+        return text, shown
+    raise CorruptFileError(f"{name} could not be read as text in any of: {', '.join(candidates)}.", path=name)
+
+
+def read_table(source: str | Path | bytes | io.IOBase, name: str | None = None, *, encoding: str | None = None,
+               max_rows: int = MAX_ROWS) -> pd.DataFrame:
+    """Read a cohort table from CSV, TSV/TXT or Excel (``.xlsx``, through openpyxl).
 
     ``source`` is a path, raw bytes or a binary file object (e.g. a Streamlit upload); ``name``
-    gives the file name (and so the format) when ``source`` is not a path.
+    gives the file name (and so the format) when ``source`` is not a path. Text tables may be
+    UTF-8, UTF-16 or Windows-1252/Latin-1 (Excel's "CSV" on Windows): ``encoding=None`` detects it,
+    and the one used is in ``frame.attrs["encoding"]``. More than ``max_rows`` rows, or two columns
+    whose names are the same once stripped of spaces, are refused.
     """
     if isinstance(source, (str, Path)):
-        name = name or str(source)
+        name = name or Path(source).name
         path = Path(source)
         if not path.is_file():
-            raise InvalidInputError(f"No such file: {source}.", "Check the path.", path=str(source))
+            raise InvalidInputError(f"No such file: {path.name}.", "Check the path.", path=str(source))
         data = path.read_bytes()
     elif isinstance(source, (bytes, bytearray)):
         data = bytes(source)
@@ -72,40 +119,80 @@ def read_table(source: str | Path | bytes | io.IOBase, name: str | None = None) 
     if not data.strip():
         raise CorruptFileError(f"{name} is empty.", path=name)
     if suffix in {".xlsx", ".xlsm", ".xls"}:
+        df, header = _read_excel(data, name, suffix, max_rows)
+        df.attrs["encoding"] = "xlsx"
+    else:
+        if suffix not in {".csv", ".tsv", ".txt", ".tab", ""}:
+            raise UnsupportedFormatError(f"{name}: unsupported table format {suffix!r}.",
+                                         "Upload a CSV, TSV or Excel (.xlsx) file.", path=name)
+        text, used = decode_text(data, name, encoding)
+        if not text.strip():
+            raise CorruptFileError(f"{name} is empty.", path=name)
+        if "\x00" in text[:65536]:
+            raise CorruptFileError(f"{name} could not be read as a delimited text table (it holds binary data).",
+                                   "Check it is plain CSV/TSV text with one header row.", path=name)
+        sep = "\t" if suffix in {".tsv", ".tab"} else _sniff_delimiter(text)
         try:
-            import openpyxl  # noqa: F401
-        except ImportError:
-            raise UnsupportedFormatError(
-                f"{name}: Excel files cannot be read on this server (openpyxl is not installed).",
-                "Save the sheet as CSV and upload that.", path=name) from None
-        try:
-            return pd.read_excel(io.BytesIO(data))
-        except Exception as exc:  # noqa: BLE001 - any parser failure is a broken file for the user
-            raise CorruptFileError(f"{name} could not be read as an Excel workbook ({exc}).", path=name) from exc
-    if suffix not in {".csv", ".tsv", ".txt", ".tab", ""}:
-        raise UnsupportedFormatError(f"{name}: unsupported table format {suffix!r}.",
-                                     "Upload a CSV, TSV or Excel (.xlsx) file.", path=name)
-    sep = "\t" if suffix in {".tsv", ".tab"} else _sniff_delimiter(data)
-    try:
-        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which must not become part of the first column's name
-        df = pd.read_csv(io.BytesIO(data), sep=sep, engine="python", encoding="utf-8-sig", na_values=["NA", "na", "N/A", ".", ""])
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise CorruptFileError(f"{name} could not be read as a delimited text table ({exc}).",
-                               "Check it is plain CSV/TSV text with one header row.", path=name) from exc
+            header = pd.read_csv(io.StringIO(text), sep=sep, engine="python", header=None, nrows=1, dtype=str).iloc[0].tolist()
+            df = pd.read_csv(io.StringIO(text), sep=sep, engine="python", nrows=max_rows + 1, na_values=["NA", "na", "N/A", ".", ""])
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, csv.Error, IndexError) as exc:
+            raise CorruptFileError(f"{name} could not be read as a delimited text table ({exc}).",
+                                   "Check it is plain CSV/TSV text with one header row.", path=name) from exc
+        df.attrs["encoding"] = used
+    if len(df) > max_rows:
+        raise TooLargeError(f"{name} has more than {max_rows:,} rows, the limit for a cohort table.",
+                            "Analyse a subset (e.g. one cohort or one period), or ask your administrator to raise the limit.",
+                            path=name)
     if df.shape[1] < 2:
         raise InvalidInputError(f"{name} has only {df.shape[1]} column; a cohort needs at least time and event.",
                                 "Check the delimiter (comma, semicolon or tab) and the header row.", path=name)
+    return _clean_columns(df, name, header)
+
+
+def _read_excel(data: bytes, name: str, suffix: str, max_rows: int) -> tuple[pd.DataFrame, list]:
+    if suffix == ".xls":
+        raise UnsupportedFormatError(f"{name} is an old Excel 97–2003 workbook (.xls).",
+                                     "Save it as .xlsx (Excel workbook) or CSV and upload that.", path=name)
+    try:
+        import openpyxl  # noqa: F401
+    except ImportError:
+        raise UnsupportedFormatError(
+            f"{name}: Excel files cannot be read on this server (openpyxl is not installed).",
+            "Save the sheet as CSV and upload that.", path=name) from None
+    try:
+        header = pd.read_excel(io.BytesIO(data), engine="openpyxl", header=None, nrows=1).iloc[0].tolist()
+        return pd.read_excel(io.BytesIO(data), engine="openpyxl", nrows=max_rows + 1), header
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a broken file for the user
+        raise CorruptFileError(f"{name} could not be read as an Excel workbook ({type(exc).__name__}).",
+                               "Open it in Excel and save it again as .xlsx, or as CSV.", path=name) from exc
+
+
+def _clean_columns(df: pd.DataFrame, name: str, header: list | None = None) -> pd.DataFrame:
+    """Column names as text without surrounding spaces; two that are the same once stripped are refused.
+
+    ``header`` is the header row as written (pandas renames a repeated ``x`` to ``x.1``, hiding it).
+    """
+    as_written = header if header is not None and len(header) == df.shape[1] else list(df.columns)
+    counts: dict[str, int] = {}
+    for c in as_written:
+        if not _isna(c):
+            counts[str(c).strip()] = counts.get(str(c).strip(), 0) + 1
+    dup = [c for c, k in counts.items() if k > 1]
+    if dup:
+        raise InvalidInputError(f"{name} has {len(dup)} column name(s) that appear more than once, ignoring surrounding spaces "
+                                f"(e.g. {dup[0]!r}, {counts[dup[0]]} times).",
+                                "Give every column a different name in the header row.", path=name)
     df.columns = [str(c).strip() for c in df.columns]
     return df
 
 
-def _sniff_delimiter(data: bytes) -> str:
+def _sniff_delimiter(text: str) -> str:
     """Comma, semicolon, tab, pipe or space (R's write.table), whichever the first lines use consistently (comma when none does).
 
     Only these are considered: pandas' own sniffing (``sep=None``) accepts any character, so a one-column
     table such as ``time\\n5\\n6`` was split on the letter ``t``.
     """
-    sample = data[:65536].decode("utf-8-sig", errors="replace")
+    sample = text[:65536]
     try:
         return csv.Sniffer().sniff(sample, delimiters=",;\t| ").delimiter
     except csv.Error:
@@ -294,6 +381,10 @@ def prepare_cohort(
         raise InvalidInputError(f"Unknown time unit {time_unit!r}.", f"Use one of: {', '.join(TIME_UNITS)}.")
 
     raw_t = df[time]
+    if pd.api.types.is_bool_dtype(raw_t) or (raw_t.dtype == object and raw_t.map(lambda v: isinstance(v, (bool, np.bool_))).any()):
+        raise InvalidInputError(
+            f"Time column {time!r} holds true/false values, not times.",
+            "Pick the column of follow-up times (numbers of days, months or years); true/false belongs in the event column.")
     t = pd.to_numeric(raw_t, errors="coerce")
     bad_t = t.isna() & raw_t.notna() & (raw_t.astype(str).str.strip() != "")
     if bad_t.any():
@@ -314,6 +405,12 @@ def prepare_cohort(
     out = pd.DataFrame({"time": t.to_numpy(dtype=float), "event": e}, index=df.index)
     if group is not None:
         g = df[group]
+        n_levels = int(g.nunique(dropna=True))
+        if n_levels > MAX_GROUPS:
+            raise InvalidInputError(
+                f"Group column {group!r} has {n_levels:,} different values, more than the limit of {MAX_GROUPS} groups"
+                f"{' (one per row: is it a patient id?)' if n_levels >= 0.9 * len(df) else ''}.",
+                "Pick a column with a few categories (e.g. treatment arm, grade), or split a continuous column into strata.")
         out["group"] = g.map(lambda v: np.nan if _isna(v) else _label(v)).astype(object)
     for c in covariates:
         raw = df[c]
@@ -326,7 +423,13 @@ def prepare_cohort(
             raise InvalidInputError(
                 f"Covariate {c!r} is not numeric (e.g. {raw.iloc[i]!r} in row {i + 1}).",
                 "Use it as the group column instead, or code it as numbers (e.g. 0/1 indicators).")
-        out[c] = x.to_numpy(dtype=float)
+        values = x.to_numpy(dtype=float)
+        if np.isinf(values).any():
+            i = int(np.flatnonzero(np.isinf(values))[0])
+            raise InvalidInputError(
+                f"Covariate {c!r} has {int(np.isinf(values).sum())} infinite value(s), e.g. {values[i]:g} in row {i + 1}.",
+                "Replace them with a number (or leave the cell empty to drop the row).")
+        out[c] = values
 
     dropped_by = {}
     for c_user, c_out in [(time, "time"), (event, "event"), (group, "group"), *[(c, c) for c in covariates]]:

@@ -18,6 +18,7 @@ This module imports neither TensorFlow nor Keras: the dashboard page uses it.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -356,27 +357,53 @@ def validate(cfg: TrainConfig) -> None:
     if s.method == "kfold" and not 2 <= s.folds <= 20:
         bad(f"split.folds must be between 2 and 20 (got {s.folds}).")
     cw = cfg.class_weights
-    if not (cw in (None, "none", "balanced") or (isinstance(cw, dict) and all(isinstance(v, (int, float)) and v > 0 for v in cw.values()))):
+    if not (cw in (None, "none", "balanced") or (isinstance(cw, dict) and cw and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in cw.values()))):
         bad(f"class_weights must be 'balanced', 'none' or a mapping class → positive weight (got {cw!r}).")
     if set(cfg.positive_classes) and cfg.classes and not set(cfg.positive_classes) <= set(cfg.classes):
         bad(f"positive_classes {sorted(set(cfg.positive_classes) - set(cfg.classes))} are not among classes {list(cfg.classes)}.")
 
 
-def load_config(path: Path | str, overrides: dict | None = None) -> TrainConfig:
-    """Read and validate a YAML configuration file; relative ``data`` paths are relative to the file."""
+MAX_YAML_BYTES = 64 * 1024  # a training configuration is a few dozen lines
+
+
+def safe_yaml(text: str, name: str = "configuration"):
+    """Parse YAML with PyYAML's safe loader, refusing aliases (``*a``: a "billion laughs" bomb expands them) and
+    texts over :data:`MAX_YAML_BYTES`. Errors are :class:`InvalidInputError` naming ``name``."""
     import yaml
 
+    if len(text.encode("utf-8", "replace")) > MAX_YAML_BYTES:
+        raise InvalidInputError(f"'{name}' is over {MAX_YAML_BYTES // 1024} KB, the limit for a training configuration.",
+                                "A configuration is a few dozen lines: see python -m engine train --print-defaults.")
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise InvalidInputError(f"'{name}' uses a YAML alias ('*{event.anchor}', line {event.start_mark.line + 1}); aliases are not accepted.",
+                                        "Write each value out in full.")
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"'{name}' is not valid YAML ({str(exc).splitlines()[0]}).") from exc
+    except RecursionError as exc:
+        raise InvalidInputError(f"'{name}' is nested too deeply to be a training configuration.") from exc
+
+
+def load_config(path: Path | str, overrides: dict | None = None) -> TrainConfig:
+    """Read and validate a YAML configuration file; relative ``data`` paths are relative to the file."""
     path = Path(path).expanduser()
     try:
+        if path.is_file() and path.stat().st_size > MAX_YAML_BYTES:
+            safe_yaml("x" * (MAX_YAML_BYTES + 1), path.name)  # the size message, without reading the file
         text = path.read_text()
     except FileNotFoundError as exc:
         raise InvalidInputError(f"Configuration file '{path}' does not exist.", path=str(path)) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"Configuration file '{path}' cannot be read ({exc}).", path=str(path)) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidInputError(f"'{path.name}' is not valid YAML ({str(exc).splitlines()[0]}).", path=str(path)) from exc
+    data = safe_yaml(text, path.name)
     if data is None:
         raise InvalidInputError(f"'{path.name}' is empty.", "At least 'data: PATH' is needed.", path=str(path))
     if not isinstance(data, dict):

@@ -6,12 +6,12 @@ Steps (each reported through the :class:`~engine.jobs.JobContext`):
 
 1. :func:`engine.training.datasets.discover` finds and checks the tiles (folder, CSV manifest, zip);
 2. :func:`engine.training.datasets.prepare` decodes, optionally Macenko-normalises and resizes every
-   tile exactly like inference (:func:`engine.imageio.resize_tile`) into a PNG cache, skipping and
+   tile exactly like inference (:func:`engine.imageio.resize_tile`) into a BMP cache, skipping and
    listing unreadable tiles;
 3. a group-level split: train/validation/test (70/15/15 by default, REFERENCE.md §3) or stratified
    group k-fold (each fold's model is scored on its held-out groups; the registered model is then
    trained on all tiles for the median best epoch count, with the median fold threshold);
-4. ``tf.data`` from the cached files (parallel PNG decoding, augmentation, prefetch), class weights,
+4. ``tf.data`` from the cached files (parallel BMP reads, augmentation, prefetch), class weights,
    a per-batch callback (progress, cancellation within one batch), per-epoch validation loss, accuracy
    and AUC, early stopping with the best weights kept, learning-rate reduction on plateau, mixed
    precision only when a GPU is visible;
@@ -463,7 +463,7 @@ def _set_bn_momentum(model, momentum: float, keras) -> int:
 
 
 def make_dataset(files, y, *, px: int, batch_size: int, training: bool, augmentation=None, seed: int = 0, workers: int = 2, one_hot: int | None = None):
-    """``tf.data`` of ``(float32 0..255 images, int labels)`` read from PNG files: parallel decode, augmentation, prefetch.
+    """``tf.data`` of ``(float32 0..255 images, int labels)`` read from the cache's BMP files: parallel reads, augmentation, prefetch.
 
     ``one_hot``: number of classes, for one-hot float labels (label smoothing needs them).
     """
@@ -476,7 +476,7 @@ def make_dataset(files, y, *, px: int, batch_size: int, training: bool, augmenta
     parallel = tf.data.AUTOTUNE if workers <= 0 else workers
 
     def load(path, label):
-        img = tf.io.decode_png(tf.io.read_file(path), channels=3)
+        img = tf.io.decode_bmp(tf.io.read_file(path), channels=3)  # the uncompressed cache of datasets.prepare
         img.set_shape([px, px, 3])
         return img, (tf.one_hot(label, one_hot) if one_hot else label)
 
@@ -773,16 +773,13 @@ def _register(cfg, data: PreparedData, model, positive, threshold, metrics, spli
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:
-    import csv
+    import pandas as pd
+
+    from engine.exports import safe_csv
 
     rows = [r for r in rows if "epoch" in r]
-    if not rows:
-        return
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    if rows:
+        safe_csv(pd.DataFrame(rows), path)  # fold labels are text: escaped like every CSV (engine.exports)
 
 
 def _read_metrics(ctx: JobContext) -> list[dict]:
