@@ -158,3 +158,27 @@ def test_the_slide_page_says_when_most_tissue_is_out_of_domain_and_that_percenti
     assert not at.exception, at.exception
     assert len(at.error) == 1 and "out of domain" in at.error[0].value and "100%" in at.error[0].value
     assert any("relative" in c.value for c in at.caption)
+
+
+def test_a_cohort_run_carries_the_flags_to_its_slide_results_and_the_slide_page_cache(outside, pyramid, tmp_path, monkeypatch):
+    import shutil
+
+    import pandas as pd
+
+    from engine.cohort.pipeline import run_cohort
+    from engine.heatmap import HeatmapResult, compute_heatmap
+
+    monkeypatch.setenv("HISTODASH_CACHE_DIR", str(tmp_path / "cache"))
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(pyramid, slides / "P1_a.tif")
+    params = {"slide_dir": str(slides), "patient_pattern": r"^(P\d+)_", "models_dir": str(outside.folder.parent), "model_id": outside.id,
+              "clusters": 0, "level": 2, "tile_px": 64, "use_mpp": False, "min_tissue": 0.0, "chunk_tiles": 7}
+    run_cohort(params, tmp_path / "out")
+    result = HeatmapResult.load(tmp_path / "out" / "slides" / "P1_a.tif")
+    assert {"in_domain", "domain_score", "uncertainty"} <= set(result.columns) and not result.columns["in_domain"].any()
+    assert pd.read_csv(tmp_path / "out" / "slides.csv")["in_domain_fraction"].tolist() == [0.0]
+    again, _ = compute_heatmap(slides / "P1_a.tif", model_id=outside.id, models_dir=outside.folder.parent, level=2, tile_px=64, use_mpp=False,
+                               min_tissue=0.0)
+    assert again.cached.all() and not again.columns["in_domain"].any()  # the Slide page reads the cohort's values, flags included
+    np.testing.assert_allclose(again.columns["uncertainty"], result.columns["uncertainty"], atol=1e-5)

@@ -394,6 +394,8 @@ def run_cohort(spec: CohortSpec | dict, out_dir: str | Path, *, executor=None, p
         summ = slide_summary(scores[p.index], labels.get(p.index), k, threshold, spec.top_k)
         counts = summ.pop("cluster_counts")
         row = {"slide": p.name, "patient_id": p.patient, "discovery": p.patient in disc, **summ, "from_store": p.cached, "scored_now": p.scored_now}
+        if "in_domain" in records[p.index]:  # the model's out-of-domain flags (engine.forward): the share of this slide's tiles inside
+            row["in_domain_fraction"] = float(np.mean(records[p.index]["in_domain"]))
         row.update({f"cluster_{j}": float(counts[j] / max(1, p.n)) for j in range(k)})
         slide_rows.append(row)
         _write_slide_result(out / "slides" / _safe(p.name), p, records[p.index], scores[p.index], labels.get(p.index), dists.get(p.index), card, threshold, spec)

@@ -36,12 +36,12 @@ ARCHITECTURES: dict[str, int] = {
     "efficientnetb0_head": 224,
 }
 ARCHITECTURE_LABELS = {
-    "small_cnn": "Small CNN (REFERENCE §4)",
-    "lung_cnn": "Lung CNN (first default model)",
-    "lung_cnn_ms": "Lung CNN, multi-scale features (project default model)",
-    "resnet50_head": "ResNet50 head (REFERENCE §1, §5)",
-    "inceptionv3_head": "InceptionV3 head (REFERENCE §3)",
-    "efficientnetb0_head": "EfficientNetB0 head (REFERENCE §4)",
+    "small_cnn": "Small CNN (fast)",
+    "lung_cnn": "Lung CNN",
+    "lung_cnn_ms": "Lung CNN, multi-scale features (as the default model)",
+    "resnet50_head": "ResNet50 with a classification head",
+    "inceptionv3_head": "InceptionV3 with a classification head",
+    "efficientnetb0_head": "EfficientNetB0 with a classification head",
 }
 MIN_INPUT_PX = {"inceptionv3_head": 75, "resnet50_head": 32, "efficientnetb0_head": 32}
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
