@@ -19,6 +19,7 @@ import numpy as np
 import streamlit as st
 
 from dashboard.common import guarded, show_error
+from engine.cohort.pipeline import slide_result as cohort_slide_result
 from engine.errors import HistoDashError
 from engine.heatmap import HeatmapResult, png_bytes, render_overlay
 from engine.slides import SlideLibrary, open_slide
@@ -150,6 +151,9 @@ def result_of(rec, slide_id: str, slide_hash: str) -> tuple[HeatmapResult | None
     """The finished heatmap of ``rec`` when it is of this slide; else ``(None, why not)``."""
     if rec is None or rec.state != "succeeded" or not rec.result:
         return None, None
+    if rec.kind == "cohort":  # a cohort's per-slide result, found by the slide's content: its cluster map is a layer
+        result = cohort_slide_result(rec.result["out_dir"], slide_hash)
+        return (result, None) if result is not None else (None, "This slide is not in the cohort job in the address.")
     if rec.params.get("slide_id") != slide_id:
         return None, "The heatmap job in the address is of another slide: it is not drawn over this one."
     result = HeatmapResult.load(Path(rec.result["out_dir"]))

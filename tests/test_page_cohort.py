@@ -6,10 +6,12 @@ from __future__ import annotations
 import shutil
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from engine.jobs import get_runner
 from tests.conftest import ROOT, shared_path
 from tests.ray_cluster import session_cluster
 
@@ -67,9 +69,8 @@ def check_result_and_hand_off(at: AppTest, backend: str) -> None:
     assert {b.label for b in at.get("download_button")} >= {"patients.csv", "patients.parquet"}
     assert len(at.get("plotly_chart")) == 1 and len(at.get("image")) >= 1  # composition bars, gallery tiles
     job_id = at.query_params["cohort_job"][0] if isinstance(at.query_params["cohort_job"], list) else at.query_params["cohort_job"]
-    from engine.jobs import get_runner
-
     assert get_runner().get(job_id).result["backend"] == backend
+    open_slide_in_viewer(at, job_id)
     next(b for b in at.button if b.label == "Open in Cohort survival").click().run()
     assert not at.exception, at.exception
     assert at.title[0].value == "Cohort survival"
@@ -80,6 +81,30 @@ def check_result_and_hand_off(at: AppTest, backend: str) -> None:
     next(b for b in at.button if b.label == "Analyse").click().run()
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     assert next(m for m in at.multiselect if m.label == "Features").value == ["cluster_0", "cluster_1", "cluster_2"]
+
+
+def open_slide_in_viewer(at: AppTest, job_id: str) -> None:
+    """"Open in Slide heatmap" on a real slide of the cohort: the viewer gets that slide's tiles with their cluster layer."""
+    import base64
+    import json
+
+
+    at.selectbox(key="cohort_view_slide").set_value("CMU-1-Small-Region.svs").run()
+    next(b for b in at.button if b.label == "Open in Slide heatmap").click().run()
+    assert not at.exception, at.exception
+    first = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731
+    assert at.title[0].value == "Slide heatmap"
+    assert first(at.query_params["job"]) == job_id and first(at.query_params["slide"]) == "lib:study/CMU-1-Small-Region.svs"
+    viewer = next(e for e in at.get("component_instance") if "histodash_slide_viewer" in e.proto.component_name)
+    tiles = json.loads(viewer.proto.json_args)["tiles"]
+    assert tiles is not None and "cluster" in tiles["columns"], tiles and sorted(tiles["columns"])
+    cluster = np.frombuffer(base64.b64decode(tiles["columns"]["cluster"]), "<f8")
+    xs = np.frombuffer(base64.b64decode(tiles["x"]), "<i4")
+    assert len(cluster) == len(xs) > 0 and set(np.unique(cluster)) <= {0.0, 1.0, 2.0}  # K = 3
+    at.switch_page("views/cohort.py")  # back to the cohort page (the browser's Back: its address had the job) for the hand-off
+    at.query_params.clear()
+    at.query_params["cohort_job"] = job_id
+    at.run()
 
 
 def test_cohort_page_on_the_embedded_runner_hands_its_table_to_survival(library):

@@ -11,13 +11,13 @@ from dashboard import handoff, sidebar
 from dashboard.common import disclaimer, guarded, session_id, session_workspace
 from engine.cohort.job import library_folders, submit_cohort
 from engine.cohort.patients import AGGREGATIONS
-from engine.cohort.pipeline import gallery_tiles, load_result
+from engine.cohort.pipeline import gallery_tiles, load_result, slide_files
 from engine.errors import HistoDashError
 from engine.jobs import format_duration, get_runner
 from engine.slides import SlideLibrary
 from engine.survival import read_table
 from engine.tissue import DEFAULT_MIN_TISSUE
-from engine.uploads import safe_filename, uploads_dir
+from engine.uploads import safe_filename, slide_id_for, uploads_dir
 
 SID, QP = session_id(), st.query_params
 st.title("Cohort")
@@ -133,6 +133,13 @@ with guarded("Loading the cohort"):
         st.plotly_chart(px.bar(long, x=man["patient_id_column"], y="share", color="cluster", height=420), key="cohort_bars")
     st.subheader("Per-slide results")
     st.dataframe(slides, hide_index=True)
+    files = slide_files(rec.params)
+    v1, v2 = st.columns([3, 1])
+    shown = v1.selectbox("Slide", [n for n in slides.slide if n in files], key="cohort_view_slide", label_visibility="collapsed")
+    if v2.button("Open in Slide heatmap", disabled=shown is None, key="cohort_to_viewer", help="The slide in the viewer, its cluster map a layer"):
+        with guarded("Opening the slide"):
+            target = {"slide": slide_id_for(Path(files[shown]), session=SID), "job": rec.id}
+            st.switch_page("views/slides.py", query_params=target)
     if res["gallery"] is not None:
         st.subheader("Cluster gallery (tiles nearest each centre)")
         k = st.selectbox("Cluster", sorted(res["gallery"].cluster.unique()), key="cohort_gallery_k")

@@ -488,6 +488,28 @@ def load_result(out_dir: str | Path) -> dict:
     return res
 
 
+def slide_result(out_dir: str | Path, slide_hash: str) -> HeatmapResult | None:
+    """The cohort's per-slide result (``out_dir/slides/<name>/``, with its ``cluster`` columns) of the slide whose
+    content hash is ``slide_hash``; None when that slide is not in the cohort (the Slide heatmap page draws it)."""
+    for folder in sorted((Path(out_dir) / "slides").glob("*/")):
+        try:
+            meta = json.loads((folder / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue  # a damaged folder is not this slide's result
+        if isinstance(meta, dict) and isinstance(meta.get("slide"), dict) and meta["slide"].get("hash") == slide_hash:
+            return HeatmapResult.load(folder)
+    return None
+
+
+def slide_files(params: dict) -> dict[str, str]:
+    """``{name in slides.csv: slide file}`` of a cohort job's slides (:func:`find_slides` on its parameters);
+    slides that have gone since are left out."""
+    try:
+        return {name: path for path, name in find_slides(CohortSpec.from_params(params))}
+    except HistoDashError:
+        return {}
+
+
 def gallery_tiles(gallery: pd.DataFrame, cluster: int, n: int = 8, max_px: int = 256) -> list[tuple[str, np.ndarray]]:
     """``(caption, RGB)`` of the ``n`` tiles nearest a cluster's centre (read from their slides, at most ``max_px`` a side)."""
     from PIL import Image
