@@ -72,7 +72,7 @@ def test_form_renders_and_a_bad_path_is_an_error_not_a_crash(runner, tmp_path):
     assert at.title[0].value == "Training"
     assert "No training jobs yet." in texts(at, "info")
     assert {"Epochs", "Batch size", "Input px (0 = architecture default)"} <= {n.label for n in at.number_input}
-    assert "Small CNN (fast)" in next(s for s in at.selectbox if s.label == "Architecture").options
+    assert "Small CNN" in next(s for s in at.selectbox if s.label == "Architecture").options
     data_box = next(t for t in at.text_input if t.label.startswith("Dataset"))
     data_box.set_value(str(tmp_path / "no-such-folder"))
     next(b for b in at.button if b.label == "Start training").click()

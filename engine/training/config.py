@@ -36,7 +36,7 @@ ARCHITECTURES: dict[str, int] = {
     "efficientnetb0_head": 224,
 }
 ARCHITECTURE_LABELS = {
-    "small_cnn": "Small CNN (fast)",
+    "small_cnn": "Small CNN",
     "lung_cnn": "Lung CNN",
     "lung_cnn_ms": "Lung CNN, multi-scale features (as the default model)",
     "resnet50_head": "ResNet50 with a classification head",
