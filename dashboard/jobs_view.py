@@ -31,7 +31,8 @@ def jobs_frame(recs) -> pd.DataFrame:
         "progress": r.fraction if r.active else (1.0 if r.state == "succeeded" else None),
         "now": describe_progress(r) if r.active else "", "architecture": architecture_label(str(r.params.get("architecture", ""))),
         "data": Path(str(r.params.get("data", ""))).name, "model": (r.result or {}).get("model_id", ""),
-        "AUC": ((r.result or {}).get("headline") or {}).get("auc"), "time": format_duration(r.elapsed_s),
+        "AUC": ((r.result or {}).get("headline") or {}).get("auc"), "quality": ((r.result or {}).get("quality") or {}).get("status", ""),
+        "time": format_duration(r.elapsed_s),
         "error": strip_server_paths(r.error or "")[:200],
     } for r in recs])
 

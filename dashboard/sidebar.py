@@ -45,6 +45,8 @@ def render():
             st.session_state[MODEL_KEY] = current
             st.selectbox("Model", ids, key=MODEL_KEY, label_visibility="collapsed", help="Used by every page. Models trained on the Training page appear here.")
             card = next(c for c in cards if c.id == st.session_state[MODEL_KEY])
+            if card.quality_failed:
+                st.error(f"This model failed its quality check: {card.quality_reason}.", icon=":material/error:")
             st.caption(f"**{card.name or card.id}** · {card.architecture} · {card.input_px} px · classes: {', '.join(card.classes)}")
             m = card.headline_metrics()
             if m:

@@ -253,6 +253,12 @@ def summary(result: HeatmapResult, display: dict) -> None:
     m[4].metric("From cache", f"{int(result.cached.sum()):,}/{result.n_tiles:,}")
     source = "the model card's" if t == result.threshold else f"set in the viewer; the card's is {result.threshold:.4g}"
     st.caption(f"Threshold {t:.4g} ({source}) · display {display['mode']} / {display['colormap']}: change them in the viewer, then 'Use in downloads'.")
+    if s.get("out_of_domain_warning"):  # the model's own features say this is not its kind of tissue
+        st.error(s["out_of_domain_warning"], icon=":material/warning:")
+    if result.params.get("normalization_warning"):
+        st.warning(result.params["normalization_warning"], icon=":material/warning:")
+    if display["mode"] == "percentiles":
+        st.caption(s["percentile_note"])
 
 
 def tile_view(result: HeatmapResult, chosen, card, slide_id: str, path: str, mtime: int, *, gradcam: bool) -> None:

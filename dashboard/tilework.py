@@ -35,19 +35,28 @@ def _waiting(task):
 
 
 # ----------------------------------------------------------------------------------------- prediction
-def make_normalizer(method: str, reference: np.ndarray | None):
-    from engine.stain import get_normalizer
+def make_normalizer(card: ModelCard, method: str, reference: np.ndarray | None):
+    """The normaliser of a choice: ``card`` (the card's, with its bundled reference), ``none`` (None), ``macenko`` /
+    ``vahadane`` fitted to ``reference`` or, without one, as :func:`engine.normalization.resolve` gives it."""
+    if reference is not None and method in ("macenko", "vahadane"):
+        from engine.stain import get_normalizer
 
-    return get_normalizer(method, reference)
+        return get_normalizer(method, reference)
+    from engine.normalization import resolve
+
+    return resolve(card, method)[0]
 
 
-def predict_tiles(task, card: ModelCard, tiles: list, *, normalize: bool, method: str, reference: np.ndarray | None) -> dict:
-    """Predict ``tiles`` (``state.TileRecord``s); the page's saved result (user's names, never server paths)."""
+def predict_tiles(task, card: ModelCard, tiles: list, *, method: str, reference: np.ndarray | None) -> dict:
+    """Predict ``tiles`` (``state.TileRecord``s) with the stain normalisation ``method`` (``card`` by default: the model
+    card's); the page's saved result (user's names, never server paths). Another choice than the card's comes back as
+    ``result.normalization_warning``."""
     from engine.predict import TilePredictor
 
     task.note("loading the model")
-    normalizer = make_normalizer(method, reference) if normalize else None
-    predictor = TilePredictor(card, normalizer=normalizer)
+    reference = reference if method in ("macenko", "vahadane") else None
+    predictor = TilePredictor(card, normalizer=method if reference is None else make_normalizer(card, method, reference))
+    normalize = predictor.normalizer is not None
     with inference_slot(on_wait=_waiting(task)):  # one global limit on heavy inference across all users
         task.note("loading the model (once per server process)")
         predictor.model  # noqa: B018 - loaded here, so the wait is named on the page
@@ -64,12 +73,16 @@ def predict_tiles(task, card: ModelCard, tiles: list, *, normalize: bool, method
 
 def export_frame(view: pd.DataFrame, result, threshold: float, *, normalized: bool) -> pd.DataFrame:
     """The table as shown and downloaded: the model id and threshold on every row; no column that is all empty
-    (``normalized`` without stain normalisation, ``error`` when every tile was read)."""
+    (``normalized`` without stain normalisation, ``error`` when every tile was read, ``in_domain`` / ``domain_score`` /
+    ``uncertainty`` for a model whose card has no detector or dropout)."""
+    from engine.forward import EXTRA_FIELDS
+
     out = view.copy()
     if not normalized:
         out = out.drop(columns=["normalized"], errors="ignore")
-    if "error" in out and out["error"].isna().all():
-        out = out.drop(columns=["error"])
+    for column in ("error", *EXTRA_FIELDS):
+        if column in out and out[column].isna().all():
+            out = out.drop(columns=[column])
     out.insert(1, "model_id", result.model_id)
     out.insert(out.columns.get_loc("label"), "threshold", round(float(threshold), 4))
     return out

@@ -43,7 +43,8 @@ _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 DEFAULT_INPUT_PX: dict[str, int] = {
     "small_cnn": 96,  # REFERENCE.md §4 (PatchCamelyon 96 px)
-    "lung_cnn": 144,  # the project's default LC25000 model
+    "lung_cnn": 144,  # the project's first LC25000 model
+    "lung_cnn_ms": 144,  # the project's default LC25000 model: lung_cnn with multi-scale pooled features
     "resnet50_head": 512,  # REFERENCE.md §1 (512 px tiles)
     "inceptionv3_head": 299,  # REFERENCE.md §3 (299 px tiles)
     "efficientnetb0_head": 224,  # REFERENCE.md §4 comparison
@@ -134,32 +135,53 @@ def build_small_cnn(input_px: int, n_classes: int, *, dropout: float = 0.5, bina
     return keras.Model(inputs, _head(x, n_classes, binary), name="small_cnn")
 
 
+def _lung_trunk(inputs, w: int):
+    """The convolutions of the lung CNNs: strided stem, two plain and two depthwise-separable blocks; returns blocks 2, 3 and 4's outputs."""
+    bn = {"bn_momentum": 0.9}  # faster-tracking BN statistics for short CPU runs
+    x = _preprocess(inputs, "rescale")
+    x = _conv_bn(x, w, "stem", strides=2, **bn)
+    x = _conv_bn(x, w, "block1a", **bn)
+    x = layers.MaxPooling2D(2, name="block1_pool")(x)
+    x = _conv_bn(x, 2 * w, "block2a", **bn)
+    b2 = _conv_bn(x, 2 * w, "block2b", **bn)
+    x = layers.MaxPooling2D(2, name="block2_pool")(b2)
+    x = _conv_bn(x, 4 * w, "block3a", separable=True, **bn)
+    b3 = _conv_bn(x, 4 * w, "block3b", separable=True, **bn)
+    x = layers.MaxPooling2D(2, name="block3_pool")(b3)
+    x = _conv_bn(x, 8 * w, "block4a", separable=True, **bn)
+    b4 = _conv_bn(x, 8 * w, "block4b", separable=True, **bn)
+    return b2, b3, b4
+
+
 def build_lung_cnn(input_px: int, n_classes: int, *, dropout: float = 0.3, binary: bool = False, width: int = 32, **_):
-    """The default LC25000 model: a compact VGG-style CNN, ~0.2 M parameters at width 32.
+    """The first default LC25000 model: a compact VGG-style CNN, ~0.2 M parameters at width 32.
 
     Strided 3×3 stem → two plain conv blocks → two depthwise-separable blocks (each block: two
     conv+BN+ReLU, then 2×2 max-pool except after the last) → global average pooling → dropout →
     head. BatchNorm momentum 0.9 so the inference statistics keep up during short, high-learning-rate
     runs. Cheap enough to train on two CPU cores at 128–160 px (~28 s an epoch of 3.6 k tiles at 144 px).
     """
-    w = width
-    bn = {"bn_momentum": 0.9}  # faster-tracking BN statistics for short CPU runs
     inputs = keras.Input((input_px, input_px, 3), name="image")
-    x = _preprocess(inputs, "rescale")
-    x = _conv_bn(x, w, "stem", strides=2, **bn)
-    x = _conv_bn(x, w, "block1a", **bn)
-    x = layers.MaxPooling2D(2, name="block1_pool")(x)
-    x = _conv_bn(x, 2 * w, "block2a", **bn)
-    x = _conv_bn(x, 2 * w, "block2b", **bn)
-    x = layers.MaxPooling2D(2, name="block2_pool")(x)
-    x = _conv_bn(x, 4 * w, "block3a", separable=True, **bn)
-    x = _conv_bn(x, 4 * w, "block3b", separable=True, **bn)
-    x = layers.MaxPooling2D(2, name="block3_pool")(x)
-    x = _conv_bn(x, 8 * w, "block4a", separable=True, **bn)
-    x = _conv_bn(x, 8 * w, "block4b", separable=True, **bn)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    _, _, b4 = _lung_trunk(inputs, width)
+    x = layers.GlobalAveragePooling2D(name="gap")(b4)
     x = layers.Dropout(dropout, name="dropout")(x)
     return keras.Model(inputs, _head(x, n_classes, binary), name="lung_cnn")
+
+
+def build_lung_cnn_ms(input_px: int, n_classes: int, *, dropout: float = 0.3, binary: bool = False, width: int = 32, **_):
+    """:func:`build_lung_cnn` whose penultimate features pool three depths: GAP of blocks 2, 3 and 4, concatenated.
+
+    Same convolutions (~0.2 M parameters); the head sees ``2w + 4w + 8w`` features (448 at width 32)
+    instead of ``8w``. The mid-level averages keep texture and cell-scale statistics that the last
+    block, trained only to tell three classes apart, discards — which is what lets the out-of-domain
+    detector (:mod:`engine.domain`, on these features) recognise tissue unlike the training tiles.
+    """
+    inputs = keras.Input((input_px, input_px, 3), name="image")
+    blocks = _lung_trunk(inputs, width)
+    pooled = [layers.GlobalAveragePooling2D(name=f"gap{i}")(b) for i, b in zip((2, 3, 4), blocks)]
+    x = layers.Concatenate(name="features")(pooled)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    return keras.Model(inputs, _head(x, n_classes, binary), name="lung_cnn_ms")
 
 
 def build_resnet50_head(
@@ -241,6 +263,7 @@ def build_efficientnetb0_head(
 ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
     "small_cnn": build_small_cnn,
     "lung_cnn": build_lung_cnn,
+    "lung_cnn_ms": build_lung_cnn_ms,
     "resnet50_head": build_resnet50_head,
     "inceptionv3_head": build_inceptionv3_head,
     "efficientnetb0_head": build_efficientnetb0_head,

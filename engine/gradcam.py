@@ -119,6 +119,10 @@ class SaliencyResult:
         probabilities: all class probabilities, in the card's class order.
         cached: whether the map came from the cache.
         note: a remark for the user (e.g. "no positive evidence"), or "".
+        in_domain: whether the tile looks like the model's training tiles (None: the model has no detector).
+        domain_score: the out-of-domain score (:mod:`engine.domain`), or None.
+        uncertainty: MC-dropout s.d. of the score (:mod:`engine.forward`), or None.
+        normalization_warning: set when the tile was normalised otherwise than the card prescribes.
     """
 
     map: np.ndarray
@@ -132,6 +136,10 @@ class SaliencyResult:
     cached: bool = False
     note: str = ""
     seconds: float = 0.0
+    in_domain: bool | None = None
+    domain_score: float | None = None
+    uncertainty: float | None = None
+    normalization_warning: str | None = None
 
     @property
     def method_label(self) -> str:
@@ -153,7 +161,8 @@ class SaliencyResult:
 
     def summary(self) -> str:
         where = f" at {self.layer}" if self.layer else ""
-        return f"{self.method_label}{where} for {self.target_class} (p = {self.score:.3f}; predicted {self.predicted_class})"
+        domain = "" if self.in_domain is None else ("; in domain" if self.in_domain else "; OUT OF DOMAIN: the tile looks unlike the training tiles")
+        return f"{self.method_label}{where} for {self.target_class} (p = {self.score:.3f}; predicted {self.predicted_class}{domain})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -401,8 +410,14 @@ class Explainer:
         cache: ResultCache | None | bool = False,
         ig_steps: int = 32,
         ig_baseline: str = "black",
+        runner=None,
+        normalizer=None,
+        normalization_warning: str | None = None,
     ):
         self.model = model
+        self.runner = runner  # engine.forward.ModelRunner: calibrated probabilities, in_domain, uncertainty (None: the model's own output)
+        self.normalizer = normalizer  # applied to the tile before resizing, as at prediction
+        self.normalization_warning = normalization_warning
         shape = model.input_shape
         if isinstance(shape, list) or len(shape) != 4 or shape[-1] != 3:
             raise IncompatibleModelError(f"Model '{model_id}' takes input {shape}; saliency maps need one (px, px, 3) RGB input.")
@@ -435,9 +450,19 @@ class Explainer:
         self._taps: dict[str | None, _TapModel] = {}
 
     @classmethod
-    def from_card(cls, card: ModelCard, model=None, *, cache: ResultCache | None | bool = None, **kwargs) -> Explainer:
+    def from_card(cls, card: ModelCard, model=None, *, cache: ResultCache | None | bool = None, normalization: str | None = "card", **kwargs) -> Explainer:
+        """The explainer of a registered model: its calibration, out-of-domain flag and stain normalisation
+        (``normalization``: ``"card"`` by default, or ``none``/``macenko``/``vahadane`` with a warning)."""
+        from engine.forward import ModelRunner
+        from engine.normalization import resolve
+
+        model = model if model is not None else load_model_for_card(card)
+        normalizer, warning = resolve(card, normalization)
         return cls(
-            model if model is not None else load_model_for_card(card),
+            model,
+            runner=ModelRunner.from_card(card, model),
+            normalizer=normalizer,
+            normalization_warning=warning,
             classes=card.classes,
             positive_classes=card.positive_classes,
             input_px=card.input_px,
@@ -632,14 +657,16 @@ class Explainer:
         path = conv.path if conv else None
         key = None
         if self.cache is not None:
-            params = {"input_px": self.input_px, "resize": "pil-bilinear"}
+            params = {"input_px": self.input_px, "resize": "pil-bilinear", "normalizer": self.normalizer.cache_key() if self.normalizer is not None else None,
+                      "runner": self._runner_key()}
             if method == "integrated-gradients":
                 params.update(steps=self.ig_steps, baseline=self.ig_baseline)
             key = make_key(CACHE_VERSION, self.weights_sha256, method, path, target or PREDICTED, pixel_hash(rgb), params)
             hit = self.cache.get(key)
             if hit is not None:
                 return self._result(rgb, hit, cached=True, start=start)
-        x = resize_tile(rgb, self.input_px).astype(np.float32)
+        tile = self.normalizer.transform_with_info(rgb).image if self.normalizer is not None else rgb
+        x = resize_tile(tile, self.input_px).astype(np.float32)
         try:
             if method == "integrated-gradients":
                 raw, probs, target_name, note = self._integrated_gradients(x, target)
@@ -650,8 +677,14 @@ class Explainer:
         except (ValueError, TypeError) as exc:  # a graph Keras cannot split or differentiate
             log.exception("saliency failed for model %s", self.model_id)
             raise IncompatibleModelError(f"Model '{self.model_id}' does not support {METHOD_LABELS[method]} at '{path}' ({type(exc).__name__}: {str(exc)[:200]}).") from exc
+        extras = {}
+        if self.runner is not None:  # the same forward pass as prediction: calibrated probabilities and the domain / uncertainty flags
+            out = self.runner.forward(x[None])
+            probs = out.probabilities[0]
+            extras = {k: v for k, v in out.row(0).items() if k != "probabilities"}
         target_indices = self._target_indices(target, probs)[1]
         value = {
+            **extras,
             "raw": raw,
             "score": float(sum(probs[i] for i in target_indices)),
             "target": target_name,
@@ -680,7 +713,18 @@ class Explainer:
             cached=cached,
             note=value["note"],
             seconds=time.perf_counter() - start,
+            in_domain=value.get("in_domain"),
+            domain_score=value.get("domain_score"),
+            uncertainty=value.get("uncertainty"),
+            normalization_warning=self.normalization_warning,
         )
+
+    def _runner_key(self):
+        r = self.runner
+        if r is None:
+            return None
+        return {"temperature": r.temperature, "detector": None if r.detector is None else [r.detector.threshold, r.detector.transform, r.detector.dim],
+                "mc": None if r._masks is None else list(r._masks.shape)}
 
 
 def explain(image, *, model_id: str | None = None, method: str = "gradcam", layer: str | None = None, target: str | None = None, registry: Registry | None = None, cache: ResultCache | None | bool = None) -> SaliencyResult:

@@ -34,9 +34,104 @@ CARD_FILE = "card.json"
 REQUIRED_KEYS = ("id", "task", "architecture", "classes", "input_px", "threshold", "weights_file", "weights_sha256")
 
 
+#: legacy metric names (cards written before the typed schema) → the schema's names
+_LEGACY_METRIC_KEYS = {"auc_malignant": "auc", "accuracy_3class": "accuracy_multiclass", "accuracy_binary_at_threshold": "accuracy",
+                       "f1_at_threshold": "f1", "n_malignant": "n_positive", "_confusion": "confusion"}
+
+
+@dataclass(frozen=True)
+class SplitMetrics:
+    """Metrics of a model on one split (the one metric schema of every card).
+
+    ``score`` is the summed probability of the positive classes; ``auc``, ``f1``, ``accuracy``
+    (binary, at ``threshold``), ``precision`` and ``recall`` are about "positive class or not";
+    ``accuracy_multiclass`` and ``balanced_accuracy`` about the arg-max class. ``ece`` is the top-label
+    expected calibration error (10 bins) of the probabilities as predicted (after the card's
+    calibration), ``ece_uncalibrated`` before it. ``in_domain_fraction``: share of the tiles inside the
+    out-of-domain threshold. Unknown keys are kept in ``extra``.
+    """
+
+    split: str
+    n: int
+    description: str = ""
+    n_positive: int | None = None
+    auc: float | None = None
+    f1: float | None = None
+    accuracy: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    threshold: float | None = None
+    accuracy_multiclass: float | None = None
+    balanced_accuracy: float | None = None
+    ece: float | None = None
+    ece_uncalibrated: float | None = None
+    in_domain_fraction: float | None = None
+    predicted_fraction_max: float | None = None
+    confusion: tuple | None = None
+    confusion_binary: tuple | None = None
+    cv_sd: dict | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    _FLOATS = ("auc", "f1", "accuracy", "precision", "recall", "threshold", "accuracy_multiclass", "balanced_accuracy", "ece",
+               "ece_uncalibrated", "in_domain_fraction", "predicted_fraction_max")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SplitMetrics:
+        if not isinstance(data, dict) or "split" not in data:
+            raise IncompatibleModelError(f"A metrics entry of a model card has no 'split': {str(data)[:120]}")
+        data = {_LEGACY_METRIC_KEYS.get(k, k): v for k, v in data.items()}
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        kw = {k: v for k, v in data.items() if k in known}
+        try:
+            kw["n"] = int(data.get("n") or 0)
+            if kw.get("n_positive") is not None:
+                kw["n_positive"] = int(kw["n_positive"])
+            for k in cls._FLOATS:
+                if kw.get(k) is not None:
+                    kw[k] = float(kw[k])
+        except (TypeError, ValueError) as exc:
+            raise IncompatibleModelError(f"Metrics of split '{data.get('split')}' on a model card are not numbers ({exc}).") from exc
+        for k in ("confusion", "confusion_binary"):
+            if kw.get(k) is not None:
+                kw[k] = tuple(tuple(int(v) for v in row) for row in kw[k])
+        kw["split"] = str(kw["split"])
+        return cls(**kw, extra={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k != "extra" and v is not None}
+        for k in ("confusion", "confusion_binary"):
+            if k in out:
+                out[k] = [list(row) for row in out[k]]
+        out.update(self.extra)
+        return out
+
+    def get(self, key: str, default=None):
+        """Read a metric by name (schema fields first, then ``extra``)."""
+        if key in self.__dataclass_fields__ and key != "extra":
+            value = getattr(self, key)
+            return default if value is None else value
+        return self.extra.get(key, default)
+
+    def summary(self) -> dict[str, float]:
+        """The headline numbers, for one-line summaries."""
+        keys = ("auc", "accuracy_multiclass", "accuracy", "f1", "ece", "in_domain_fraction")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+#: quality-check states of a card (``card.quality["status"]``)
+QUALITY_PASSED, QUALITY_FAILED = "passed", "failed"
+
+
 @dataclass(frozen=True)
 class ModelCard:
-    """A model's card (``card.json``). Unknown keys are kept in ``extra``."""
+    """A model's card (``card.json``). Unknown keys are kept in ``extra``.
+
+    Beyond the identity and input fields: ``metrics`` (typed :class:`SplitMetrics`), ``calibration``
+    (``{"method": "temperature", "temperature": T, ...}``), ``domain`` (out-of-domain detector: file,
+    sha256, threshold, ...), ``uncertainty`` (``{"method": "mc-dropout", "samples": T, "rate": r}``),
+    ``normalization_reference`` (the bundled target of the card's stain normalisation) and ``quality``
+    (``{"status": "passed" | "failed", "reasons": [...]}``).
+    """
 
     id: str
     task: str
@@ -51,9 +146,15 @@ class ModelCard:
     version: str = "1"
     score_name: str = "score"
     mpp: float | None = None
+    mpp_method: str = ""
     normalization: str = "none"
+    normalization_reference: dict | None = None
     threshold_method: str = ""
-    metrics: tuple = ()
+    metrics: tuple[SplitMetrics, ...] = ()
+    calibration: dict = field(default_factory=dict)
+    domain: dict = field(default_factory=dict)
+    uncertainty: dict = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)
     training_data: str = ""
     reproduce: str = ""
     intended_use: str = ""
@@ -71,9 +172,13 @@ class ModelCard:
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["classes"] = tuple(data["classes"])
         kwargs["positive_classes"] = tuple(data.get("positive_classes") or ())
-        kwargs["metrics"] = tuple(data.get("metrics") or ())
+        kwargs["metrics"] = tuple(SplitMetrics.from_dict(m) for m in (data.get("metrics") or ()))
         kwargs["input_px"] = int(data["input_px"])
         kwargs["threshold"] = float(data["threshold"])
+        if data.get("mpp") is not None:
+            kwargs["mpp"] = float(data["mpp"])
+        for key in ("calibration", "domain", "uncertainty", "quality"):
+            kwargs[key] = dict(data.get(key) or {})
         card = cls(**kwargs, extra={k: v for k, v in data.items() if k not in known}, folder=folder)
         card.validate()
         return card
@@ -88,6 +193,11 @@ class ModelCard:
             raise IncompatibleModelError(f"Model '{self.id}' card: threshold {self.threshold} is not in [0, 1].")
         if self.input_px < 8:
             raise IncompatibleModelError(f"Model '{self.id}' card: input_px {self.input_px} is too small.")
+        t = self.calibration.get("temperature", 1.0)
+        if not (isinstance(t, (int, float)) and 0 < t < 1000):
+            raise IncompatibleModelError(f"Model '{self.id}' card: calibration temperature {t!r} is not a positive number.")
+        if self.normalization not in ("none", "macenko", "vahadane"):
+            raise IncompatibleModelError(f"Model '{self.id}' card: unknown stain normalisation '{self.normalization}'.")
 
     @property
     def positive_indices(self) -> tuple[int, ...]:
@@ -102,18 +212,34 @@ class ModelCard:
             raise ModelNotFoundError(f"Model '{self.id}' has no folder.")
         return self.folder / self.weights_file
 
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature prediction applies (1.0: uncalibrated)."""
+        return float(self.calibration.get("temperature", 1.0)) if self.calibration.get("method", "temperature") == "temperature" else 1.0
+
+    @property
+    def quality_failed(self) -> bool:
+        """Whether the training pipeline's quality check failed (such a model is never selected by default)."""
+        return self.quality.get("status") == QUALITY_FAILED
+
+    @property
+    def quality_reason(self) -> str:
+        return "; ".join(str(r) for r in self.quality.get("reasons") or ())
+
     def to_dict(self) -> dict:
-        data = {k: v for k, v in asdict(self).items() if k not in ("extra", "folder")}
-        data["classes"], data["positive_classes"], data["metrics"] = list(self.classes), list(self.positive_classes), list(self.metrics)
+        data = {k: v for k, v in asdict(self).items() if k not in ("extra", "folder", "metrics")}
+        data["classes"], data["positive_classes"] = list(self.classes), list(self.positive_classes)
+        data["metrics"] = [m.to_dict() for m in self.metrics]
         data.update(self.extra)
         return data
 
+    def metric(self, split: str) -> SplitMetrics | None:
+        return next((m for m in self.metrics if m.split == split), None)
+
     def headline_metrics(self) -> dict:
-        """The metrics measured on the test split (or the first listed), for summaries."""
-        for m in self.metrics:
-            if isinstance(m, dict) and m.get("split") == "test":
-                return m
-        return self.metrics[0] if self.metrics else {}
+        """The headline metrics (floats) of the test split (or the first listed), for summaries."""
+        m = self.metric("test") or (self.metrics[0] if self.metrics else None)
+        return {"split": m.split, "n": m.n, **m.summary()} if m is not None else {}
 
 
 def read_card(folder: Path) -> ModelCard:
@@ -161,9 +287,10 @@ class Registry:
         cards = self.cards()
         if not cards:
             raise ModelNotFoundError(f"No models are registered in '{self.root}'.", "Train one on the Training page or copy a model folder there.")
-        if model_id is None:
+        if model_id is None:  # the configured default, else the first model that passed its quality check
             wanted = get_settings().default_model
-            return next((c for c in cards if c.id == wanted), cards[0])
+            usable = [c for c in cards if not c.quality_failed] or cards
+            return next((c for c in usable if c.id == wanted), usable[0])
         for card in cards:
             if card.id == model_id:
                 return card

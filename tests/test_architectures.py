@@ -14,7 +14,7 @@ from engine.architectures import ARCHITECTURES, DEFAULT_INPUT_PX, build_model, l
 from engine.errors import IncompatibleModelError, InvalidInputError  # noqa: E402
 
 # small sizes keep the whole file fast on 2 CPU cores
-SMALL_PX = {"small_cnn": 48, "lung_cnn": 64, "resnet50_head": 64, "inceptionv3_head": 75, "efficientnetb0_head": 64}
+SMALL_PX = {"small_cnn": 48, "lung_cnn": 64, "lung_cnn_ms": 64, "resnet50_head": 64, "inceptionv3_head": 75, "efficientnetb0_head": 64}
 
 
 def _images(n: int, px: int, seed: int = 0) -> np.ndarray:

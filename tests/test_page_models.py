@@ -152,3 +152,29 @@ def test_predict_page_has_anonymise_option(models, media_downloads):
     at.run()
     (_, plain), = media_downloads(at).items()
     assert b"SMITH_John.png" in plain
+
+
+def _edit_card(root, model_id, **changes):
+    import json
+
+    path = root / model_id / "card.json"
+    card = json.loads(path.read_text())
+    card.update(changes)
+    path.write_text(json.dumps(card))
+
+
+def test_failed_quality_check_is_red_with_its_reason_and_reliability_is_drawn(models, monkeypatch):
+    from engine.calibration import reliability
+
+    monkeypatch.setenv("HISTODASH_DEFAULT_MODEL", "nobody")
+    _edit_card(models, "tiny-sigmoid", quality={"status": "failed", "reasons": ["it predicts one class for 100% of the test tiles"]})
+    probs = [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]
+    tables = {"before": reliability(probs, [0, 1, 1, 1]), "after": reliability(probs, [0, 1, 1, 1])}
+    _edit_card(models, "tiny-test", calibration={"method": "temperature", "temperature": 0.8, "fitted_on": "validation", "reliability": {"test": tables}},
+               metrics=[{"split": "test", "n": 4, "auc": 0.9, "ece": 0.02, "ece_uncalibrated": 0.07, "in_domain_fraction": 0.97}])
+    at = models_page()
+    failed = next(e for e in at.expander if "tiny-sigmoid" in e.label)
+    assert "FAILED QUALITY CHECK" in failed.label
+    assert any("predicts one class" in e.value for e in at.error)
+    assert len(at.get("plotly_chart")) == 1  # the reliability diagram of tiny-test (the failed card has none)
+    assert at.session_state["model_id"] == "tiny-test"  # the failed model (first in order) is not the default

@@ -35,6 +35,13 @@ def fake_train(params, ctx):
             "n_skipped": 0, "epochs_run": 2, "best_epoch": 2, "wall_s": 3.0, "history": []}
 
 
+def degenerate_train(params, ctx):
+    """A finished job whose model the pipeline's quality check failed."""
+    result = fake_train(params, ctx)
+    result["quality"] = {"status": "failed", "reasons": ["it predicts one class for 100% of the test tiles"], "rule": "RULE TEXT"}
+    return result
+
+
 def fail_train(params, ctx):
     raise RuntimeError("out of tiles")
 
@@ -112,6 +119,17 @@ def test_finished_job_is_listed_with_metrics_and_can_be_used(runner, monkeypatch
     assert "is the selected model on every page" in texts(at, "info")
 
 
+def test_a_job_that_failed_the_quality_check_is_red_without_a_success_box(runner, monkeypatch):
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:degenerate_train")
+    job_id = runner.submit("train", {"data": "x", "architecture": "small_cnn"})
+    assert runner.wait(job_id, timeout=30).state == "succeeded"
+    at = page({"job": job_id})
+    assert not at.success
+    assert "Failed quality check: it predicts one class for 100% of the test tiles" in texts(at, "error") and "RULE TEXT" in texts(at, "error")
+    assert at.dataframe[0].value["quality"].tolist() == ["failed"]
+    assert not any(b.label == "Use this model" for b in at.button) and any(b.label == "Use this model anyway" for b in at.button)
+
+
 def test_failed_and_running_jobs_reattach_from_the_query_string(runner, monkeypatch):
     monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fail_train")
     failed = runner.submit("train", {"data": "x"})
@@ -174,8 +192,7 @@ def test_browser_train_on_demo_data_survives_refresh_and_restart_then_predicts(t
                 job_id = re.search(r"job=([\w-]+)", page.url).group(1)
                 page.reload(wait_until="domcontentloaded")  # a browser refresh re-attaches through ?job=
                 page.get_by_text(f"Job {job_id}").first.wait_for(timeout=60_000)
-                # the live progress bar (the jobs table's grid also holds the text, in cells the browser keeps hidden)
-                page.get_by_test_id("stProgress").filter(has_text=re.compile(r"epoch \d+/\d+")).first.wait_for(timeout=120_000)
+                page.get_by_text(re.compile(r"epoch \d+/\d+")).first.wait_for(timeout=120_000)
             with streamlit_server(env, tmp_path / "streamlit-b.log") as url:  # the dashboard restarted; the job went on
                 page.goto(f"{url}/training?job={job_id}", wait_until="domcontentloaded")
                 page.get_by_text(f"Job {job_id}").first.wait_for(timeout=60_000)

@@ -131,11 +131,17 @@ def test_predict_with_macenko_normalisation():
     upload(at, [("a.png", png(1, 64))])
     at.switch_page("views/predict.py")
     at.run()
-    at.toggle[0].set_value(True)
+    at.selectbox(key="predict_normalization").set_value("macenko")
+    at.run()
+    assert "differs from this model's card, which prescribes none" in texts(at, "warning")  # said before predicting
     at.button[0].click()
     at.run()
     assert not at.exception, at.exception
     assert "before / after" in texts(at, "subheader")
+    assert "These results: Stain normalisation 'macenko' differs" in texts(at, "warning")
+    at.selectbox(key="predict_normalization").set_value("card")
+    at.run()
+    assert "differs from this model's card" not in texts(at, "warning").split("These results")[0]
 
 
 def test_predict_with_broken_reference_keeps_previous_result():
@@ -146,7 +152,7 @@ def test_predict_with_broken_reference_keeps_previous_result():
     at.button[0].click()
     at.run()
     assert len(at.dataframe[0].value) == 1
-    at.toggle[0].set_value(True)
+    at.selectbox(key="predict_normalization").set_value("macenko")
     at.file_uploader[0].set_value(("ref.png", b"not an image", "image/png"))
     at.button[0].click()
     at.run()

@@ -62,7 +62,8 @@ def test_unreadable_files_become_rows_and_run_continues(predictor, tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     result = predictor.predict_paths([good, tmp_path / "broken.png", tmp_path / "empty.jpg"])
     frame = result.to_frame()
-    assert list(frame.columns) == ["path", "score", "label", "predicted_class", "p_benign", "p_tumour", "cached", "normalized", "error"]
+    assert list(frame.columns) == ["path", "score", "label", "predicted_class", "p_benign", "p_tumour", "in_domain", "domain_score", "uncertainty",
+                                   "cached", "normalized", "error"]
     assert frame.loc[0, "error"] is None and 0 <= frame.loc[0, "score"] <= 1
     assert "broken.png" in frame.loc[1, "error"] and np.isnan(frame.loc[1, "score"])
     assert "empty" in frame.loc[2, "error"]

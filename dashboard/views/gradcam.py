@@ -88,6 +88,11 @@ def results(saved: dict | None, saved_predict: dict | None, options: dict) -> No
         m4.metric("Layer", (res.layer or "input pixels").rsplit("/", 1)[-1])
         if saved["card_id"] != card.id:
             st.warning(f"This map is from model '{saved['card_id']}'. Press Compute to explain with '{card.id}'.")
+        if res.in_domain is False:
+            st.error("This tile is out of domain: it looks unlike the tissue the model was trained on, so the score and its map may mean nothing.",
+                     icon=":material/report:")
+        if res.normalization_warning:
+            st.warning(res.normalization_warning, icon=":material/warning:")
         st.caption(res.summary() + (" · from cache" if res.cached else f" · {res.seconds:.2f} s") + (f" · {res.note}" if res.note else ""))
         panels(saved, cmap, opacity)
     gallery_section(saved_predict, options, cmap, opacity)

@@ -182,8 +182,15 @@ def live(job_id: str) -> None:
 
 def results(rec) -> None:
     res = rec.result or {}
-    st.success(f"Registered model **{res.get('model_id')}** · {res.get('n_tiles')} tiles ({res.get('n_skipped', 0)} unreadable skipped) · "
+    quality = res.get("quality") or {}
+    failed = quality.get("status") == "failed"
+    summary = (f"**{res.get('model_id')}** · {res.get('n_tiles')} tiles ({res.get('n_skipped', 0)} unreadable skipped) · "
                f"{res.get('epochs_run')} epoch(s), best {res.get('best_epoch')} · {format_duration(res.get('wall_s'))}")
+    if failed:  # registered, but marked: red, with the reason, never selected by default
+        st.error(f"Failed quality check: {'; '.join(quality.get('reasons', []))}. The model {summary} is registered but marked as failed "
+                 f"and never selected by default. {quality.get('rule', '')}", icon=":material/error:")
+    else:
+        st.success(f"Registered model {summary}")
     metrics = res.get("metrics") or []
     keys = ["split", "n", "auc", "f1", "accuracy", "precision", "recall", "threshold", "accuracy_multiclass"]
     st.dataframe(pd.DataFrame([{k: m.get(k) for k in keys if k in m or k == "split"} for m in metrics]), hide_index=True, width="stretch")
@@ -212,7 +219,8 @@ def results(rec) -> None:
         if st.session_state.get("model_id") == model_id:
             st.info(f"**{model_id}** is the selected model on every page.")
         else:  # the callback runs before the next script run, so the sidebar (drawn first) already shows the model
-            st.button("Use this model", type="primary", icon=":material/check:", on_click=use_model, args=(model_id,))
+            st.button("Use this model anyway" if failed else "Use this model", type="secondary" if failed else "primary",
+                      icon=":material/warning:" if failed else ":material/check:", on_click=use_model, args=(model_id,))
     else:
         st.warning(f"The model '{model_id}' is no longer registered.")
 

@@ -17,7 +17,9 @@ from engine.registry import Registry
 
 def _cmd_gradcam(args: argparse.Namespace) -> int:
     registry = Registry(args.models_dir) if args.models_dir else Registry()
-    explainer = Explainer.from_card(registry.get(args.model), cache=False if args.no_cache else None)
+    explainer = Explainer.from_card(registry.get(args.model), cache=False if args.no_cache else None, normalization=args.normalization)
+    if explainer.normalization_warning:
+        print(f"warning: {explainer.normalization_warning}", file=sys.stderr)
     if args.list_layers:
         layers = explainer.conv_layers()
         if not layers:
@@ -38,6 +40,9 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
     out.write_bytes(result.overlay_png(rgb, cmap=args.cmap, opacity=args.opacity))
     if args.array:
         np.save(args.array, result.map)
+    if result.in_domain is False:
+        print(f"warning: '{Path(args.image).name}' is out of domain for {explainer.model_id}: it looks unlike the tissue the model was trained on, "
+              "so the map explains a score that may mean nothing here.", file=sys.stderr)
     if not args.quiet:
         extra = f"; map array {args.array}" if args.array else ""
         print(f"{explainer.model_id}: {result.summary()}; wrote {out}{extra}" + (f"\nnote: {result.note}" if result.note else ""), file=sys.stderr)
@@ -50,6 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_arguments(p)
     p.add_argument("--method", default="gradcam", choices=METHODS)
     p.add_argument("--layer", default=None, help="feature map path or name (default: the last convolutional map; see --list-layers)")
+    p.add_argument("--normalization", default="card", choices=["card", "none", "macenko", "vahadane"],
+                   help="stain normalisation before the model (default: what the model card prescribes; anything else is announced on stderr)")
     p.add_argument("--class", dest="target", default=None, help="class to explain: a class name, 'score' (positive classes summed) or 'predicted' (default)")
     p.add_argument("--out", default=None, help="overlay PNG to write")
     p.add_argument("--array", default=None, help="also save the raw map (H×W float32 in [0, 1]) as .npy")

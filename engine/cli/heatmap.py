@@ -40,8 +40,11 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
     console = ConsoleProgress(quiet=args.quiet)
     result, thumb = compute_heatmap(args.slide, progress=console.progress, status=console.status, **tiling_kwargs(args))
     result.save(out, thumbnail=thumb)
+    s = result.summary()
+    for warning in (result.params.get("normalization_warning"), s.get("out_of_domain_warning")):  # said even with --quiet
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     if not args.quiet:
-        s = result.summary()
         print(
             f"\n{result.slide_name}: {result.n_tiles} tissue tiles of {result.grid.n_tiles} ({int(result.cached.sum())} cached) "
             f"in {result.timings['wall_s']:.1f} s; mean score {s['mean_score'] if s['mean_score'] is None else round(s['mean_score'], 4)}; wrote {out}/",

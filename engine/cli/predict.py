@@ -18,8 +18,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     paths = collect_tile_paths(args.paths)
     if not paths:
         raise InvalidInputError("No tiles found in the given paths.", "Give JPEG/PNG/TIFF files or folders that contain them.")
-    normalizer = None
-    if args.normalize:
+    normalizer = args.normalization or "card"  # the model card's normalisation unless the user asks for another
+    if args.normalize or args.reference:
         from engine.stain import get_normalizer
 
         reference = read_image(args.reference) if args.reference else None
@@ -29,6 +29,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         cache=False if args.no_cache else None, batch_size=args.batch_size,
     )
 
+    if predictor.normalization_warning:  # said even with --quiet: the scores may be wrong
+        print(f"warning: {predictor.normalization_warning}", file=sys.stderr)
     console = ConsoleProgress(quiet=args.quiet, always_status=True)
     with inference_slot(on_wait=lambda place: console.status(wait_message(place))):  # one global limit (HISTODASH_MAX_CONCURRENT_INFERENCE)
         result = predictor.predict_paths(paths, progress=console.progress)
@@ -41,6 +43,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             f"{result.n_cached} from cache, {result.n_errors} unreadable" + (f"; wrote {args.out}" if args.out else ""),
             file=sys.stderr,
         )
+    if result.domain_warning:
+        print(f"warning: {result.domain_warning}", file=sys.stderr)
     return 0
 
 
@@ -48,9 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict tiles (files or folders) with a registered model")
     p.add_argument("paths", nargs="+", metavar="PATH", help="tile files or folders of tiles")
     add_model_arguments(p)
-    p.add_argument("--normalize", action="store_true", help="stain-normalise tiles before prediction")
-    p.add_argument("--method", default="macenko", choices=["macenko", "vahadane"], help="stain normalisation method")
-    p.add_argument("--reference", default=None, help="reference tile for normalisation (default: published Macenko target)")
+    p.add_argument("--normalization", default=None, choices=["card", "none", "macenko", "vahadane"],
+                   help="stain normalisation (default: what the model card prescribes, with its bundled reference; "
+                        "anything else is announced on stderr)")
+    p.add_argument("--normalize", action="store_true", help="stain-normalise with --method (and --reference) instead of the card's setting")
+    p.add_argument("--method", default="macenko", choices=["macenko", "vahadane"], help="stain normalisation method for --normalize")
+    p.add_argument("--reference", default=None, help="reference tile for --normalize (default: published Macenko target)")
     p.add_argument("--out", default=None, help="CSV file to write (default: stdout)")
     p.add_argument("--batch-size", type=number(int, low=1, high=4096, what="batch size"), default=32)
     p.add_argument("--no-cache", action="store_true", help="do not read or write the inference cache")

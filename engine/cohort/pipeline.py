@@ -52,6 +52,7 @@ from engine.cohort.store import EmbeddingStore, slide_key
 from engine.cohort.worker import ChunkJob, ChunkResult, ModelSpec
 from engine.errors import Cancelled, HistoDashError, InvalidInputError
 from engine.exports import safe_csv
+from engine.forward import EXTRA_FIELDS
 from engine.heatmap import HeatmapResult, HeatmapRun, TileGrid, exporters, thumbnail_and_mask
 from engine.heatmap.result import frozen
 from engine.slides import SLIDE_SUFFIXES, SlideLibrary, open_slide
@@ -308,9 +309,9 @@ def run_cohort(spec: CohortSpec | dict, out_dir: str | Path, *, executor=None, p
     def on_result(job: ChunkJob, result: ChunkResult) -> None:
         plan = by_index[job.slide]
         feature_layer[0] = feature_layer[0] or (result.node or {}).get("feature_layer")
-        store.save_part(plan.key, job.start, job.end, result.probabilities, result.embeddings)
-        for i in range(job.n):  # the Slide heatmap page's cache entries
-            cache.set(heat.tile_key(plan.slide_hash, plan.grid, job.x[i], job.y[i]), {"probabilities": [float(v) for v in result.probabilities[i]]})
+        store.save_part(plan.key, job.start, job.end, result.probabilities, result.embeddings, **result.extras)
+        for i in range(job.n):  # the Slide heatmap page's cache entries (the same values its own forward pass stores)
+            cache.set(heat.tile_key(plan.slide_hash, plan.grid, job.x[i], job.y[i]), result.row(i))
         plan.scored_now += job.n
         per_slide_left[job.slide] -= job.n
         if per_slide_left[job.slide] == 0:
@@ -393,6 +394,8 @@ def run_cohort(spec: CohortSpec | dict, out_dir: str | Path, *, executor=None, p
         summ = slide_summary(scores[p.index], labels.get(p.index), k, threshold, spec.top_k)
         counts = summ.pop("cluster_counts")
         row = {"slide": p.name, "patient_id": p.patient, "discovery": p.patient in disc, **summ, "from_store": p.cached, "scored_now": p.scored_now}
+        if "in_domain" in records[p.index]:  # the model's out-of-domain flags (engine.forward): the share of this slide's tiles inside
+            row["in_domain_fraction"] = float(np.mean(records[p.index]["in_domain"]))
         row.update({f"cluster_{j}": float(counts[j] / max(1, p.n)) for j in range(k)})
         slide_rows.append(row)
         _write_slide_result(out / "slides" / _safe(p.name), p, records[p.index], scores[p.index], labels.get(p.index), dists.get(p.index), card, threshold, spec)
@@ -438,7 +441,8 @@ def _write_slide_result(folder: Path, plan: SlidePlan, record: dict, scores, lab
         slide_name=Path(plan.name).name, slide_hash=plan.slide_hash,
         params=frozen({"min_tissue": spec.min_tissue, "level": spec.level, "tile_px": spec.tile_px, "stride_fraction": spec.stride_fraction,
                        "source": "cohort"}),
-        columns=frozen({} if labels is None else {"cluster": np.asarray(labels, np.int64), "cluster_distance": np.asarray(dists, np.float64)}),
+        columns=frozen({**{k: record[k].astype(bool if k == "in_domain" else np.float64) for k in EXTRA_FIELDS if k in record},
+                        **({} if labels is None else {"cluster": np.asarray(labels, np.int64), "cluster_distance": np.asarray(dists, np.float64)})}),
     )
     folder.mkdir(parents=True, exist_ok=True)
     exporters.tiles_csv(result, folder / "tiles.csv")  # the Slide heatmap's files, less the PNG and GeoJSON

@@ -66,19 +66,22 @@ class EmbeddingStore:
         except (OSError, ValueError, KeyError):
             return None
 
-    def save_part(self, key: str, start: int, end: int, probabilities: np.ndarray, embeddings: np.ndarray) -> None:
-        _save(self.part_path(key, start, end), probabilities=np.asarray(probabilities, np.float32), embeddings=np.asarray(embeddings, np.float16))
+    def save_part(self, key: str, start: int, end: int, probabilities: np.ndarray, embeddings: np.ndarray, **extras: np.ndarray) -> None:
+        """Tiles ``start:end``; ``extras``: more per-tile arrays (the forward pass's ``in_domain``, ``domain_score``…)."""
+        _save(self.part_path(key, start, end), probabilities=np.asarray(probabilities, np.float32), embeddings=np.asarray(embeddings, np.float16),
+              **{name: np.asarray(values) for name, values in extras.items()})
 
     def complete(self, key: str, n_tiles: int, chunk: int) -> dict:
         """Merge the parts ``0:chunk, chunk:2·chunk, …`` of a slide of ``n_tiles`` tiles into its record; returns it."""
-        probs, embs, parts = [], [], []
+        arrays: list[dict] = []
+        parts = []
         for start in range(0, n_tiles, chunk):
             p = self.part_path(key, start, min(start + chunk, n_tiles))
             with np.load(p) as data:
-                probs.append(data["probabilities"])
-                embs.append(data["embeddings"])
+                arrays.append({k: data[k] for k in data.files})
             parts.append(p)
-        record = {"probabilities": np.concatenate(probs), "embeddings": np.concatenate(embs)}
+        names = set.intersection(*(set(a) for a in arrays)) if arrays else {"probabilities", "embeddings"}  # an extra only if every part has it
+        record = {k: np.concatenate([a[k] for a in arrays]) for k in sorted(names)}
         _save(self.path(key), **record)
         for p in parts:
             p.unlink(missing_ok=True)

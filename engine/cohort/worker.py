@@ -3,7 +3,10 @@
 A :class:`TileWorker` loads its model(s) once and then scores :class:`ChunkJob` s — a slide path (on a
 filesystem every node mounts at the same place), the pyramid level and read size, and the level-0
 positions of up to a few hundred tiles. It returns the tiles' class probabilities and their feature
-vectors (the input of the model's last dense layer: its penultimate layer), never pixels. The same
+vectors (the input of the model's last dense layer: its penultimate layer), never pixels. Both come from
+the one forward pass every consumer uses (:meth:`engine.forward.ModelRunner.forward`, through the
+predictor): calibrated probabilities, and the card's per-tile ``in_domain``, ``domain_score`` and
+``uncertainty`` when it has a detector / dropout. The same
 class runs in-process (:class:`engine.cohort.executor.LocalExecutor`) and as a Ray actor
 (:mod:`engine.cohort.ray_executor`), so both backends compute with one code path.
 
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import IncompatibleModelError
+from engine.forward import EXTRA_FIELDS
 
 
 @dataclass(frozen=True)
@@ -72,11 +76,20 @@ class ChunkJob:
 
 @dataclass
 class ChunkResult:
-    probabilities: np.ndarray  # (n, n_classes) float32
+    probabilities: np.ndarray  # (n, n_classes) float32, calibrated (the card's temperature)
     embeddings: np.ndarray  # (n, dim) float16
     cpu_s: float = 0.0
     wall_s: float = 0.0
     node: dict = field(default_factory=dict)
+    #: per-tile extras of the forward pass (``in_domain``, ``domain_score``, ``uncertainty``), only those the model gives
+    extras: dict = field(default_factory=dict)
+
+    def row(self, i: int) -> dict:
+        """Tile ``i`` as a prediction cache value (what :meth:`engine.forward.ForwardOutput.row` gives)."""
+        out = {"probabilities": [float(v) for v in self.probabilities[i]], "domain_score": None, "in_domain": None, "uncertainty": None}
+        for name, values in self.extras.items():
+            out[name] = bool(values[i]) if name == "in_domain" else float(values[i])
+        return out
 
 
 def feature_output(model):
@@ -127,7 +140,7 @@ class TileWorker:
 
     def __init__(self, score: ModelSpec, features: ModelSpec | None = None, score_weights: bytes | None = None,
                  feature_weights: bytes | None = None, *, batch_size: int = 32, decode_workers: int = 2, threads: int | None = None):
-        from engine.predict import TilePredictor, probabilities_from_output
+        from engine.predict import TilePredictor
         from engine.registry import load_model_for_card
 
         if threads:
@@ -140,23 +153,22 @@ class TileWorker:
             except RuntimeError:  # TensorFlow already ran something in this process: keep its pools
                 pass
 
-        self._probs = probabilities_from_output
         features = features or score
         self.same = features.sha256 == score.sha256
         card = _load_card(score, score_weights)
-        self.predictor = TilePredictor(card, cache=False, batch_size=batch_size)
-        model = load_model_for_card(card)
-        k = _keras()
-        tensor, self.feature_layer = feature_output(model)
+        self.predictor = TilePredictor(card, cache=False, batch_size=batch_size)  # its forward pass scores (engine.forward)
+        model = self.predictor.model
+        self.fmodel = None  # a second network only for a separate feature model, or a model whose features the runner cannot split off
         if self.same:
-            self.fmodel = k.Model(model.inputs, [tensor, model.outputs[0]])
+            tensor, self.feature_layer = feature_output(model)
+            if self.predictor.runner.head is None:
+                self.fmodel = _keras().Model(model.inputs, tensor)
             self.feature_predictor = self.predictor
         else:
             fcard = _load_card(features, feature_weights)
             fm = load_model_for_card(fcard)
             ftensor, self.feature_layer = feature_output(fm)
-            self.model = model
-            self.fmodel = k.Model(fm.inputs, ftensor)
+            self.fmodel = _keras().Model(fm.inputs, ftensor)
             self.feature_predictor = TilePredictor(fcard, cache=False, batch_size=batch_size)
         self.n_classes = len(card.classes)
         self.batch_size = int(batch_size)
@@ -203,20 +215,24 @@ class TileWorker:
 
             n = len(job.x)
             batches = [range(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
-            probs, feats = [], []
+            probs, feats, extras = [], [], {}
             ahead = [self.pool.submit(read, i) for i in batches[0]] if batches else []
             try:
                 for b in range(len(batches)):
                     current = [f.result() for f in ahead]
                     ahead = [self.pool.submit(read, i) for i in batches[b + 1]] if b + 1 < len(batches) else []
-                    x = np.stack([c[0] for c in current]).astype(np.float32)
-                    if self.same:
-                        f, out = self.fmodel.predict_on_batch(x)
+                    out = self.predictor.forward_batch(np.stack([c[0] for c in current]))
+                    if self.fmodel is None:
+                        f = out.features
                     else:
-                        out = self.model.predict_on_batch(x)
-                        f = self.fmodel.predict_on_batch(np.stack([c[1] for c in current]).astype(np.float32))
-                    probs.append(self._probs(out, self.n_classes).astype(np.float32))
+                        xf = np.stack([c[1] if c[1] is not None else c[0] for c in current]).astype(np.float32)
+                        f = self.fmodel.predict_on_batch(xf)
+                    probs.append(out.probabilities.astype(np.float32))
                     feats.append(np.asarray(f, np.float32).reshape(len(current), -1))
+                    for name in EXTRA_FIELDS:
+                        values = getattr(out, name)
+                        if values is not None:
+                            extras.setdefault(name, []).append(np.asarray(values))
             finally:  # never leave a reader inside the slide (closing it under a read crashes OpenSlide)
                 for fut in ahead:
                     fut.cancel()
@@ -226,6 +242,7 @@ class TileWorker:
             probabilities=np.concatenate(probs) if probs else np.zeros((0, self.n_classes), np.float32),
             embeddings=(np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)).astype(np.float16),
             cpu_s=time.process_time() - c0, wall_s=time.perf_counter() - t0,
+            extras={name: np.concatenate(parts) for name, parts in extras.items() if len(parts) == len(batches)},
         )
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ Every public name is importable from ``engine.heatmap`` itself.
 
 from engine.errors import Cancelled
 from engine.heatmap.cohort import cohort_scores
-from engine.heatmap.exporters import FILE_NAMES
+from engine.heatmap.exporters import FILE_NAMES, PERCENTILE_NOTE
 from engine.heatmap.grid import TileGrid
 from engine.heatmap.inference import CACHE_NAMESPACE, HeatmapRun
 from engine.heatmap.job import compute_heatmap, run_job, thumbnail_and_mask
@@ -33,8 +33,10 @@ from engine.heatmap.overlay import (
     DEFAULT_THRESHOLD,
     EXTREME_HIGH,
     EXTREME_LOW,
+    LAYERS,
     MODES,
     heatmap_figure,
+    layer_values,
     mode_values,
     render_overlay,
     value_canvas,
@@ -43,7 +45,7 @@ from engine.heatmap.result import HeatmapResult
 from engine.render import colour_lut, png_bytes
 
 __all__ = [
-    "CACHE_NAMESPACE", "DEFAULT_THRESHOLD", "EXTREME_HIGH", "EXTREME_LOW", "FILE_NAMES", "MODES", "Cancelled", "HeatmapResult", "HeatmapRun",
-    "TileGrid", "cohort_scores", "colour_lut", "compute_heatmap", "heatmap_figure", "mode_values", "png_bytes", "render_overlay", "run_job",
+    "CACHE_NAMESPACE", "DEFAULT_THRESHOLD", "EXTREME_HIGH", "EXTREME_LOW", "FILE_NAMES", "LAYERS", "MODES", "PERCENTILE_NOTE", "Cancelled", "HeatmapResult", "HeatmapRun",
+    "TileGrid", "cohort_scores", "colour_lut", "compute_heatmap", "heatmap_figure", "layer_values", "mode_values", "png_bytes", "render_overlay", "run_job",
     "thumbnail_and_mask", "value_canvas",
 ]

@@ -20,7 +20,7 @@ import pandas as pd
 
 from engine.exports import safe_csv
 from engine.heatmap.grid import TileGrid
-from engine.heatmap.result import HeatmapResult, frozen
+from engine.heatmap.result import HeatmapResult, builtin_columns, frozen
 
 FILE_NAMES = ("tiles.csv", "heatmap.png", "tiles.geojson", "summary.json", "manifest.json")
 
@@ -32,10 +32,14 @@ def tiles_csv(result: HeatmapResult, path=None) -> str | None:
 
 
 def summary(result: HeatmapResult, threshold: float | None = None, top_k: int = 10) -> dict:
-    """Slide-level statistics of the tissue tiles' scores."""
+    """Slide-level statistics of the tissue tiles' scores, with the out-of-domain share and its warning."""
+    from engine.predict import out_of_domain_warning
+
     t = result.threshold if threshold is None else float(threshold)
     s = result.scores
     k = min(top_k, len(s))
+    flags = result.columns.get("in_domain")
+    unc = result.columns.get("uncertainty")
     return {
         "slide": result.slide_name,
         "model_id": result.model_id,
@@ -48,8 +52,17 @@ def summary(result: HeatmapResult, threshold: float | None = None, top_k: int = 
         "fraction_over_threshold": float((s >= t).mean()) if len(s) else None,
         "top_k": int(top_k),
         "top_k_mean": float(np.sort(s)[::-1][:k].mean()) if k else None,
+        "in_domain_fraction": result.in_domain_fraction,
+        "out_of_domain_warning": out_of_domain_warning(flags.tolist(), "tissue tiles of this slide") if flags is not None else None,
+        "mean_uncertainty": float(np.nanmean(unc)) if unc is not None and len(unc) else None,
+        "percentile_note": PERCENTILE_NOTE,
         "complete": bool(result.complete),
     }
+
+
+#: what percentile mode means (said by the page and in summary.json)
+PERCENTILE_NOTE = ("Percentile mode ranks this slide's tiles against each other: it is relative (the top tile is always 1.0), "
+                   "even on a slide where every score is low or every tile is out of domain.")
 
 
 def geojson(result: HeatmapResult, threshold: float | None = None) -> dict:
@@ -62,6 +75,7 @@ def geojson(result: HeatmapResult, threshold: float | None = None) -> dict:
         positive = bool(result.scores[i] >= t)
         measurements = {"score": float(result.scores[i]), "tissue_fraction": float(result.tissue[i])}
         measurements.update({f"p_{c}": float(result.probabilities[i, j]) for j, c in enumerate(result.classes)})
+        measurements.update({name: float(values[i]) for name, values in result.columns.items()})  # booleans as 0/1 (QuPath measurements are numbers)
         features.append({
             "type": "Feature",
             "id": f"tile-{x}-{y}",
@@ -151,17 +165,13 @@ def load(out_dir: Path | str) -> HeatmapResult:
     frame = pd.read_csv(out / "tiles.csv")
     classes = tuple(meta["model"]["classes"])
     probs = frame[[f"p_{c}" for c in classes]].to_numpy(np.float64) if len(frame) else np.zeros((0, len(classes)))
+    columns = {c: frame[c].to_numpy() for c in frame.columns if c not in builtin_columns(classes) and pd.api.types.is_numeric_dtype(frame[c])}
     return HeatmapResult(
         grid=TileGrid(**meta["grid"]), x=frame["x"].to_numpy(np.int64), y=frame["y"].to_numpy(np.int64),
         tissue=frame["tissue"].to_numpy(np.float64), probabilities=probs, scores=frame["score"].to_numpy(np.float64),
         cached=frame["cached"].to_numpy(bool), classes=classes, model_id=meta["model"]["id"],
         model_sha256=meta["model"]["sha256"], threshold=float(meta["model"]["threshold"]),
         slide_name=meta["slide"]["name"], slide_hash=meta["slide"]["hash"], params=frozen(meta.get("params", {})),
-        timings=frozen(meta.get("timings", {})), complete=bool(meta.get("complete", True)),
-        columns=frozen({c: frame[c].to_numpy() for c in frame.columns if c not in _known(classes) and pd.api.types.is_numeric_dtype(frame[c])}),
+        timings=frozen(meta.get("timings", {})), complete=bool(meta.get("complete", True)), columns=columns,
     )
 
-
-def _known(classes) -> set[str]:
-    """The columns every tiles.csv has; any other numeric one is a per-tile extra (``HeatmapResult.columns``)."""
-    return {"x", "y", "width", "height", "score", "tissue", "cached", *(f"p_{c}" for c in classes)}

@@ -8,7 +8,9 @@ size, read level/size, model sha256, preprocessing), so an interrupted run resum
 served from the cache. Cache writes happen on their own thread, off the model's critical path.
 
 Only the predictor's public API is used: ``card``, ``cache``, ``batch_size``, ``prepare``,
-``predict_batch``, ``score`` and ``preprocessing_key``.
+``forward_batch``, ``score`` and ``preprocessing_key``. The forward pass also gives each tile
+``in_domain``, ``domain_score`` and ``uncertainty`` (:mod:`engine.forward`), which become columns of
+the result when the model has an out-of-domain detector / dropout.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ import numpy as np
 
 from engine.cache import make_key
 from engine.errors import Cancelled, InvalidInputError
+from engine.forward import EXTRA_FIELDS
 from engine.heatmap.grid import TileGrid
 from engine.heatmap.result import HeatmapResult, frozen
 from engine.progress import Progress, Status, report, say
 from engine.slides import Slide
 from engine.tissue import DEFAULT_MIN_TISSUE, TissueMask, TissueMasker
 
-CACHE_NAMESPACE = "heatmap-tile/v1"
+CACHE_NAMESPACE = "heatmap-tile/v2"
+#: per-tile outputs of the forward pass kept as result columns (when the model gives them)
+TILE_EXTRAS = EXTRA_FIELDS
 
 _SENTINEL = object()
 
@@ -88,6 +93,7 @@ class HeatmapRun:
         n = len(x)
         n_classes = len(card.classes)
         probs = np.full((n, n_classes), np.nan)
+        extras = {k: np.full(n, np.nan) for k in TILE_EXTRAS}
         cached = np.zeros(n, bool)
         keys = [self.tile_key(slide_hash, grid, x[i], y[i]) for i in range(n)]
         t0 = time.perf_counter()
@@ -96,6 +102,9 @@ class HeatmapRun:
                 hit = cache.get(key)
                 if hit is not None:
                     probs[i] = hit["probabilities"]
+                    for k in TILE_EXTRAS:
+                        if hit.get(k) is not None:
+                            extras[k][i] = float(hit[k])
                     cached[i] = True
         t_lookup = time.perf_counter() - t0
         todo = np.flatnonzero(~cached)
@@ -106,20 +115,25 @@ class HeatmapRun:
         t_model = 0.0
         if len(todo):
             say(status, f"scoring {len(todo)} tiles")
-            t_model = self._stream(slide, grid, x, y, todo, keys, probs, done, n, progress, cancelled)
+            t_model = self._stream(slide, grid, x, y, todo, keys, probs, extras, done, n, progress, cancelled)
         t_infer = time.perf_counter() - t0
         scores = np.array([pred.score(p) for p in probs]) if n else np.zeros(0)
+        columns = {k: v for k, v in extras.items() if n and not np.isnan(v).all()}
+        if "in_domain" in columns:
+            columns["in_domain"] = columns["in_domain"] > 0.5
         return HeatmapResult(
             grid=grid, x=x, y=y, tissue=frac, probabilities=probs, scores=scores, cached=cached,
             classes=tuple(card.classes), model_id=card.id, model_sha256=card.weights_sha256, threshold=float(card.threshold),
             slide_name=slide.path.name, slide_hash=slide_hash,
             params=frozen(min_tissue=self.min_tissue, batch_size=pred.batch_size, readers=self.readers, preprocessing=pred.preprocessing_key(),
+                          domain_threshold=(card.domain or {}).get("threshold"), normalization_warning=getattr(pred, "normalization_warning", None),
                           tissue=self.masker.cache_key()),
             timings=frozen(tissue_s=t_tissue, cache_lookup_s=t_lookup, inference_s=t_infer, model_s=t_model, total_s=time.perf_counter() - t_start,
                            n_scored_now=int(len(todo))),
+            columns=columns,
         )
 
-    def _stream(self, slide, grid, x, y, todo, keys, probs, done, n, progress, cancelled) -> float:
+    def _stream(self, slide, grid, x, y, todo, keys, probs, extras, done, n, progress, cancelled) -> float:
         pred = self.predictor
         bs = pred.batch_size
         batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
@@ -197,11 +211,15 @@ class HeatmapRun:
                     raise item
                 idx, tensors = item
                 t0 = time.perf_counter()
-                out = pred.predict_batch(tensors)
+                out = pred.forward_batch(tensors)
                 t_model += time.perf_counter() - t0
-                probs[idx] = out
+                probs[idx] = out.probabilities
+                for k in TILE_EXTRAS:
+                    values = getattr(out, k)
+                    if values is not None:
+                        extras[k][idx] = values
                 if writer_thread is not None:
-                    writes.put([(keys[i], {"probabilities": [float(v) for v in p]}) for i, p in zip(idx, out)])
+                    writes.put([(keys[i], out.row(j)) for j, i in enumerate(idx)])
                 done += len(idx)
                 if progress is not None and (time.perf_counter() - t_last > 0.25 or done == n):
                     t_last = time.perf_counter()

@@ -107,7 +107,7 @@ def compute_heatmap(
 
     def load():
         try:
-            predictor.model  # noqa: B018 - the property loads the model (on this thread)
+            predictor.runner  # noqa: B018 - the property loads the model and its detector (on this thread)
         except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
             load_error.append(exc)
 

@@ -1,7 +1,11 @@
 """Pictures of a heatmap result: per-tile values by mode, a PNG overlay and an interactive plotly figure.
 
-Modes (the reference study's): ``raw`` scores, ``percentiles`` (ranks in 0–1), ``binarise`` (0/1 at
-the threshold) and ``extreme`` (only scores ≤ 0.3 or ≥ 0.7). Colours, blending, blur and PNG come from
+Modes (the reference study's): ``raw`` scores, ``percentiles`` (ranks in 0–1, relative to the slide:
+:data:`engine.heatmap.exporters.PERCENTILE_NOTE`), ``binarise`` (0/1 at the threshold) and ``extreme``
+(only scores ≤ 0.3 or ≥ 0.7). Layers (:data:`LAYERS`): the score (with a mode), or one of the result's
+per-tile columns — ``uncertainty`` (MC-dropout s.d. of the score, 0–0.5 mapped to 0–1), ``in_domain``
+(1 inside the model's domain, 0 outside), ``domain_score`` (relative to the out-of-domain threshold:
+0.5 at the threshold). Colours, blending, blur and PNG come from
 :mod:`engine.render`, so the PNG, the figure and Grad-CAM overlays share one colour table.
 """
 
@@ -36,6 +40,27 @@ def mode_values(scores: np.ndarray, mode: str = "raw", *, threshold: float = DEF
     raise InvalidInputError(f"Unknown heatmap mode '{mode}'. Choose one of {', '.join(MODES)}.")
 
 
+LAYERS = ("score", "uncertainty", "in_domain", "domain_score")
+
+
+def layer_values(result: HeatmapResult, layer: str = "score", mode: str = "raw", *, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Per-tile values in 0–1 of a layer: the score by ``mode``, or a per-tile column scaled as the module docstring says."""
+    if layer == "score":
+        return mode_values(result.scores, mode, threshold=threshold)
+    if layer not in LAYERS:
+        raise InvalidInputError(f"Unknown heatmap layer '{layer}'. Choose one of {', '.join(LAYERS)}.")
+    values = result.columns.get(layer)
+    if values is None:
+        raise InvalidInputError(f"This heatmap has no '{layer}' values: its model has no {'out-of-domain detector' if 'domain' in layer else 'dropout'}.")
+    v = np.asarray(values, np.float64)
+    if layer == "uncertainty":
+        return np.clip(v / 0.5, 0.0, 1.0)
+    if layer == "domain_score":
+        limit = float(result.params.get("domain_threshold") or np.nanmax(v) or 1.0)
+        return np.clip(v / (2 * limit), 0.0, 1.0)
+    return v
+
+
 def value_canvas(result: HeatmapResult, values: np.ndarray, scale: float, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Average ``values`` of overlapping tiles onto a canvas of ``shape`` (h, w) with ``scale`` level-0 px per pixel.
 
@@ -66,7 +91,7 @@ def value_canvas(result: HeatmapResult, values: np.ndarray, scale: float, shape:
 
 def render_overlay(
     result: HeatmapResult, base: np.ndarray | None = None, *, mode: str = "raw", colormap: str = "viridis", opacity: float = 0.6,
-    blur_sigma: float = 0.0, threshold: float = DEFAULT_THRESHOLD, max_side: int = 1024,
+    blur_sigma: float = 0.0, threshold: float = DEFAULT_THRESHOLD, max_side: int = 1024, layer: str = "score",
 ) -> np.ndarray:
     """The heatmap over ``base`` (an RGB thumbnail of the whole slide) or over a blank canvas when ``base`` is None.
 
@@ -81,7 +106,7 @@ def render_overlay(
     base = np.asarray(base, np.uint8)
     h, w = base.shape[:2]
     scale = (W0 / w + H0 / h) / 2
-    values = mode_values(result.scores, mode, threshold=threshold)
+    values = layer_values(result, layer, mode, threshold=threshold)
     mean, covered = value_canvas(result, values, scale, (h, w))
     if blur_sigma and blur_sigma > 0:
         mean = render.normalized_blur(mean, covered, blur_sigma / scale)
@@ -91,7 +116,7 @@ def render_overlay(
 
 def heatmap_figure(
     result: HeatmapResult, thumbnail: np.ndarray | None = None, *, mode: str = "raw", colormap: str = "viridis", opacity: float = 0.6,
-    blur_sigma: float = 0.0, threshold: float = DEFAULT_THRESHOLD,
+    blur_sigma: float = 0.0, threshold: float = DEFAULT_THRESHOLD, layer: str = "score",
 ):
     """A plotly figure in level-0 coordinates: slide (or blank) image + per-tile heatmap with hover.
 
@@ -106,7 +131,7 @@ def heatmap_figure(
     if thumbnail is not None:
         th, tw = thumbnail.shape[:2]
         fig.add_trace(go.Image(z=thumbnail, x0=W0 / tw / 2, dx=W0 / tw, y0=H0 / th / 2, dy=H0 / th, hoverinfo="skip", name="slide"))
-    values = mode_values(result.scores, mode, threshold=threshold)
+    values = layer_values(result, layer, mode, threshold=threshold)
     z = result.score_grid(values)
     if blur_sigma and blur_sigma > 0:
         z = render.normalized_blur(z, np.isfinite(z), blur_sigma / g.stride0)
@@ -117,7 +142,7 @@ def heatmap_figure(
     custom = np.stack([xx, yy, raw], axis=-1)
     fig.add_trace(go.Heatmap(
         z=z, x=xs + g.tile0 / 2, y=ys + g.tile0 / 2, colorscale=render.plotly_colorscale(colormap), zmin=0.0, zmax=1.0, opacity=opacity,
-        customdata=custom, hoverongaps=False, colorbar={"title": {"text": "score" if mode == "raw" else mode}},
+        customdata=custom, hoverongaps=False, colorbar={"title": {"text": layer if layer != "score" else ("score" if mode == "raw" else mode)}},
         hovertemplate="score %{customdata[2]:.3f}<br>x %{customdata[0]}, y %{customdata[1]} (level 0)<extra></extra>",
         name="heatmap",
     ))

@@ -40,6 +40,11 @@ def frozen(mapping: Mapping[str, Any] | None = None, **more) -> ReadOnlyDict:
 _ARRAYS = ("x", "y", "tissue", "probabilities", "scores", "cached")
 
 
+def builtin_columns(classes) -> set[str]:
+    """The columns every tiles.csv has; any other numeric one is a per-tile extra (``HeatmapResult.columns``)."""
+    return {"x", "y", "width", "height", "score", "tissue", "cached", *(f"p_{c}" for c in classes)}
+
+
 @dataclass(frozen=True, eq=False)
 class HeatmapResult:
     """Scores of the tissue tiles of one slide (arrays aligned: one entry per scored tile).
@@ -64,8 +69,9 @@ class HeatmapResult:
     params: Mapping[str, Any] = field(default_factory=frozen)
     timings: Mapping[str, Any] = field(default_factory=frozen)
     complete: bool = True
-    #: more per-tile columns, ``name -> array`` aligned with ``x`` (e.g. a cohort's ``cluster``): :meth:`to_frame` and the
-    #: files carry them, so the viewer offers each numeric one as a layer
+    #: more per-tile columns, ``name -> array`` aligned with ``x`` (a model's ``in_domain``, ``domain_score``,
+    #: ``uncertainty``; a cohort's ``cluster``): :meth:`to_frame` and the files carry them, so the viewer offers each
+    #: numeric one as a layer
     columns: Mapping[str, np.ndarray] = field(default_factory=frozen)
 
     def __post_init__(self):
@@ -77,14 +83,25 @@ class HeatmapResult:
             if len(arr) != n:
                 raise ValueError(f"HeatmapResult.{name} has {len(arr)} entries for {n} tiles.")
             arr.setflags(write=False)
+        clash = set(self.columns) & builtin_columns(self.classes)
+        if clash:
+            raise ValueError(f"HeatmapResult.columns may not be named {sorted(clash)} (built-in columns).")
         for name, arr in self.columns.items():
             if not isinstance(arr, np.ndarray) or len(arr) != n:
-                raise ValueError(f"HeatmapResult column '{name}' must be an array of {n} entries.")
+                raise ValueError(f"HeatmapResult.columns['{name}'] must be a numpy array with one entry per tile ({n}).")
             arr.setflags(write=False)
+        if not isinstance(self.columns, ReadOnlyDict):
+            object.__setattr__(self, "columns", ReadOnlyDict(self.columns))
 
     @property
     def n_tiles(self) -> int:
         return int(len(self.scores))
+
+    @property
+    def in_domain_fraction(self) -> float | None:
+        """Share of the scored tiles inside the model's out-of-domain threshold (None: the model has no detector)."""
+        flags = self.columns.get("in_domain")
+        return float(np.mean(flags)) if flags is not None and len(flags) else None
 
     def to_frame(self) -> pd.DataFrame:
         """``x, y`` (level 0), ``width, height`` (level 0), ``score``, ``p_<class>``…, ``tissue``, ``cached``, then :attr:`columns`."""
@@ -93,7 +110,7 @@ class HeatmapResult:
             data[f"p_{c}"] = self.probabilities[:, i] if len(self.probabilities) else np.zeros(0)
         data["tissue"] = self.tissue
         data["cached"] = self.cached
-        data.update({name: arr for name, arr in self.columns.items() if name not in data})
+        data.update(self.columns)
         return pd.DataFrame(data)
 
     def top_k(self, k: int = 12) -> pd.DataFrame:

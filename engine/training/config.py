@@ -30,22 +30,30 @@ from engine.errors import InvalidInputError
 ARCHITECTURES: dict[str, int] = {
     "small_cnn": 96,
     "lung_cnn": 144,
+    "lung_cnn_ms": 144,
     "resnet50_head": 512,
     "inceptionv3_head": 299,
     "efficientnetb0_head": 224,
 }
 ARCHITECTURE_LABELS = {
-    "small_cnn": "Small CNN (REFERENCE §4)",
-    "lung_cnn": "Lung CNN (project default model)",
-    "resnet50_head": "ResNet50 head (REFERENCE §1, §5)",
-    "inceptionv3_head": "InceptionV3 head (REFERENCE §3)",
-    "efficientnetb0_head": "EfficientNetB0 head (REFERENCE §4)",
+    "small_cnn": "Small CNN",
+    "lung_cnn": "Lung CNN",
+    "lung_cnn_ms": "Lung CNN, multi-scale features (as the default model)",
+    "resnet50_head": "ResNet50 with a classification head",
+    "inceptionv3_head": "InceptionV3 with a classification head",
+    "efficientnetb0_head": "EfficientNetB0 with a classification head",
 }
 MIN_INPUT_PX = {"inceptionv3_head": 75, "resnet50_head": 32, "efficientnetb0_head": 32}
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 NORMALIZATIONS = ("none", "macenko")
 SPLIT_METHODS = ("holdout", "kfold")
 MIXED_PRECISION = ("auto", "on", "off")
+LR_SCHEDULES = ("plateau", "cosine")
+CALIBRATIONS = ("temperature", "none")
+DOMAIN_METHODS = ("mahalanobis", "none")
+#: card fields a configuration may set (``card:`` mapping); everything else on the card is measured by the pipeline
+CARD_FIELDS = ("version", "class_descriptions", "labels", "score_name", "intended_use", "limitations", "training_data_note",
+               "mpp_method", "reproduce")
 
 
 @dataclass(frozen=True)
@@ -58,10 +66,21 @@ class Augmentation:
     zoom: float = 0.1  # random zoom in/out up to this fraction
     shift: float = 0.1  # random translation up to this fraction of the side
     color_jitter: float = 0.05  # brightness/contrast/saturation/hue jitter strength (0 = off)
+    hed_sigma: float = 0.0  # stain-space jitter (Tellez 2019): each H, E, DAB density scaled by U(1 - s, 1 + s) (0 = off; 0.05 "HED-light")
+    hed_bias: float = 0.0  # stain-space jitter: each H, E, DAB density shifted by U(-b, b) (natural-log optical density)
+    hed_vector: float = 0.0  # stain-space jitter: s.d. of noise on the stain vectors the densities are recombined with (stain hues vary)
 
     @property
     def any(self) -> bool:
-        return bool(self.flip or self.rotate90 or self.rotation or self.zoom or self.shift or self.color_jitter)
+        return bool(self.flip or self.rotate90 or self.rotation or self.zoom or self.shift or self.color_jitter or self.hed_sigma or self.hed_bias or self.hed_vector)
+
+    @property
+    def colour(self) -> bool:
+        return bool(self.color_jitter or self.hed_sigma or self.hed_bias or self.hed_vector)
+
+    @property
+    def stain(self) -> bool:
+        return bool(self.hed_sigma or self.hed_bias or self.hed_vector)
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,10 @@ class TrainConfig:
     learning_rate: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0  # adamw only
+    lr_schedule: str = "plateau"  # plateau: reduce on validation-loss plateau; cosine: linear warm-up then cosine decay to 1% over all epochs
+    warmup_epochs: float = 0.0  # cosine only: epochs of linear warm-up from a tenth of the learning rate
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (0 = off); calibration corrects the confidence afterwards
+    min_epochs: int = 0  # early stopping never stops before this epoch
     dropout: float | None = None  # default: the architecture's own
     bn_momentum: float | None = 0.9  # BatchNorm moving-average momentum while training (0.9 keeps up in short runs; null: the architecture's own, usually 0.99)
     init_from: str | None = None  # id of a registered model to fine-tune from (weights copied by layer name)
@@ -96,7 +119,15 @@ class TrainConfig:
     classes: tuple[str, ...] = ()  # default: sorted class names found in the data
     positive_classes: tuple[str, ...] = ()  # whose summed probability is the score (default: the last class)
     augmentation: Augmentation = field(default_factory=Augmentation)
-    normalization: str = "none"  # none | macenko (applied before resizing, as at inference)
+    normalization: str = "none"  # none | macenko (applied before resizing, as at inference); the card binds prediction to it
+    normalization_reference: str | None = None  # macenko: reference tile whose stains are the target (default: the published Macenko target); bundled with the model
+    calibration: str = "temperature"  # temperature: temperature scaling fitted on validation, applied at prediction; none
+    domain: str = "mahalanobis"  # out-of-domain flag from the penultimate features (fitted on training tiles); none
+    domain_pass_rate: float = 0.98  # share of validation tiles inside the out-of-domain threshold
+    mc_samples: int = 30  # Monte Carlo dropout samples for the per-tile uncertainty (0 = off)
+    stain_test: bool = False  # also score the test tiles re-stained like another lab (engine.stain_augment.restain) and with the other normalisation
+    mpp: float | None = None  # microns per pixel of the training tiles as given (before resizing), if known or estimated
+    card: dict = field(default_factory=dict)  # extra card fields: version, class_descriptions, labels, score_name, intended_use, limitations, training_data_note, mpp_method, reproduce
     class_weights: Any = "balanced"  # balanced | none | {class: weight}
     split: Split = field(default_factory=Split)
     early_stopping_patience: int = 5  # epochs without val_loss improvement (0 = off); best weights are kept
@@ -118,6 +149,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["classes"], data["positive_classes"] = list(self.classes), list(self.positive_classes)
+        data["card"] = dict(self.card)
         return data
 
     def to_yaml(self) -> str:
@@ -169,8 +201,10 @@ _TYPES: dict[str, type] = {
     "weight_decay": float, "dropout": float, "bn_momentum": float, "init_from": str, "freeze_backbone": bool, "label_column": str, "path_column": str,
     "group_column": str, "normalization": str, "early_stopping_patience": int, "reduce_lr_patience": int, "reduce_lr_factor": float,
     "min_learning_rate": float, "mixed_precision": str, "seed": int, "max_images": int, "workers": int, "model_id": str, "name": str,
+    "lr_schedule": str, "warmup_epochs": float, "label_smoothing": float, "min_epochs": int, "normalization_reference": str,
+    "calibration": str, "domain": str, "domain_pass_rate": float, "mc_samples": int, "stain_test": bool, "mpp": float,
     # nested
-    "flip": bool, "rotate90": bool, "rotation": float, "zoom": float, "shift": float, "color_jitter": float,
+    "flip": bool, "rotate90": bool, "rotation": float, "zoom": float, "shift": float, "color_jitter": float, "hed_sigma": float, "hed_bias": float, "hed_vector": float,
     "method": str, "val": float, "test": float, "folds": int,
 }
 
@@ -191,7 +225,7 @@ def _nested(name: str, value: Any, cls: type) -> Any:
     if isinstance(value, cls):
         return value
     if value is False and cls is Augmentation:
-        return Augmentation(flip=False, rotate90=False, rotation=0.0, zoom=0.0, shift=0.0, color_jitter=0.0)
+        return Augmentation(flip=False, rotate90=False, rotation=0.0, zoom=0.0, shift=0.0, color_jitter=0.0, hed_sigma=0.0, hed_bias=0.0, hed_vector=0.0)
     if not isinstance(value, dict):
         raise InvalidInputError(f"{name}: expected a mapping of settings, got {value!r}.")
     known = {f.name for f in fields(cls)}
@@ -201,6 +235,18 @@ def _nested(name: str, value: Any, cls: type) -> Any:
             raise InvalidInputError(f"Unknown setting '{name}.{key}'.{_suggest(key, known)} Known: {', '.join(sorted(known))}.")
         kwargs[key] = _coerce(key, v, _TYPES[key], where=f"{name}.")
     return cls(**kwargs)
+
+
+def _card_fields(value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"card: expected a mapping of card fields, got {value!r}.")
+    unknown = [k for k in value if k not in CARD_FIELDS]
+    if unknown:
+        raise InvalidInputError(f"Unknown card field 'card.{unknown[0]}'.{_suggest(unknown[0], CARD_FIELDS)}",
+                                f"A configuration may set: {', '.join(CARD_FIELDS)} (the rest of the card is measured).")
+    return dict(value)
 
 
 def parse_config(data: dict | TrainConfig, *, base_dir: Path | str | None = None) -> TrainConfig:
@@ -224,12 +270,17 @@ def parse_config(data: dict | TrainConfig, *, base_dir: Path | str | None = None
             kwargs[key] = _str_list(key, value)
         elif key == "class_weights":
             kwargs[key] = value
+        elif key == "card":
+            kwargs[key] = _card_fields(value)
         else:
             kwargs[key] = _coerce(key, value, _TYPES[key], where="")
     path = Path(str(kwargs["data"])).expanduser()
     if base_dir is not None and not path.is_absolute():
         path = Path(base_dir) / path
     kwargs["data"] = str(path)
+    ref = kwargs.get("normalization_reference")
+    if ref and base_dir is not None and not Path(ref).expanduser().is_absolute():
+        kwargs["normalization_reference"] = str(Path(base_dir) / Path(ref).expanduser())
     cfg = TrainConfig(**kwargs)
     validate(cfg)
     return cfg
@@ -260,6 +311,26 @@ def validate(cfg: TrainConfig) -> None:
         bad(f"dropout must be in [0, 1) (got {cfg.dropout}).")
     if cfg.normalization not in NORMALIZATIONS:
         bad(f"Unknown normalization '{cfg.normalization}'.", f"Choose one of: {', '.join(NORMALIZATIONS)}.")
+    if cfg.normalization_reference and cfg.normalization == "none":
+        bad("normalization_reference is set but normalization is none.", "Set normalization: macenko, or drop the reference.")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        bad(f"Unknown lr_schedule '{cfg.lr_schedule}'.", f"Choose one of: {', '.join(LR_SCHEDULES)}.")
+    if not 0 <= cfg.warmup_epochs < cfg.epochs:
+        bad(f"warmup_epochs must be at least 0 and below epochs ({cfg.epochs}), got {cfg.warmup_epochs}.")
+    if not 0 <= cfg.label_smoothing < 0.5:
+        bad(f"label_smoothing must be in [0, 0.5) (got {cfg.label_smoothing}).")
+    if cfg.min_epochs < 0:
+        bad("min_epochs cannot be negative.")
+    if cfg.calibration not in CALIBRATIONS:
+        bad(f"Unknown calibration '{cfg.calibration}'.", f"Choose one of: {', '.join(CALIBRATIONS)}.")
+    if cfg.domain not in DOMAIN_METHODS:
+        bad(f"Unknown domain method '{cfg.domain}'.", f"Choose one of: {', '.join(DOMAIN_METHODS)}.")
+    if not 0.5 <= cfg.domain_pass_rate < 1:
+        bad(f"domain_pass_rate must be in [0.5, 1) (got {cfg.domain_pass_rate}).")
+    if not 0 <= cfg.mc_samples <= 1000:
+        bad(f"mc_samples must be between 0 and 1000 (got {cfg.mc_samples}).")
+    if cfg.mpp is not None and not 0.01 <= cfg.mpp <= 100:
+        bad(f"mpp {cfg.mpp} µm/px is not a plausible resolution (0.01–100).")
     if cfg.mixed_precision not in MIXED_PRECISION:
         bad(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got '{cfg.mixed_precision}').")
     if cfg.early_stopping_patience < 0 or cfg.reduce_lr_patience < 0:
@@ -274,7 +345,7 @@ def validate(cfg: TrainConfig) -> None:
         if not cfg.model_id or not all(c.isalnum() or c in "-_." for c in cfg.model_id) or cfg.model_id.startswith("."):
             bad(f"'{cfg.model_id}' is not a valid model id.", "Use letters, digits, '-', '_' and '.'.")
     a = cfg.augmentation
-    for key in ("rotation", "zoom", "shift", "color_jitter"):
+    for key in ("rotation", "zoom", "shift", "color_jitter", "hed_sigma", "hed_bias", "hed_vector"):
         v = getattr(a, key)
         if not 0 <= v <= 1:
             bad(f"augmentation.{key} must be between 0 and 1 (got {v}).")

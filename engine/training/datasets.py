@@ -92,6 +92,7 @@ class PreparedData:
     px: int
     data_hash: str
     skipped: tuple[tuple[str, str], ...] = field(default=())  # (file, reason)
+    source_px: int | None = None  # median side of the original tiles (a sample of them)
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -291,24 +292,25 @@ def default_cache_root() -> Path:
     return get_settings().home / "train-cache"
 
 
-def prepare(ds: TileDataset, px: int, *, normalization: str = "none", cache_root: Path | None = None, workers: int = 2,
+def prepare(ds: TileDataset, px: int, *, normalization: str = "none", normalizer=None, cache_root: Path | None = None, workers: int = 2,
             progress: Callable[[int, int], None] | None = None, cancelled: Callable[[], bool] | None = None) -> PreparedData:
     """Decode, (normalise), resize and cache every tile; unreadable tiles are skipped and listed.
 
-    The cache is keyed by the file's content hash, ``px`` and the normalisation, so a second run
-    on the same data only reads the files to hash them.
+    The cache is keyed by the file's content hash, ``px`` and the normalisation (``normalizer``: a
+    fitted :mod:`engine.stain` normaliser; default for ``normalization="macenko"``: the published
+    target), so a second run on the same data only reads the files to hash them.
     """
     from PIL import Image
 
     from engine.errors import CorruptFileError
 
-    cache_dir = Path(cache_root or default_cache_root()) / f"{px}px-{normalization}"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    normalizer = None
-    if normalization == "macenko":
+    if normalizer is None and normalization == "macenko":
         from engine.stain import get_normalizer
 
         normalizer = get_normalizer("macenko")
+    tag = "none" if normalizer is None else f"{normalizer.method}-{hashlib.sha256(normalizer.cache_key().encode()).hexdigest()[:10]}"
+    cache_dir = Path(cache_root or default_cache_root()) / f"{px}px-{tag}"
+    cache_dir.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     done = [0]
     total = len(ds)
@@ -377,7 +379,21 @@ def prepare(ds: TileDataset, px: int, *, normalization: str = "none", cache_root
         rel = os.path.relpath(ds.paths[i], root)
         h.update(f"{rel}\t{ds.labels[i]}\t{ds.groups[i] if ds.has_groups else ''}\t{d}\n".encode())
     return PreparedData(tuple(files), y, np.array([ds.groups[i] for i in keep], dtype=object), tuple(ds.paths[i] for i in keep),
-                        ds.classes, int(px), h.hexdigest(), tuple(skipped))
+                        ds.classes, int(px), h.hexdigest(), tuple(skipped), _median_side([ds.paths[i] for i in keep[:: max(1, len(keep) // 50)]]))
+
+
+def _median_side(paths) -> int | None:
+    """Median of max(width, height) of a few tiles (image headers only)."""
+    from PIL import Image
+
+    sides = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                sides.append(max(im.size))
+        except Exception:  # noqa: BLE001 - zip members, unreadable files: no estimate from them
+            continue
+    return int(np.median(sides)) if sides else None
 
 
 def describe_skipped(skipped, limit: int = 10) -> str:

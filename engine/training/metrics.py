@@ -72,13 +72,57 @@ def evaluate(probs: np.ndarray, y: np.ndarray, positive: list[int] | tuple[int, 
         "threshold": round(float(threshold), 4),
         "confusion_binary": confusion_matrix(y_bin, pred, labels=[0, 1]).tolist(),
     }
+    arg = probs.argmax(1)
     if n_classes > 2:
-        out["accuracy_multiclass"] = round(float((probs.argmax(1) == y).mean()), 4)
-    out["confusion"] = confusion_matrix(y, probs.argmax(1), labels=list(range(n_classes))).tolist()
+        out["accuracy_multiclass"] = round(float((arg == y).mean()), 4)
+    present = [c for c in range(n_classes) if (y == c).any()]
+    out["balanced_accuracy"] = round(float(np.mean([(arg[y == c] == c).mean() for c in present])), 4) if present else None
+    out["predicted_fraction_max"] = round(float(np.bincount(arg, minlength=n_classes).max() / max(len(arg), 1)), 4)
+    out["confusion"] = confusion_matrix(y, arg, labels=list(range(n_classes))).tolist()
     return out
 
 
-SUMMARY_KEYS = ("auc", "f1", "accuracy", "precision", "recall", "accuracy_multiclass")
+SUMMARY_KEYS = ("auc", "f1", "accuracy", "precision", "recall", "accuracy_multiclass", "balanced_accuracy", "predicted_fraction_max",
+                "ece", "ece_uncalibrated")
+
+# ----------------------------------------------------------------------------- quality gate
+
+#: a model whose score separates the classes less than this (AUC) is at chance level
+QUALITY_MIN_AUC = 0.65
+#: balanced accuracy of the arg-max class must beat chance (1 / classes) by this much
+QUALITY_MIN_BALANCED_ACCURACY_MARGIN = 0.10
+#: a model giving one class to at least this share of the tiles "predicts one class" ...
+QUALITY_MAX_PREDICTED_FRACTION = 0.95
+#: ... unless that class really is at least this share of them
+QUALITY_MAJORITY_EXEMPT = 0.80
+
+QUALITY_RULE = (f"A training job's model fails the quality check when, on its test split (k-fold: the mean over the folds; no test split: "
+                f"validation), the AUC of its score is below {QUALITY_MIN_AUC}, or the balanced accuracy of its predicted class is below "
+                f"chance (1 / number of classes) + {QUALITY_MIN_BALANCED_ACCURACY_MARGIN:.2f}, or it gives one class to at least "
+                f"{QUALITY_MAX_PREDICTED_FRACTION:.0%} of the tiles while that class is less than {QUALITY_MAJORITY_EXEMPT:.0%} of them.")
+
+
+def quality_check(row: dict, n_classes: int) -> dict:
+    """``{"status": "passed" | "failed", "reasons": [...], "split": ..., "rule": QUALITY_RULE}`` for one metrics row."""
+    reasons = []
+    auc = row.get("auc")
+    if auc is not None and auc < QUALITY_MIN_AUC:
+        reasons.append(f"AUC {auc:.3f} on {row.get('split')} is at chance level (below {QUALITY_MIN_AUC})")
+    ba = row.get("balanced_accuracy")
+    floor = 1.0 / n_classes + QUALITY_MIN_BALANCED_ACCURACY_MARGIN
+    if ba is not None and ba < floor:
+        reasons.append(f"balanced accuracy {ba:.3f} on {row.get('split')} is not above chance ({1.0 / n_classes:.2f}) by {QUALITY_MIN_BALANCED_ACCURACY_MARGIN:.2f}")
+    frac = row.get("predicted_fraction_max")
+    confusion = row.get("confusion")
+    if frac is not None and frac >= QUALITY_MAX_PREDICTED_FRACTION:
+        true_share = None
+        if confusion:
+            cm = np.asarray(confusion)
+            top = int(cm.sum(0).argmax())
+            true_share = float(cm[top].sum() / max(cm.sum(), 1))
+        if true_share is None or true_share < QUALITY_MAJORITY_EXEMPT:
+            reasons.append(f"it predicts one class for {frac:.0%} of the {row.get('split')} tiles")
+    return {"status": "failed" if reasons else "passed", "reasons": reasons, "split": row.get("split"), "rule": QUALITY_RULE}
 
 
 def mean_sd(rows: list[dict], keys=SUMMARY_KEYS) -> dict:

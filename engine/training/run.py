@@ -6,12 +6,12 @@ Steps (each reported through the :class:`~engine.jobs.JobContext`):
 
 1. :func:`engine.training.datasets.discover` finds and checks the tiles (folder, CSV manifest, zip);
 2. :func:`engine.training.datasets.prepare` decodes, optionally Macenko-normalises and resizes every
-   tile exactly like inference (:func:`engine.imageio.resize_tile`) into a PNG cache, skipping and
+   tile exactly like inference (:func:`engine.imageio.resize_tile`) into a BMP cache, skipping and
    listing unreadable tiles;
 3. a group-level split: train/validation/test (70/15/15 by default, REFERENCE.md §3) or stratified
    group k-fold (each fold's model is scored on its held-out groups; the registered model is then
    trained on all tiles for the median best epoch count, with the median fold threshold);
-4. ``tf.data`` from the cached files (parallel PNG decoding, augmentation, prefetch), class weights,
+4. ``tf.data`` from the cached files (parallel BMP reads, augmentation, prefetch), class weights,
    a per-batch callback (progress, cancellation within one batch), per-epoch validation loss, accuracy
    and AUC, early stopping with the best weights kept, learning-rate reduction on plateau, mixed
    precision only when a GPU is visible;
@@ -27,7 +27,6 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import time
@@ -35,14 +34,17 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.calibration import apply_temperature, ece, fit_temperature
+from engine.calibration import reliability as reliability_table
 from engine.config import REPO_ROOT, get_settings
+from engine.domain import fit as fit_domain
 from engine.errors import Cancelled, IncompatibleModelError, InvalidInputError
+from engine.forward import probabilities_from_output
 from engine.jobs import JobContext
-from engine.predict import probabilities_from_output
 from engine.privacy import loggable_name
 from engine.training.config import TrainConfig, parse_config
 from engine.training.datasets import PreparedData, describe_skipped, discover, prepare, split_holdout, split_kfold, subsample
-from engine.training.metrics import evaluate, f1_optimal_threshold, mean_sd, roc_points
+from engine.training.metrics import evaluate, f1_optimal_threshold, mean_sd, quality_check, roc_points
 
 EVAL_BATCH = 64
 
@@ -51,14 +53,23 @@ EVAL_BATCH = 64
 
 
 def run_job(params: dict, ctx: JobContext) -> dict:
-    """Job function of kind ``train``: ``params`` is a configuration mapping (:mod:`engine.training.config`)."""
+    """Job function of kind ``train``: ``params`` is a configuration mapping (:mod:`engine.training.config`).
+
+    An ``out_dir`` entry (set by ``train-default`` only) writes the model into that folder instead of a new one.
+    """
+    params = dict(params)
+    out_dir = params.pop("out_dir", None)
     cfg = parse_config(params)
-    return train(cfg, ctx)
+    return train(cfg, ctx, out_dir=out_dir)
 
 
-def train(cfg: TrainConfig, ctx: JobContext) -> dict:
-    """Run one training configuration; returns the job result (model id, metrics, curves)."""
-    t_start = time.time()
+def train(cfg: TrainConfig, ctx: JobContext, *, out_dir: Path | str | None = None) -> dict:
+    """Run one training configuration; returns the job result (model id, metrics, curves, quality).
+
+    ``out_dir``: write the model folder there (replacing an earlier one; files named in
+    :data:`KEEP_FILES` are kept) instead of a new folder in the models directory: ``train-default``.
+    """
+    t_start, cpu_start = time.time(), time.process_time()
     logged = dict(cfg.to_dict(), data=loggable_name(Path(str(cfg.data)).name))  # no dataset paths/names in logs (HISTODASH_LOG_NAMES)
     ctx.log(f"config: {json.dumps(logged, default=str)}")
 
@@ -71,7 +82,8 @@ def train(cfg: TrainConfig, ctx: JobContext) -> dict:
     ds = subsample(ds, cfg.max_images, cfg.seed)
     ctx.log(f"dataset: {ds.summary()}")
     positive = _positive_indices(cfg, ds.classes)
-    data = prepare(ds, cfg.px, normalization=cfg.normalization, workers=cfg.workers,
+    normalizer, norm_source = training_normalizer(cfg)
+    data = prepare(ds, cfg.px, normalization=cfg.normalization, normalizer=normalizer, workers=cfg.workers,
                    progress=lambda d, t: ctx.progress(d, t, f"preparing tiles at {cfg.px} px"), cancelled=ctx.cancelled)
     if data.skipped:
         ctx.log(describe_skipped(data.skipped))
@@ -94,79 +106,238 @@ def train(cfg: TrainConfig, ctx: JobContext) -> dict:
     keras.utils.set_random_seed(cfg.seed)
 
     trainer = _Trainer(cfg, data, positive, ctx, tf, keras)
+    n_classes = len(data.classes)
+    y = data.y
+    extra: dict = {}
     if cfg.split.method == "holdout":
-        parts = split_holdout(data.y, data.groups, val=cfg.split.val, test=cfg.split.test, seed=cfg.seed, classes=data.classes)
+        parts = split_holdout(y, data.groups, val=cfg.split.val, test=cfg.split.test, seed=cfg.seed, classes=data.classes)
         _log_split(ctx, data, parts)
         trainer.total_steps = cfg.epochs * trainer.steps(len(parts["train"]))
         model, history, best_epoch = trainer.fit(parts["train"], parts["val"], epochs=cfg.epochs, label="")
-        p_val = trainer.predict(model, parts["val"])
-        threshold = f1_optimal_threshold(np.isin(data.y[parts["val"]], positive), p_val[:, positive].sum(1))
-        metrics = [{"split": "validation", "description": f"{len(parts['val'])} tiles of held-out groups used for early stopping and the threshold",
-                    **evaluate(p_val, data.y[parts["val"]], positive, threshold, n_classes=len(data.classes))}]
-        rocs = {"validation": roc_points(np.isin(data.y[parts["val"]], positive), p_val[:, positive].sum(1))}
+        fit_s = time.time() - t_start
+        ctx.progress(trainer.total_steps, trainer.total_steps, "calibrating and scoring")
+        ev = _Evaluator(trainer, model)
+        out_val = ev.run(parts["val"])
+        temperature = fit_temperature(out_val.raw_probabilities, y[parts["val"]]) if cfg.calibration == "temperature" else 1.0
+        detector = None
+        if cfg.domain == "mahalanobis":
+            out_train = ev.run(parts["train"])
+            detector = fit_domain(out_train.features, y[parts["train"]], out_val.features, pass_rate=cfg.domain_pass_rate)
+        val_probs = apply_temperature(out_val.raw_probabilities, temperature)
+        threshold = f1_optimal_threshold(np.isin(y[parts["val"]], positive), val_probs[:, positive].sum(1))
+        ctx.log(f"calibration: temperature {temperature:.4f} (fitted on {len(parts['val'])} validation tiles); threshold {threshold:.4f}"
+                + (f"; out-of-domain threshold {detector.threshold:.1f} ({cfg.domain_pass_rate:.0%} of validation tiles inside)" if detector else ""))
+        scorer = _Scorer(positive, n_classes, threshold, temperature, detector)
+        metrics = [scorer.row("validation", f"{len(parts['val'])} tiles of held-out groups used for early stopping, calibration, the out-of-domain "
+                              "threshold and the score threshold", out_val, y[parts["val"]])]
+        rocs = {"validation": roc_points(np.isin(y[parts["val"]], positive), val_probs[:, positive].sum(1))}
+        reliability = {"validation": scorer.reliability(out_val, y[parts["val"]])}
         if len(parts["test"]):
-            p_test = trainer.predict(model, parts["test"])
-            metrics.insert(0, {"split": "test", "description": f"{len(parts['test'])} tiles of held-out groups never used for training or selection; threshold from validation",
-                               **evaluate(p_test, data.y[parts["test"]], positive, threshold, n_classes=len(data.classes))})
-            rocs["test"] = roc_points(np.isin(data.y[parts["test"]], positive), p_test[:, positive].sum(1))
+            test = parts["test"]
+            out_test = ev.run(test)
+            metrics.insert(0, scorer.row("test", f"{len(test)} tiles of held-out groups never used for training or selection; threshold, "
+                                         "temperature and out-of-domain threshold from validation", out_test, y[test]))
+            rocs["test"] = roc_points(np.isin(y[test], positive), scorer.calibrated(out_test)[:, positive].sum(1))
+            reliability["test"] = scorer.reliability(out_test, y[test])
+            if cfg.stain_test:
+                ctx.progress(trainer.total_steps, trainer.total_steps, "scoring re-stained and differently normalised test tiles")
+                from engine.stain_augment import RESTAIN_DESCRIPTION, restain
+
+                out_re = ev.run_sources(test, lambda rgb, i: restain(rgb, int(i), seed=cfg.seed), normalizer)
+                metrics.insert(1, scorer.row("test-restained", f"the {len(test)} test tiles re-stained like other labs: {RESTAIN_DESCRIPTION}", out_re, y[test]))
+                reliability["test-restained"] = scorer.reliability(out_re, y[test])
+                other, other_normalizer = ("macenko", _default_macenko()) if normalizer is None else ("none", None)
+                out_other = ev.run_sources(test, None, other_normalizer)
+                row_other = scorer.row(f"test-normalization-{other}", f"the {len(test)} test tiles with normalisation '{other}' instead of the "
+                                       f"card's '{cfg.normalization}' (what a user who overrides the card gets)", out_other, y[test])
+                metrics.append(row_other)
+                extra["normalization_check"] = {
+                    "card": {"setting": cfg.normalization, **{k: metrics[0].get(k) for k in ("accuracy_multiclass", "auc", "accuracy")}},
+                    "other": {"setting": other, **{k: row_other.get(k) for k in ("accuracy_multiclass", "auc", "accuracy")}}}
         cv = None
         split_info = {"method": "holdout", **{f"n_{k}": int(len(v)) for k, v in parts.items()},
                       **{f"groups_{k}": int(len(set(data.groups[v].tolist()))) for k, v in parts.items()}}
         epochs_info = {"epochs_run": len(history), "best_epoch": best_epoch}
+        calibration_fit = f"validation ({len(parts['val'])} tiles)"
+        domain_fit = (f"class means and shared covariance of the {len(parts['train'])} training tiles (not augmented); threshold: the "
+                      f"{cfg.domain_pass_rate:.0%} quantile of the {len(parts['val'])} validation tiles' scores")
     else:
-        folds = split_kfold(data.y, data.groups, folds=cfg.split.folds, seed=cfg.seed, classes=data.classes)
+        folds = split_kfold(y, data.groups, folds=cfg.split.folds, seed=cfg.seed, classes=data.classes)
         steps_fold = sum(trainer.steps(len(tr)) for tr, _ in folds)
-        trainer.total_steps = cfg.epochs * (steps_fold + trainer.steps(len(data.y)))
-        fold_rows, thresholds, best_epochs, history = [], [], [], []
-        rocs = {}
+        trainer.total_steps = cfg.epochs * (steps_fold + trainer.steps(len(y)))
+        fold_rows, thresholds, temperatures, best_epochs, history = [], [], [], [], []
+        rocs, reliability = {}, {}
         for k, (tr, va) in enumerate(folds, start=1):
             ctx.log(f"fold {k}/{len(folds)}: train {len(tr)} tiles, validation {len(va)} tiles")
             fmodel, fhist, fbest = trainer.fit(tr, va, epochs=cfg.epochs, label=f"fold {k}/{len(folds)} · ", fold=k)
             history += [{**row, "fold": k} for row in fhist]
-            p_val = trainer.predict(fmodel, va)
-            t = f1_optimal_threshold(np.isin(data.y[va], positive), p_val[:, positive].sum(1))
-            row = evaluate(p_val, data.y[va], positive, t, n_classes=len(data.classes))
-            fold_rows.append({"split": f"cv-fold-{k}", "description": f"fold {k}: held-out groups, threshold tuned on them", **row})
-            rocs[f"fold {k}"] = roc_points(np.isin(data.y[va], positive), p_val[:, positive].sum(1))
-            thresholds.append(t)
+            out = _Evaluator(trainer, fmodel).run(va)
+            t_k = fit_temperature(out.raw_probabilities, y[va]) if cfg.calibration == "temperature" else 1.0
+            probs = apply_temperature(out.raw_probabilities, t_k)
+            thr = f1_optimal_threshold(np.isin(y[va], positive), probs[:, positive].sum(1))
+            row = _Scorer(positive, n_classes, thr, t_k, None).row(f"cv-fold-{k}", f"fold {k}: held-out groups, threshold and temperature tuned on them", out, y[va])
+            fold_rows.append(row)
+            rocs[f"fold {k}"] = roc_points(np.isin(y[va], positive), probs[:, positive].sum(1))
+            thresholds.append(thr)
+            temperatures.append(t_k)
             best_epochs.append(fbest)
             del fmodel
             keras.backend.clear_session()
         final_epochs = max(1, int(round(float(np.median(best_epochs)))))
         threshold = float(np.median(thresholds))
-        ctx.log(f"final model on all {len(data.y)} tiles for {final_epochs} epoch(s) (median best epoch); threshold {threshold:.4f} (median of folds)")
-        trainer.total_steps = trainer.done_steps + final_epochs * trainer.steps(len(data.y))
-        model, fhist, _ = trainer.fit(np.arange(len(data.y)), None, epochs=final_epochs, label="final · ", fold=0)
+        temperature = float(np.median(temperatures))
+        ctx.log(f"final model on all {len(y)} tiles for {final_epochs} epoch(s) (median best epoch); threshold {threshold:.4f}, "
+                f"temperature {temperature:.4f} (medians of the folds)")
+        trainer.total_steps = trainer.done_steps + final_epochs * trainer.steps(len(y))
+        model, fhist, _ = trainer.fit(np.arange(len(y)), None, epochs=final_epochs, label="final · ", fold=0)
+        fit_s = time.time() - t_start
         history += [{**row, "fold": "final"} for row in fhist]
+        detector = None
+        if cfg.domain == "mahalanobis":
+            out_all = _Evaluator(trainer, model).run(np.arange(len(y)))
+            detector = fit_domain(out_all.features, y, out_all.features, pass_rate=cfg.domain_pass_rate)
         cv = mean_sd(fold_rows)
         metrics = [{"split": "cv-mean", "description": f"mean over {len(folds)} stratified group folds (s.d. in cv_sd)", **{k: v["mean"] for k, v in cv.items()},
-                    "cv_sd": {k: v["sd"] for k, v in cv.items()}, "threshold": round(threshold, 4)}, *fold_rows]
-        split_info = {"method": "kfold", "folds": len(folds), "n": int(len(data.y)), "fold_sizes": [int(len(va)) for _, va in folds]}
+                    "n": int(len(y)), "cv_sd": {k: v["sd"] for k, v in cv.items()}, "threshold": round(threshold, 4)}, *fold_rows]
+        split_info = {"method": "kfold", "folds": len(folds), "n": int(len(y)), "fold_sizes": [int(len(va)) for _, va in folds]}
         epochs_info = {"epochs_run": final_epochs, "best_epoch": final_epochs, "fold_best_epochs": best_epochs}
+        calibration_fit = f"median of the temperatures fitted on each of the {len(folds)} folds' held-out groups"
+        domain_fit = (f"class means and shared covariance of all {len(y)} tiles (not augmented); threshold: the {cfg.domain_pass_rate:.0%} quantile "
+                      "of the same tiles' scores (k-fold leaves no held-out tiles for the final model: optimistic)")
+
+    headline = metrics[0]
+    quality = quality_check(headline, n_classes)
+    if quality["status"] == "failed":
+        ctx.log("quality check FAILED: " + "; ".join(quality["reasons"]))
+    calibration = {"method": cfg.calibration, "temperature": round(float(temperature), 5), "fitted_on": calibration_fit, "ece_bins": 10,
+                   "reliability": reliability}
+    timing = {"wall_time_s": None, "fit_time_s": round(fit_s, 1), "cpu_time_s": None}
 
     # 6. register
     ctx.progress(trainer.total_steps, trainer.total_steps, "registering the model")
-    card = _register(cfg, data, model, positive, threshold, metrics, split_info, epochs_info, ctx, t_start, tf, keras)
-    headline = metrics[0]
-    ctx.log("metrics " + ", ".join(f"{m['split']}: AUC {m.get('auc')} F1 {m.get('f1')} acc {m.get('accuracy')}" for m in metrics[:2]))
-    ctx.log(f"registered model '{card['id']}' in {card['folder']}")
+    card = _register(cfg, data, model, positive, threshold, metrics, split_info, epochs_info, ctx, (t_start, cpu_start), tf, keras,
+                     calibration=calibration, detector=detector, domain_fit=domain_fit, normalizer=normalizer, norm_source=norm_source,
+                     quality=quality, extra=extra, timing=timing, out_dir=out_dir)
+    ctx.log("metrics " + ", ".join(f"{m['split']}: AUC {m.get('auc')} acc {m.get('accuracy_multiclass', m.get('accuracy'))} ECE {m.get('ece')} "
+                                   f"in-domain {m.get('in_domain_fraction')}" for m in metrics[:3]))
+    ctx.log(f"registered model '{card['id']}' in {card['folder']}" + (" — FAILED quality check" if quality["status"] == "failed" else ""))
     return {
         "model_id": card["id"],
         "model_dir": card["folder"],
         "classes": list(data.classes),
         "positive_classes": [data.classes[i] for i in positive],
         "threshold": card["threshold"],
+        "temperature": card["calibration"]["temperature"],
         "metrics": metrics,
-        "headline": {k: headline.get(k) for k in ("split", "auc", "f1", "accuracy", "precision", "recall")},
+        "headline": {k: headline.get(k) for k in ("split", "auc", "f1", "accuracy", "precision", "recall", "accuracy_multiclass", "ece")},
+        "quality": quality,
         "cv": cv,
         "roc": rocs,
         "history": history,
         "n_tiles": len(data.files),
         "n_skipped": len(data.skipped),
         "data_hash": data.data_hash,
-        "wall_s": round(time.time() - t_start, 1),
+        "wall_s": card["training"]["wall_time_s"],
+        "cpu_s": card["training"]["cpu_time_s"],
         **epochs_info,
     }
+
+
+#: files of an earlier model folder that ``train(..., out_dir=...)`` keeps (the committed configuration)
+KEEP_FILES = ("train.yaml",)
+
+
+def training_normalizer(cfg: TrainConfig):
+    """``(normaliser or None, description of its target)`` for a configuration's ``normalization``."""
+    if cfg.normalization == "none":
+        return None, None
+    from engine.stain import get_normalizer
+
+    if cfg.normalization_reference:
+        from engine.imageio import read_image
+
+        ref = Path(cfg.normalization_reference)
+        return get_normalizer(cfg.normalization, read_image(ref)), f"reference tile {ref.name}"
+    return get_normalizer(cfg.normalization), "the published Macenko target (HERef, maxCRef)"
+
+
+def _default_macenko():
+    from engine.stain import get_normalizer
+
+    return get_normalizer("macenko")
+
+
+class _Evaluator:
+    """Runs a trained model (through :class:`engine.forward.ModelRunner`, uncalibrated) over tiles of the prepared data."""
+
+    CHUNK = 256
+
+    def __init__(self, trainer: _Trainer, model):
+        from engine.forward import ModelRunner
+
+        self.trainer = trainer
+        self.runner = ModelRunner(model, n_classes=len(trainer.data.classes), positive=trainer.positive, mc_samples=0)
+
+    def _forward(self, arrays: list[np.ndarray]):
+        from engine.forward import concat
+
+        parts = []
+        for start in range(0, len(arrays), EVAL_BATCH):
+            self.trainer.ctx.raise_if_cancelled()
+            parts.append(self.runner.forward(np.stack(arrays[start:start + EVAL_BATCH]).astype(np.float32)))
+        return concat(parts)
+
+    def run(self, idx: np.ndarray):
+        """ForwardOutput of the cached (prepared) tiles ``idx``."""
+        from PIL import Image
+
+        from engine.forward import concat
+
+        files = self.trainer.files[idx]
+        parts = []
+        for start in range(0, len(files), self.CHUNK):
+            arrays = []
+            for f in files[start:start + self.CHUNK]:
+                with Image.open(f) as im:
+                    arrays.append(np.asarray(im.convert("RGB")))
+            parts.append(self._forward(arrays))
+        return concat(parts)
+
+    def run_sources(self, idx: np.ndarray, transform, normalizer):
+        """ForwardOutput of the *original* tiles ``idx``, each ``transform(rgb, i)``-ed, normalised, resized like inference."""
+        from engine.imageio import read_image, resize_tile
+
+        arrays = []
+        for i in idx:
+            rgb = read_image(self.trainer.data.sources[i])
+            if transform is not None:
+                rgb = transform(rgb, i)
+            if normalizer is not None:
+                rgb = normalizer.transform_with_info(rgb).image
+            arrays.append(resize_tile(rgb, self.trainer.cfg.px))
+        return self._forward(arrays)
+
+
+class _Scorer:
+    """Metrics rows of model outputs at one threshold, temperature and out-of-domain detector."""
+
+    def __init__(self, positive, n_classes: int, threshold: float, temperature: float, detector):
+        self.positive, self.n_classes, self.threshold, self.temperature, self.detector = positive, n_classes, threshold, temperature, detector
+
+    def calibrated(self, out) -> np.ndarray:
+        return apply_temperature(out.raw_probabilities, self.temperature)
+
+    def row(self, split: str, description: str, out, y: np.ndarray) -> dict:
+        probs = self.calibrated(out)
+        row = {"split": split, "description": description, **evaluate(probs, y, self.positive, self.threshold, n_classes=self.n_classes)}
+        row["ece"] = ece(probs, y)
+        row["ece_uncalibrated"] = ece(out.raw_probabilities, y)
+        if self.detector is not None and out.features is not None:
+            row["in_domain_fraction"] = round(float(self.detector.in_domain(self.detector.score(out.features)).mean()), 4)
+        return row
+
+    def reliability(self, out, y: np.ndarray) -> dict:
+        return {"before": reliability_table(out.raw_probabilities, y), "after": reliability_table(self.calibrated(out), y)}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -206,7 +377,7 @@ class _Trainer:
     def dataset(self, idx: np.ndarray, *, training: bool):
         return make_dataset(self.files[idx], self.data.y[idx], px=self.cfg.px, batch_size=self.cfg.batch_size if training else EVAL_BATCH,
                             training=training, augmentation=self.cfg.augmentation if training else None, seed=self.cfg.seed,
-                            workers=self.cfg.workers)
+                            workers=self.cfg.workers, one_hot=len(self.data.classes) if training and self.cfg.label_smoothing else None)
 
     # -- model
     def build(self):
@@ -222,8 +393,13 @@ class _Trainer:
             self.ctx.log(f"fine-tuning from registered model '{self.cfg.init_from}': {copied} layers' weights copied by name")
         return model
 
-    def optimizer(self):
+    def optimizer(self, steps_per_epoch: int = 1, epochs: int = 1):
         k, lr = self.keras, self.cfg.learning_rate
+        if self.cfg.lr_schedule == "cosine":
+            total = max(1, steps_per_epoch * epochs)
+            warmup = min(int(round(self.cfg.warmup_epochs * steps_per_epoch)), total - 1)
+            lr = k.optimizers.schedules.CosineDecay(initial_learning_rate=lr / 10 if warmup else lr, decay_steps=max(total - warmup, 1), alpha=0.01,
+                                                    warmup_target=lr if warmup else None, warmup_steps=warmup)
         return {
             "adam": lambda: k.optimizers.Adam(learning_rate=lr),
             "adamw": lambda: k.optimizers.AdamW(learning_rate=lr, weight_decay=self.cfg.weight_decay or 1e-4),
@@ -252,13 +428,17 @@ class _Trainer:
         """Fit one model; returns ``(model with the best weights, per-epoch rows, best epoch)``."""
         cfg, keras, ctx = self.cfg, self.keras, self.ctx
         model = self.build()
-        model.compile(optimizer=self.optimizer(), loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
-        train_ds = self.dataset(train_idx, training=True)
         steps = self.steps(len(train_idx))
+        if cfg.label_smoothing:
+            loss, acc = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing), keras.metrics.CategoricalAccuracy(name="accuracy")
+        else:
+            loss, acc = keras.losses.SparseCategoricalCrossentropy(), "accuracy"
+        model.compile(optimizer=self.optimizer(steps, epochs), loss=loss, metrics=[acc])
+        train_ds = self.dataset(train_idx, training=True)
         ctx.log(f"{label}model {cfg.architecture} at {cfg.px} px: {model.count_params():,} parameters; {steps} batches of {cfg.batch_size} per epoch, up to {epochs} epochs")
         monitor = _EpochMonitor(self, model, val_idx, epochs=epochs, steps=steps, label=label, fold=fold)
         callbacks = [monitor]
-        if val_idx is not None and cfg.reduce_lr_patience:
+        if val_idx is not None and cfg.reduce_lr_patience and cfg.lr_schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience,
                                                                min_lr=cfg.min_learning_rate, verbose=0))
         model.fit(train_ds, epochs=epochs, class_weight=self.class_weight(self.data.y[train_idx]), callbacks=callbacks, shuffle=False, verbose=0)
@@ -282,8 +462,11 @@ def _set_bn_momentum(model, momentum: float, keras) -> int:
     return count
 
 
-def make_dataset(files, y, *, px: int, batch_size: int, training: bool, augmentation=None, seed: int = 0, workers: int = 2):
-    """``tf.data`` of ``(float32 0..255 images, int labels)`` read from the cache's BMP files: parallel reads, augmentation, prefetch."""
+def make_dataset(files, y, *, px: int, batch_size: int, training: bool, augmentation=None, seed: int = 0, workers: int = 2, one_hot: int | None = None):
+    """``tf.data`` of ``(float32 0..255 images, int labels)`` read from the cache's BMP files: parallel reads, augmentation, prefetch.
+
+    ``one_hot``: number of classes, for one-hot float labels (label smoothing needs them).
+    """
     from engine.runtime import tensorflow
 
     tf = tensorflow()
@@ -295,7 +478,7 @@ def make_dataset(files, y, *, px: int, batch_size: int, training: bool, augmenta
     def load(path, label):
         img = tf.io.decode_bmp(tf.io.read_file(path), channels=3)  # the uncompressed cache of datasets.prepare
         img.set_shape([px, px, 3])
-        return img, label
+        return img, (tf.one_hot(label, one_hot) if one_hot else label)
 
     ds = ds.map(load, num_parallel_calls=parallel, deterministic=not training)
     return _batch_and_augment(ds, batch_size=batch_size, augmentation=augmentation if training else None, seed=seed, workers=workers)
@@ -318,7 +501,7 @@ def _batch_and_augment(ds, *, batch_size: int, augmentation, seed: int, workers:
     tf = tensorflow()
     parallel = tf.data.AUTOTUNE if workers <= 0 else workers
     a = augmentation if augmentation is not None and augmentation.any else None
-    if a is not None and (a.flip or a.rotate90 or a.color_jitter):
+    if a is not None and (a.flip or a.rotate90 or a.colour):
         ds = ds.map(lambda img, label: (_augment_tile(tf, img, a), label), num_parallel_calls=parallel, deterministic=False)
     ds = ds.batch(batch_size)
     if a is not None and (a.rotation or a.zoom or a.shift):
@@ -329,17 +512,22 @@ def _batch_and_augment(ds, *, batch_size: int, augmentation, seed: int, workers:
 
 
 def _augment_tile(tf, img, a):
-    """Flips, 90° turns and colour jitter of one uint8 tile (TensorFlow's fused per-image kernels).
+    """Flips, 90° turns, stain (HED) jitter and colour jitter of one uint8 tile.
 
-    Colour jitter of strength ``j``: brightness ± j, contrast × 1 ± 2j, saturation × 1 ± 3j, hue ± j/2.
-    Returns uint8 without colour jitter, else float32 in 0..255. Rotation/zoom/shift follow per batch
-    (:func:`_random_affine`).
+    HED jitter (:func:`engine.stain_augment.hed_jitter`, Tellez et al. 2019) first, then colour jitter
+    of strength ``j``: brightness ± j, contrast × 1 ± 2j, saturation × 1 ± 3j, hue ± j/2 (TensorFlow's
+    fused per-image kernels). Returns uint8 without colour augmentation, else float32 in 0..255.
+    Rotation/zoom/shift follow per batch (:func:`_random_affine`).
     """
     if a.flip:
         img = tf.image.random_flip_left_right(img)
         img = tf.image.random_flip_up_down(img)
     if a.rotate90:
         img = tf.image.rot90(img, tf.random.uniform([], 0, 4, dtype=tf.int32))
+    if a.stain:
+        from engine.stain_augment import hed_jitter
+
+        img = hed_jitter(tf, img, float(a.hed_sigma), float(a.hed_bias), float(a.hed_vector))
     j = float(a.color_jitter)
     if j > 0:
         img = tf.cast(img, tf.float32) / 255.0
@@ -474,7 +662,7 @@ def _EpochMonitor(trainer: _Trainer, model, val_idx, *, epochs: int, steps: int,
             text = "  ".join(f"{k} {v}" for k, v in row.items() if k not in ("epoch", "fold") and v is not None)
             ctx.log(f"{label}epoch {epoch + 1}/{epochs}  {text}{' *' if improved else ''}")
             patience = cfg.early_stopping_patience
-            if val_idx is not None and patience and epoch + 1 - self.best_epoch >= patience:
+            if val_idx is not None and patience and epoch + 1 >= cfg.min_epochs and epoch + 1 - self.best_epoch >= patience:
                 ctx.log(f"{label}early stopping: no val_loss improvement for {patience} epochs; keeping epoch {self.best_epoch}")
                 self.model.stop_training = True
 
@@ -510,15 +698,26 @@ def new_model_id(cfg: TrainConfig, models_dir: Path) -> str:
     return model_id
 
 
-def _register(cfg, data: PreparedData, model, positive, threshold, metrics, split_info, epochs_info, ctx, t_start, tf, keras) -> dict:
+def _register(cfg, data: PreparedData, model, positive, threshold, metrics, split_info, epochs_info, ctx, t_start, tf, keras, *,
+              calibration: dict, detector, domain_fit: str, normalizer, norm_source: str | None, quality: dict, extra: dict, timing: dict,
+              out_dir: Path | str | None = None) -> dict:
+    """Write the model folder (weights, detector, stain reference, card, README, config, log) atomically; returns the card."""
     from engine.architectures import build_model
+    from engine.normalization import write_reference
     from engine.registry import load_keras_file, sha256_file
+    from engine.training.card import build_card, render_readme
 
     settings = get_settings()
-    models_dir = settings.models_dir
-    models_dir.mkdir(parents=True, exist_ok=True)
-    model_id = new_model_id(cfg, models_dir)
-    tmp = models_dir / f".tmp-{model_id}-{os.getpid()}"
+    if out_dir is not None:
+        final_dir = Path(out_dir).expanduser().resolve()
+        model_id = cfg.model_id or final_dir.name
+        parent = final_dir.parent
+    else:
+        parent = settings.models_dir
+        model_id = new_model_id(cfg, parent)
+        final_dir = parent / model_id
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".tmp-{model_id}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -528,58 +727,59 @@ def _register(cfg, data: PreparedData, model, positive, threshold, metrics, spli
         final.set_weights(model.get_weights())
         final.save(tmp / "model.keras")
         load_keras_file(tmp / "model.keras")  # must load in safe mode
-        classes = list(data.classes)
-        pos = [classes[i] for i in positive]
-        neg = [c for c in classes if c not in pos]
         stored = cfg.with_(model_id=None, data=str(Path(cfg.data).resolve()))
         (tmp / "train_config.yaml").write_text(stored.to_yaml())
         history = [m for m in _read_metrics(ctx)]
-        card = {
-            "id": model_id,
-            "name": cfg.name or f"{cfg.architecture} on {Path(cfg.data).name} ({len(classes)} classes)",
-            "version": "1",
-            "task": "tile-classification",
-            "architecture": cfg.architecture,
-            "classes": classes,
-            "positive_classes": pos,
-            "score_name": f"p({' + '.join(pos)})",
-            "labels": {"positive": " or ".join(pos), "negative": " or ".join(neg)},
-            "input_px": cfg.px,
-            "input_range": "0-255 RGB",
-            "mpp": None,
-            "normalization": cfg.normalization,
-            "threshold": round(float(threshold), 4),
-            "threshold_method": ("F1-optimal on the positive score over the validation groups" if split_info["method"] == "holdout"
-                                 else "median of the F1-optimal thresholds of the cross-validation folds"),
-            "metrics": metrics,
-            "training_data": (f"{len(data.files)} tiles ({', '.join(f'{c} {int((data.y == i).sum())}' for i, c in enumerate(classes))}) from {cfg.data}; "
-                              f"{len(data.skipped)} unreadable tiles skipped; resized to {cfg.px} px with engine.imageio.resize_tile"
-                              + (", Macenko-normalised first" if cfg.normalization == "macenko" else "") + "."),
-            "data_hash": f"sha256:{data.data_hash}",
-            "split": {**split_info, "seed": cfg.seed},
-            "training": {**epochs_info, "wall_time_s": round(time.time() - t_start, 1), "tensorflow": tf.__version__, "keras": keras.__version__,
-                         "python": platform.python_version(), "params": int(final.count_params()), "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
-                         "job_id": ctx.job_id, "history": history},
-            "config": stored.to_dict(),
-            "git_commit": git_commit(),
-            "reproduce": f"python -m engine train {models_dir / model_id / 'train_config.yaml'}",
-            "created": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
-            "weights_file": "model.keras",
-            "weights_sha256": sha256_file(tmp / "model.keras"),
-            "intended_use": "Research use only; not a medical device and not for diagnosis.",
-            "limitations": ("Trained with HistoDash's training page/CLI on the data named above; metrics hold only for data like it "
-                            "(same lab, scanner, stain, magnification). Microns per pixel unknown."),
-        }
+        _write_history(tmp / "training_log.csv", history)
+        domain = None
+        if detector is not None:
+            from engine.domain import FILE_NAME, METHOD
+
+            domain = {"method": METHOD, "file": FILE_NAME, "sha256": detector.save(tmp / FILE_NAME), "threshold": round(detector.threshold, 4),
+                      "pass_rate": detector.pass_rate, "transform": detector.transform,
+                      "features": f"{detector.dim}-d input of the final Dense layer" + (", square-rooted" if detector.transform == "sqrt" else ""), "fitted_on": domain_fit,
+                      "slide_warning_fraction": 0.5}
+        reference = write_reference(tmp, normalizer, norm_source) if normalizer is not None else None
+        from engine.forward import find_head
+
+        _, dropout_rate = find_head(final)
+        wall, cpu = time.time() - t_start[0], time.process_time() - t_start[1]
+        timing = {**timing, "wall_time_s": round(wall, 1), "cpu_time_s": round(cpu, 1)}
+        card = build_card(cfg, data, model_id=model_id, params=int(final.count_params()), positive=positive, threshold=threshold, metrics=metrics,
+                          split_info=split_info, epochs_info=epochs_info, calibration=calibration, domain=domain, reference=reference,
+                          quality=quality, extra=extra, timing=timing, history=history, job_id=ctx.job_id, tf_version=tf.__version__,
+                          keras_version=keras.__version__, device="GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+                          git=git_commit(), weights_sha256=sha256_file(tmp / "model.keras"), weights_bytes=(tmp / "model.keras").stat().st_size,
+                          dropout_rate=dropout_rate, reproduce=cfg.card.get("reproduce") or f"python -m engine train {final_dir / 'train_config.yaml'}")
         (tmp / "card.json").write_text(json.dumps(card, indent=2, default=float) + "\n")
-        final_dir = models_dir / model_id
-        if final_dir.exists():
-            raise InvalidInputError(f"A model '{model_id}' appeared while training; the new model is kept in '{tmp}'.")
-        os.replace(tmp, final_dir)  # atomic: the registry never sees half a model
+        (tmp / "README.md").write_text(render_readme(card))
+        if out_dir is not None and final_dir.exists():
+            for name in KEEP_FILES:
+                if (final_dir / name).is_file() and not (tmp / name).exists():
+                    shutil.copy2(final_dir / name, tmp / name)
+            old = parent / f".old-{model_id}-{os.getpid()}"
+            os.replace(final_dir, old)
+            os.replace(tmp, final_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if final_dir.exists():
+                raise InvalidInputError(f"A model '{model_id}' appeared while training; the new model is kept in '{tmp}'.")
+            os.replace(tmp, final_dir)  # atomic: the registry never sees half a model
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     card["folder"] = str(final_dir)
     return card
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    from engine.exports import safe_csv
+
+    rows = [r for r in rows if "epoch" in r]
+    if rows:
+        safe_csv(pd.DataFrame(rows), path)  # fold labels are text: escaped like every CSV (engine.exports)
 
 
 def _read_metrics(ctx: JobContext) -> list[dict]:
