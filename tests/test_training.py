@@ -366,3 +366,68 @@ def test_cli_trains_on_lc25000_and_the_model_predicts(tmp_path, models_dir):
     frame = result.to_frame()
     assert frame["error"].isna().all() and frame["score"].between(0, 1).all()
     assert np.allclose(frame[[f"p_{c}" for c in card.classes]].sum(1), 1, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- evaluated weights: precise BatchNorm, weight average
+
+
+def test_reestimate_batchnorm_makes_moving_statistics_the_mean_of_batch_statistics():
+    import keras
+
+    from engine.training.run import reestimate_batchnorm
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 3, padding="same", name="c")(inp)
+    out = keras.layers.BatchNormalization(momentum=0.9, name="bn")(conv)
+    model = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(out))
+    images = np.random.default_rng(0).uniform(0, 255, (40, 8, 8, 3)).astype(np.float32)
+    features = keras.Model(inp, conv)
+    batches = [features(images[i:i + 16]).numpy() for i in range(0, 40, 16)]  # 16, 16, 8
+    want_mean = np.mean([b.mean((0, 1, 2)) for b in batches], axis=0)
+    want_var = np.mean([b.var((0, 1, 2)) for b in batches], axis=0)
+    kernel_before = model.get_layer("c").get_weights()[0].copy()
+    assert reestimate_batchnorm(model, images, keras, batch_size=16) == 1
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), want_mean, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), want_var, rtol=1e-3)
+    assert bn.momentum == 0.9 and np.array_equal(model.get_layer("c").get_weights()[0], kernel_before)
+
+
+def test_weight_average_follows_the_decay_and_swaps_back():
+    import keras
+
+    from engine.training.run import WeightAverage
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+    w = model.trainable_weights[0]
+    w.assign(np.zeros((2, 1)))
+    avg = WeightAverage(model, decay=0.9)
+    expected = np.zeros((2, 1))
+    for t, value in enumerate([1.0, 2.0, 3.0, 4.0]):
+        w.assign(np.full((2, 1), value))
+        avg.update()
+        d = min(0.9, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * value
+    with avg.swapped_in():
+        np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(w.numpy(), 4.0)
+
+
+def test_training_with_weight_average_and_precise_batchnorm(folder_ds, models_dir, tmp_path):
+    from engine.registry import Registry, load_model_for_card
+    from engine.training.run import train
+
+    cfg = parse_config({"data": str(folder_ds), "architecture": "small_cnn", "input_px": 32, "epochs": 2, "batch_size": 8,
+                        "split": {"val": 0.25, "test": 0.25}, "model_id": "ema", "ema_decay": 0.9, "bn_reestimate": 10})
+    result = train(cfg, jobs.JobContext(tmp_path / "job-ema", {}))
+    log = (tmp_path / "job-ema" / "log.txt").read_text()
+    assert "moving average of the weights (decay 0.9)" in log and "re-estimated on 10 un-augmented training tiles" in log
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
+    model = load_model_for_card(Registry(models_dir).get("ema"))
+    bn = next(layer for layer in model.layers if layer.name.endswith("_bn"))
+    assert not np.allclose(bn.moving_mean.numpy(), 0.0)  # statistics were estimated, not the initial zeros
+    with pytest.raises(InvalidInputError, match="ema_decay"):
+        parse_config({"data": str(folder_ds), "ema_decay": 1.0})
+    with pytest.raises(InvalidInputError, match="bn_reestimate"):
+        parse_config({"data": str(folder_ds), "bn_reestimate": -1})

@@ -111,6 +111,8 @@ class TrainConfig:
     min_epochs: int = 0  # early stopping never stops before this epoch
     dropout: float | None = None  # default: the architecture's own
     bn_momentum: float | None = 0.9  # BatchNorm moving-average momentum while training (0.9 keeps up in short runs; null: the architecture's own, usually 0.99)
+    ema_decay: float = 0.0  # exponential moving average of the weights per batch (0 = off; 0.995 ≈ the last 200 batches): validation, checkpoint and saved model use the average
+    bn_reestimate: int = 0  # precise BatchNorm: before every validation and for the saved model, the BN statistics are re-estimated on this many un-augmented training tiles (0 = off)
     init_from: str | None = None  # id of a registered model to fine-tune from (weights copied by layer name)
     freeze_backbone: bool = False  # heads on keras.applications backbones only
     label_column: str = "label"  # manifest: column with the class
@@ -198,7 +200,7 @@ def _coerce(name: str, value: Any, kind: type, *, where: str) -> Any:
 
 _TYPES: dict[str, type] = {
     "data": str, "architecture": str, "input_px": int, "epochs": int, "batch_size": int, "learning_rate": float, "optimizer": str,
-    "weight_decay": float, "dropout": float, "bn_momentum": float, "init_from": str, "freeze_backbone": bool, "label_column": str, "path_column": str,
+    "weight_decay": float, "dropout": float, "bn_momentum": float, "ema_decay": float, "bn_reestimate": int, "init_from": str, "freeze_backbone": bool, "label_column": str, "path_column": str,
     "group_column": str, "normalization": str, "early_stopping_patience": int, "reduce_lr_patience": int, "reduce_lr_factor": float,
     "min_learning_rate": float, "mixed_precision": str, "seed": int, "max_images": int, "workers": int, "model_id": str, "name": str,
     "lr_schedule": str, "warmup_epochs": float, "label_smoothing": float, "min_epochs": int, "normalization_reference": str,
@@ -307,6 +309,10 @@ def validate(cfg: TrainConfig) -> None:
         bad("weight_decay cannot be negative.")
     if cfg.bn_momentum is not None and not 0 <= cfg.bn_momentum < 1:
         bad(f"bn_momentum must be in [0, 1) (got {cfg.bn_momentum}).")
+    if not 0 <= cfg.ema_decay < 1:
+        bad(f"ema_decay must be in [0, 1) (got {cfg.ema_decay}); 0 turns the weight average off.")
+    if not 0 <= cfg.bn_reestimate <= 100_000:
+        bad(f"bn_reestimate must be a number of tiles between 0 and 100000 (got {cfg.bn_reestimate}); 0 turns it off.")
     if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
         bad(f"dropout must be in [0, 1) (got {cfg.dropout}).")
     if cfg.normalization not in NORMALIZATIONS:

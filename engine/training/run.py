@@ -420,6 +420,21 @@ class _Trainer:
             raise InvalidInputError(f"class_weights names unknown classes {unknown}; classes: {list(self.data.classes)}.")
         return {i: float(cw.get(c, 1.0)) for i, c in enumerate(self.data.classes)}
 
+    def bn_images(self, train_idx: np.ndarray) -> np.ndarray | None:
+        """``cfg.bn_reestimate`` un-augmented training tiles (uint8, a seeded random subset) for :func:`reestimate_batchnorm`, or None."""
+        n = min(int(self.cfg.bn_reestimate), len(train_idx))
+        if n <= 0:
+            return None
+        from PIL import Image
+
+        rng = np.random.default_rng([self.cfg.seed, 7])
+        chosen = rng.choice(np.asarray(train_idx), n, replace=False)
+        arrays = []
+        for f in self.files[chosen]:
+            with Image.open(f) as im:
+                arrays.append(np.asarray(im.convert("RGB")))
+        return np.stack(arrays)
+
     def predict(self, model, idx: np.ndarray) -> np.ndarray:
         probs = model.predict(self.dataset(idx, training=False), verbose=0, callbacks=[_CancelCheck(self.ctx, self.keras)])
         return probabilities_from_output(probs, len(self.data.classes))
@@ -436,7 +451,12 @@ class _Trainer:
         model.compile(optimizer=self.optimizer(steps, epochs), loss=loss, metrics=[acc])
         train_ds = self.dataset(train_idx, training=True)
         ctx.log(f"{label}model {cfg.architecture} at {cfg.px} px: {model.count_params():,} parameters; {steps} batches of {cfg.batch_size} per epoch, up to {epochs} epochs")
-        monitor = _EpochMonitor(self, model, val_idx, epochs=epochs, steps=steps, label=label, fold=fold)
+        bn_images = self.bn_images(train_idx)
+        if bn_images is not None or cfg.ema_decay:
+            ctx.log(f"{label}evaluated weights: " + ", ".join(
+                ([f"moving average of the weights (decay {cfg.ema_decay})"] if cfg.ema_decay else [])
+                + ([f"BatchNorm statistics re-estimated on {len(bn_images)} un-augmented training tiles before each validation"] if bn_images is not None else [])))
+        monitor = _EpochMonitor(self, model, val_idx, epochs=epochs, steps=steps, label=label, fold=fold, bn_images=bn_images)
         callbacks = [monitor]
         if val_idx is not None and cfg.reduce_lr_patience and cfg.lr_schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience,
@@ -448,6 +468,76 @@ class _Trainer:
         # a full epoch may have been skipped by early stopping: count it as done for the progress bar
         self.done_steps = monitor.step_base + epochs * steps
         return model, monitor.rows, monitor.best_epoch
+
+
+def _bn_layers(model, keras) -> list:
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            out.append(layer)
+        elif hasattr(layer, "layers"):
+            out += _bn_layers(layer, keras)
+    return out
+
+
+def reestimate_batchnorm(model, images: np.ndarray, keras, *, batch_size: int = EVAL_BATCH) -> int:
+    """Precise BatchNorm (Wu & Johnson 2021): every BN layer's moving mean and variance become the average of its batch statistics over ``images``.
+
+    The moving averages a training run leaves follow the last few dozen *augmented* batches of
+    weights that kept changing; the model is evaluated on un-augmented tiles. A training-mode
+    forward pass over ``images`` (uint8 or float 0..255) with momentum ``k / (k + 1)`` at batch ``k``
+    makes them the plain mean over the batches; no trainable weight changes (dropout is active in the
+    pass but touches nothing stored). Frozen BN layers (``trainable=False``) run in inference mode
+    and keep their statistics. Returns the number of BN layers.
+    """
+    layers = _bn_layers(model, keras)
+    if not layers or images is None or not len(images):
+        return 0
+    saved = [layer.momentum for layer in layers]
+    try:
+        for k, start in enumerate(range(0, len(images), batch_size)):
+            for layer in layers:
+                layer.momentum = k / (k + 1)
+            model(np.asarray(images[start:start + batch_size], dtype=np.float32), training=True)
+    finally:
+        for layer, m in zip(layers, saved):
+            layer.momentum = m
+    return len(layers)
+
+
+class WeightAverage:
+    """Exponential moving average of a model's trainable weights, updated after every batch.
+
+    ``decay_t = min(decay, (1 + t) / (10 + t))`` at update ``t`` (TensorFlow's ``ExponentialMovingAverage``
+    with ``num_updates``), so the first batches do not freeze the random initial weights into it.
+    :meth:`swapped_in` puts the average into the model for an evaluation and puts the training weights back.
+    """
+
+    def __init__(self, model, decay: float):
+        self.model, self.decay, self.updates = model, float(decay), 0
+        self.average = [np.array(v.numpy(), dtype=np.float64) for v in model.trainable_weights]
+
+    def update(self) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, v in zip(self.average, self.model.trainable_weights):
+            avg *= d
+            avg += (1.0 - d) * v.numpy()
+        self.updates += 1
+
+    def swapped_in(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def swap():
+            raw = [v.numpy() for v in self.model.trainable_weights]
+            for avg, v in zip(self.average, self.model.trainable_weights):
+                v.assign(avg.astype(v.dtype))
+            try:
+                yield
+            finally:
+                for r, v in zip(raw, self.model.trainable_weights):
+                    v.assign(r)
+        return swap()
 
 
 def _set_bn_momentum(model, momentum: float, keras) -> int:
@@ -604,8 +694,15 @@ class _CancelCheck:
         return CancelCheck()
 
 
-def _EpochMonitor(trainer: _Trainer, model, val_idx, *, epochs: int, steps: int, label: str, fold: int | None):  # noqa: N802 - a class factory
-    """Per-batch progress and cancellation; per-epoch validation metrics, early stopping, best weights."""
+def _EpochMonitor(trainer: _Trainer, model, val_idx, *, epochs: int, steps: int, label: str, fold: int | None,  # noqa: N802 - a class factory
+                  bn_images: np.ndarray | None = None):
+    """Per-batch progress, cancellation and weight average; per-epoch validation metrics, early stopping, best weights.
+
+    The weights that are validated, kept as best and returned are the evaluated ones: the moving
+    average of the weights when ``cfg.ema_decay`` is set, with BatchNorm statistics re-estimated on
+    ``bn_images`` when given (:func:`reestimate_batchnorm`); training goes on from the raw weights (BN
+    moving statistics play no part in a training step, so re-estimating them does not disturb it).
+    """
     keras, ctx, cfg = trainer.keras, trainer.ctx, trainer.cfg
     from sklearn.metrics import roc_auc_score
 
@@ -619,11 +716,14 @@ def _EpochMonitor(trainer: _Trainer, model, val_idx, *, epochs: int, steps: int,
             self.step_base = trainer.done_steps
             self.epoch = 0
             self.t0 = time.time()
+            self.average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch, self.t0 = epoch, time.time()
 
         def on_train_batch_end(self, batch, logs=None):
+            if self.average is not None:
+                self.average.update()
             if ctx.cancelled():
                 raise Cancelled(f"cancelled during epoch {self.epoch + 1}, batch {batch + 1}")
             done = self.step_base + self.epoch * steps + batch + 1
@@ -633,6 +733,14 @@ def _EpochMonitor(trainer: _Trainer, model, val_idx, *, epochs: int, steps: int,
                          loss=None if loss is None else round(float(loss), 5))
 
         def on_epoch_end(self, epoch, logs=None):
+            import contextlib
+
+            with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
+                if bn_images is not None:
+                    reestimate_batchnorm(self.model, bn_images, keras)
+                self._epoch_end(epoch, logs)
+
+        def _epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
             row = {"epoch": epoch + 1, "loss": _r(logs.get("loss")), "accuracy": _r(logs.get("accuracy"))}
             if fold is not None:
