@@ -35,9 +35,11 @@ Speed (512 × 512 tile, one core; measured by ``bench/macenko.py``, ``bench/resu
 has the numbers with their spread): ``transform`` looks every channel value up once in a float32
 OD table, then makes four sweeps over blocks of 32k pixels whose float32 temporaries stay in the
 core's cache (a fresh whole-tile array costs more in page faults than the arithmetic on it): OD
-moments of the tissue (float32 sums of 512 values, added in float64), stain angles, the exact
-two-stain NNLS, recombination. Per-pixel projections are small matrix products that OpenBLAS runs
-on the calling thread; tail percentiles come from a subsample's threshold checked by counting (all
+moments of the tissue (float32 products of 512 values, added in float64), stain angles, the exact
+two-stain NNLS, recombination. The ODs and concentrations live in one contiguous array per block
+(a strided view as ``out=`` or as a matrix operand makes NumPy copy it twice), tissue as float
+factors (no boolean mask is cast or combined). Per-pixel projections are small matrix products
+that OpenBLAS runs on the calling thread; tail percentiles come from a subsample's threshold checked by counting (all
 values are used when the check fails, so the result never depends on the subsample); the
 brightness percentile is found by counting, not by a histogram of every value. ``fit`` keeps the
 float64 path (joint histograms for the covariance, every pixel's concentrations). The tests
@@ -567,8 +569,10 @@ class StainNormalizer:
 # Pixels per block. The per-pixel projections are small matrix products ((2, 3) @ (3, k) and
 # (k, 2) @ (2, 3)): OpenBLAS runs a product with M*N*K <= 262,144 on the calling thread only (its
 # GEMM_MULTITHREAD_THRESHOLD), so at 32k pixels no BLAS thread is woken (they thrash on a busy
-# 2-core machine); the 512-value row sums of the OD moments stay in einsum for their accuracy.
+# 2-core machine).
 _BLOCK = 32768
+# The OD moments are float32 products of chunks of this many pixels, added up in float64 (about
+# 1e-7 relative; one product of a whole block rounds about 50 times more).
 _MOMENT_CHUNK = 512
 _SAMPLE_STEP = 16  # subsample: every 16th pixel
 _MIN_SAMPLE = 256  # fewer subsampled values than this: no thresholds, collect all values
@@ -794,12 +798,12 @@ class _FastTile:
     def angle_percentiles(self, plane: np.ndarray, qs: list[float]) -> list[float]:
         """Sweep 2: the ``qs`` percentiles of the tissue ODs' angles ``arctan2(y, x)`` in ``plane``."""
         n = self.tissue_pixels
-        p = plane.astype(np.float32)
+        pt = np.ascontiguousarray(plane.T, dtype=np.float32)  # (2, 3), contiguous (see recombine)
         if not np.all(plane[:, 0] > 0):  # x could be <= 0: angles from arctan2, over all tissue pixels
             return self._angle_percentiles_general(plane, qs)
 
         def slopes(od: np.ndarray, nan: np.ndarray) -> np.ndarray:  # y / x: x > 0 for tissue pixels, NaN for the others
-            x, y = p.T @ od  # (2, 3) @ (3, k): see _BLOCK on this product
+            x, y = pt @ od  # (2, 3) @ (3, k): see _BLOCK on this product
             x *= nan
             y /= x
             return y
@@ -830,7 +834,7 @@ class _FastTile:
         if not np.linalg.det(gram) > 1e-12 * gram[0, 0] * gram[1, 1]:
             raise InvalidInputError("nnls_two_stains needs two linearly independent stain vectors.")
         solve = (np.linalg.inv(gram) @ s.T).astype(np.float32)  # (2, 3): the unconstrained solution
-        project = s.T.astype(np.float32)  # (2, 3): d_k = s_k . y
+        project = np.ascontiguousarray(s.T, dtype=np.float32)  # (2, 3): d_k = s_k . y
         g11, g22 = float(gram[0, 0]), float(gram[1, 1])
         single_fit = np.array([[g22], [g11]], np.float32)  # p_k^2 * g_jj compares the residual reductions p_k^2 / g_kk
         inverse_gram = np.array([[1 / g11], [1 / g22]], np.float32)
