@@ -35,9 +35,11 @@ Speed (512 × 512 tile, one core; measured by ``bench/macenko.py``, ``bench/resu
 has the numbers with their spread): ``transform`` looks every channel value up once in a float32
 OD table, then makes four sweeps over blocks of 32k pixels whose float32 temporaries stay in the
 core's cache (a fresh whole-tile array costs more in page faults than the arithmetic on it): OD
-moments of the tissue (float32 sums of 512 values, added in float64), stain angles, the exact
-two-stain NNLS, recombination. Per-pixel projections are small matrix products that OpenBLAS runs
-on the calling thread; tail percentiles come from a subsample's threshold checked by counting (all
+moments of the tissue (float32 products of 512 values, added in float64), stain angles, the exact
+two-stain NNLS, recombination. The ODs and concentrations live in one contiguous array per block
+(a strided view as ``out=`` or as a matrix operand makes NumPy copy it twice), tissue as float
+factors (no boolean mask is cast or combined). Per-pixel projections are small matrix products
+that OpenBLAS runs on the calling thread; tail percentiles come from a subsample's threshold checked by counting (all
 values are used when the check fails, so the result never depends on the subsample); the
 brightness percentile is found by counting, not by a histogram of every value. ``fit`` keeps the
 float64 path (joint histograms for the covariance, every pixel's concentrations). The tests
@@ -567,8 +569,11 @@ class StainNormalizer:
 # Pixels per block. The per-pixel projections are small matrix products ((2, 3) @ (3, k) and
 # (k, 2) @ (2, 3)): OpenBLAS runs a product with M*N*K <= 262,144 on the calling thread only (its
 # GEMM_MULTITHREAD_THRESHOLD), so at 32k pixels no BLAS thread is woken (they thrash on a busy
-# 2-core machine); the 512-value row sums of the OD moments stay in einsum for their accuracy.
+# 2-core machine).
 _BLOCK = 32768
+# The OD moments are float32 products of chunks of this many pixels, added up in float64 (about
+# 1e-7 relative; one product of a whole block rounds about 50 times more).
+_MOMENT_CHUNK = 512
 _SAMPLE_STEP = 16  # subsample: every 16th pixel
 _MIN_SAMPLE = 256  # fewer subsampled values than this: no thresholds, collect all values
 _LOG_255 = math.log(255.0)
@@ -647,7 +652,7 @@ class _Tails:
             selected = block <= threshold if side == "low" else block >= threshold
             if where is not None:
                 selected &= where
-            kept.append(block[selected])
+            kept.append(block.compress(selected))  # compress: faster than boolean indexing
 
     def result(self) -> list[tuple[float, float] | None]:
         out = []
@@ -723,40 +728,65 @@ class _FastTile:
         return self.standard_lut.take(self.pixels).reshape(self.shape)
 
     def od(self, rows: slice) -> np.ndarray:
-        """``(3, k)`` float32 optical densities of the pixels ``rows`` (a view; :meth:`scan` computes them)."""
-        return self.od_all[:, rows]
+        """``(3, k)`` float32 optical densities of the pixels ``rows``, one of :attr:`blocks` (:meth:`scan` computes them)."""
+        return self.od_blocks[rows.start]
 
     def tissue(self, rows: slice) -> np.ndarray:
-        """``(k,)`` bool: which of the pixels ``rows`` are tissue (a view; :meth:`scan` computes them)."""
-        return self.tissue_all[rows]
+        """``(k,)`` bool: which of the pixels ``rows`` are tissue (:meth:`scan` computes them)."""
+        return self.tissue_weight[rows] != 0
+
+    @property
+    def tissue_all(self) -> np.ndarray:
+        """``(P,)`` bool: which pixels are tissue."""
+        return self.tissue_weight != 0
 
     def scan(self, moments: bool) -> None:
-        """Sweep 1: ODs and tissue of every pixel, and (``moments``) the sums of the tissue ODs and OD products in float64."""
-        self.od_all = self.od32.take(self.pixels.T, mode="clip")  # (3, P): the one lookup of every value ("clip": no bounds check)
-        self.tissue_all = np.empty(self.n_pixels, bool)
-        count, sums, products = 0, np.zeros(3), np.zeros((3, 3))
+        """Sweep 1: ODs and tissue of every pixel, and (``moments``) the sums of the tissue ODs and OD products in float64.
+
+        Tissue is kept as two float32 factors per pixel, ``tissue_weight`` (1 or 0: the moments
+        weight the ODs by it) and ``tissue_nan`` (1 or NaN: a non-tissue pixel's stain angle becomes
+        NaN, which no tail threshold selects), so no sweep casts or combines boolean masks.
+        """
+        n = self.n_pixels
+        self.od_blocks = {}  # block start -> (3, k) ODs: a contiguous array per block (take into a strided view copies twice)
+        self.tissue_weight = np.empty(n, np.float32)
+        self.tissue_nan = np.empty(n, np.float32)
+        count, moment_sums = 0, np.zeros((4, 3))
+        weighted = np.empty((4, min(_BLOCK, n)), np.float32)  # rows 0-2: tissue ODs (0 elsewhere); row 3: the tissue weight
         for rows in self.blocks:
-            od = self.od_all[:, rows]
-            darkest = np.maximum(od[0], od[1])
-            np.maximum(darkest, od[2], out=darkest)
-            tissue = np.greater_equal(darkest, self.tissue_od, out=self.tissue_all[rows])
-            count += int(np.count_nonzero(tissue))
+            # the one lookup of every value, block by block (its intp copy of the indices stays in cache; "clip": no bounds check)
+            od = self.od_blocks[rows.start] = self.od32.take(self.pixels[rows].T, mode="clip")
+            weight, nan = self._tissue_factors(od, self.tissue_weight[rows], self.tissue_nan[rows])
+            count += int(weight.sum())  # exact: float32 holds integers up to 2**24
             if moments:
-                masked = od * tissue
-                # float32 sums of rows of 512 values, added up in float64: rounding stays ~1e-7 relative
-                chunks = masked.reshape(3, -1, 512) if masked.shape[1] % 512 == 0 else masked[:, None, :]
-                sums += chunks.sum(axis=2).sum(axis=1, dtype=np.float64)
-                full = od.reshape(3, *chunks.shape[1:])
-                for i in range(3):
-                    for j in range(i, 3):
-                        products[i, j] += np.einsum("ij,ij->i", chunks[i], full[j]).sum(dtype=np.float64)
+                k = weight.size
+                w = weighted[:, :k]
+                np.multiply(od, weight, out=w[:3])
+                w[3] = weight
+                # float32 products of chunks of 512 pixels ((4, 512) @ (512, 3): products and sums of the
+                # tissue ODs), added up in float64: rounding stays ~1e-7 relative
+                size = _MOMENT_CHUNK if k % _MOMENT_CHUNK == 0 else k
+                moment_sums += np.matmul(w.reshape(4, -1, size).transpose(1, 0, 2), od.reshape(3, -1, size).transpose(1, 2, 0)).sum(
+                    axis=0, dtype=np.float64
+                )
         self.tissue_pixels = count
-        # every _SAMPLE_STEP-th pixel, contiguous (a strided operand keeps matmul off BLAS, 10x slower)
-        self.sample_od = np.ascontiguousarray(self.od_all[:, ::_SAMPLE_STEP])
-        self.sample_tissue = self.tissue_all[::_SAMPLE_STEP].copy()
+        # every _SAMPLE_STEP-th pixel, looked up again from the uint8 tile (cheaper than a strided copy of the ODs)
+        self.sample_od = self.od32.take(self.pixels[::_SAMPLE_STEP].T, mode="clip")
+        self.sample_nan = self._tissue_factors(self.sample_od)[1]
         if moments:
-            products = np.triu(products) + np.triu(products, 1).T
-            self.moments = (sums, products)
+            products = moment_sums[:3]
+            self.moments = (moment_sums[3].copy(), (products + products.T) / 2)
+
+    def _tissue_factors(self, od: np.ndarray, weight: np.ndarray | None = None, nan: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Tissue of ``(3, k)`` ODs as float32 factors: weight (1.0 tissue, 0.0 not) and nan (1.0 tissue, NaN not)."""
+        darkest = np.maximum(od[0], od[1])
+        np.maximum(darkest, od[2], out=darkest)
+        if weight is None:
+            weight = np.empty(darkest.size, np.float32)
+        np.greater_equal(darkest, self.tissue_od, out=weight, casting="unsafe")
+        with np.errstate(invalid="ignore"):
+            nan = np.divide(weight, weight, out=nan)  # 1 / 1 = 1, 0 / 0 = NaN
+        return weight, nan
 
     def covariance(self) -> np.ndarray:
         """Covariance (ddof=1) of the tissue ODs, from :meth:`scan`'s moments."""
@@ -768,22 +798,21 @@ class _FastTile:
     def angle_percentiles(self, plane: np.ndarray, qs: list[float]) -> list[float]:
         """Sweep 2: the ``qs`` percentiles of the tissue ODs' angles ``arctan2(y, x)`` in ``plane``."""
         n = self.tissue_pixels
-        p = plane.astype(np.float32)
+        pt = np.ascontiguousarray(plane.T, dtype=np.float32)  # (2, 3), contiguous (see recombine)
         if not np.all(plane[:, 0] > 0):  # x could be <= 0: angles from arctan2, over all tissue pixels
             return self._angle_percentiles_general(plane, qs)
 
-        def slopes(od: np.ndarray) -> np.ndarray:  # y / x (x > 0 for tissue pixels; anything for the others)
-            x, y = p.T @ od  # (2, 3) @ (3, k): see _BLOCK on this product
-            with np.errstate(divide="ignore", invalid="ignore"):
-                y /= x
+        def slopes(od: np.ndarray, nan: np.ndarray) -> np.ndarray:  # y / x: x > 0 for tissue pixels, NaN for the others
+            x, y = pt @ od  # (2, 3) @ (3, k): see _BLOCK on this product
+            x *= nan
+            y /= x
             return y
 
         places = [_percentile_positions(n, q) for q in qs]
-        sample = slopes(self.sample_od)
-        np.copyto(sample, np.float32(np.nan), where=~self.sample_tissue)
-        tails = _Tails(sample, n, [below for below, _, _ in places])
-        for rows in self.blocks:
-            tails.add(slopes(self.od(rows)), where=self.tissue(rows))  # tissue pixels only
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tails = _Tails(slopes(self.sample_od, self.sample_nan), n, [below for below, _, _ in places])
+            for rows in self.blocks:
+                tails.add(slopes(self.od(rows), self.tissue_nan[rows]))  # NaN (non-tissue) is never kept
         pairs = tails.result()
         if any(pair is None for pair in pairs):
             return self._angle_percentiles_general(plane, qs)
@@ -798,53 +827,57 @@ class _FastTile:
             angles.append(np.arctan2(xy[1], xy[0]))
         return _percentiles(np.concatenate(angles), qs)
 
-    def concentrations(self, stains: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
-        """Sweep 3: exact NNLS concentrations (``(2, P)`` float32) and each stain's ``q`` percentile."""
+    def concentrations(self, stains: np.ndarray, q: float) -> tuple[dict[int, np.ndarray], np.ndarray]:
+        """Sweep 3: exact NNLS concentrations (block start -> ``(2, k)`` float32, contiguous) and each stain's ``q`` percentile."""
         s = np.asarray(stains, dtype=np.float64)
         gram = s.T @ s
         if not np.linalg.det(gram) > 1e-12 * gram[0, 0] * gram[1, 1]:
             raise InvalidInputError("nnls_two_stains needs two linearly independent stain vectors.")
         solve = (np.linalg.inv(gram) @ s.T).astype(np.float32)  # (2, 3): the unconstrained solution
-        s32 = s.astype(np.float32)
+        project = np.ascontiguousarray(s.T, dtype=np.float32)  # (2, 3): d_k = s_k . y
         g11, g22 = float(gram[0, 0]), float(gram[1, 1])
+        single_fit = np.array([[g22], [g11]], np.float32)  # p_k^2 * g_jj compares the residual reductions p_k^2 / g_kk
+        inverse_gram = np.array([[1 / g11], [1 / g22]], np.float32)
 
-        def solve_block(od: np.ndarray, c: np.ndarray) -> None:
-            np.matmul(solve, od, out=c)  # (2, 3) @ (3, k): the unconstrained solutions
-            if not c.min() < 0:  # usually: every unconstrained solution is non-negative
-                return
+        def solve_block(od: np.ndarray) -> np.ndarray:
+            c = solve @ od  # (2, 3) @ (3, k): the unconstrained solutions
             c0, c1 = c
             infeasible = np.flatnonzero(np.minimum(c0, c1) < 0)  # a few % of the pixels
             if infeasible.size:
-                y = od[:, infeasible]
-                p0 = np.maximum(y[0] * s32[0, 0] + y[1] * s32[1, 0] + y[2] * s32[2, 0], 0)
-                p1 = np.maximum(y[0] * s32[0, 1] + y[1] * s32[1, 1] + y[2] * s32[2, 1], 0)
+                p = project @ od.take(infeasible, axis=1)  # take: several times faster than od[:, infeasible]
+                np.maximum(p, 0, out=p)
                 # residual reduction of the fit on stain k alone is max(d_k, 0)^2 / g_kk: keep the larger
-                first = p0 * p0 * g22 >= p1 * p1 * g11
-                c0[infeasible] = np.where(first, p0 / g11, 0)
-                c1[infeasible] = np.where(first, 0, p1 / g22)
+                reduction = p * p * single_fit
+                first = reduction[0] >= reduction[1]
+                p *= inverse_gram  # p >= 0 and finite: p * first is np.where(first, p, 0)
+                c0[infeasible] = p[0] * first
+                c1[infeasible] = p[1] * ~first
+            return c
 
-        sample = np.empty((2, self.sample_od.shape[1]), np.float32)
-        solve_block(self.sample_od, sample)
+        sample = solve_block(self.sample_od)
         below, fraction, top = _percentile_positions(self.n_pixels, q)
         tails = [_Tails(sample[k], self.n_pixels, [below]) for k in range(2)]
-        c = np.empty((2, self.n_pixels), np.float32)
+        c = {}
         for rows in self.blocks:
-            solve_block(self.od(rows), c[:, rows])
-            tails[0].add(c[0, rows])
-            tails[1].add(c[1, rows])
+            block = c[rows.start] = solve_block(self.od(rows))
+            tails[0].add(block[0])
+            tails[1].add(block[1])
         maxima = []
         for k in range(2):
             pair = tails[k].result()[0]
-            maxima.append(_percentiles(c[k], [q])[0] if pair is None else _interpolated(pair, fraction, top))
+            if pair is None:
+                maxima.append(_percentiles(np.concatenate([block[k] for block in c.values()]), [q])[0])
+            else:
+                maxima.append(_interpolated(pair, fraction, top))
         return c, np.array(maxima)
 
-    def recombine(self, c: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def recombine(self, c: dict[int, np.ndarray], weights: np.ndarray) -> np.ndarray:
         """Sweep 4: ``uint8(255 * exp(weights @ c))`` per pixel and channel (truncated, as ``astype`` does)."""
-        wt = np.asarray(weights, dtype=np.float32).T  # (2, 3)
+        wt = np.ascontiguousarray(weights.T, dtype=np.float32)  # (2, 3), contiguous: a transposed operand is several times slower
         clip = bool(np.any(weights > 0))  # a target with negative entries could exceed 255
         out = np.empty((self.n_pixels, 3), np.uint8)
         for rows in self.blocks:
-            od = c[:, rows].T @ wt  # (k, 2) @ (2, 3): pixel-major, the layout of the output
+            od = c[rows.start].T @ wt  # (k, 2) @ (2, 3): pixel-major, the layout of the output
             np.exp(od, out=od)
             od *= 255
             if clip:
