@@ -268,7 +268,7 @@ def report(r: dict) -> str:
         lines += ["", f"Server floor (Streamlit's `/_stcore/health`, same client): p50 {h['p50_ms']:.1f} ms, p95 {h['p95_ms']:.1f} ms ({h['n']} requests).",
                   "A floor near 40 ms would be TCP's delayed ACK meeting Nagle: Streamlit 1.67 pre-binds its server socket with protocol 0 and",
                   "asyncio's loop sets TCP_NODELAY only when the protocol is IPPROTO_TCP. With uvloop installed (requirements.txt; uvicorn picks it)",
-                  "every accepted connection gets TCP_NODELAY (tests/test_server_socket.py); the versions line above says whether it was."]
+                  "every accepted connection gets TCP_NODELAY (tests/dashboard/test_server_socket.py); the versions line above says whether it was."]
     lines += ["", "First request of a slide (DZI descriptor, opens the slide): " + ", ".join(f"{n} {t['first_request_ms']:.0f} ms" for n, t in r["tiles"].items()), "",
               "Display change → redrawn overlay in Chromium (mode, colour map, opacity, threshold; no Streamlit rerun):", "",
               "| heatmap | tiles | changes | in-page p50 ms | in-page p95 ms | end-to-end p50 ms | end-to-end p95 ms | blur change ms |", "|---|---|---|---|---|---|---|---|"]

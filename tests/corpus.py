@@ -6,7 +6,7 @@ HistoDash must do with it: raise a particular :class:`engine.errors.HistoDashErr
 message contains ``fragment`` (and names the file), or load (``expect is None``; ``fragment`` then
 describes what loading means and ``options`` carry the checks).
 
-``tests/test_corpus_engine.py`` runs every case through the engine API, ``tests/test_corpus_pages.py``
+``tests/engine/test_corpus.py`` runs every case through the engine API, ``tests/dashboard/test_corpus.py``
 through the dashboard page a user would use.
 """
 

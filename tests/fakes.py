@@ -1,4 +1,4 @@
-"""Test doubles that keep to the engine's contracts (each checked against the real thing in tests/test_fakes.py)."""
+"""Test doubles that keep to the engine's contracts (each checked against the real thing in tests/engine/test_fakes.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Cohort survival analysis: Kaplan–Meier, log-rank tests, Cox models, cut-points and risk scores.
 
-Numbers agree with R's ``survival`` package (see ``tests/test_survival.py`` and ``tests/r_reference``)::
+Numbers agree with R's ``survival`` package (see ``tests/engine/survival/test_survival.py`` and ``tests/r_reference``)::
 
     from engine import survival as sv
     cohort = sv.prepare_cohort(sv.load_demo("lung"), time="time", event="status", group="sex")

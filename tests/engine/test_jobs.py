@@ -36,8 +36,8 @@ def boom(params, ctx):
 
 @pytest.fixture
 def runner(tmp_path, monkeypatch):
-    monkeypatch.setitem(jobs.JOB_KINDS, "sleep", "tests.test_jobs:sleepy")
-    monkeypatch.setitem(jobs.JOB_KINDS, "boom", "tests.test_jobs:boom")
+    monkeypatch.setitem(jobs.JOB_KINDS, "sleep", "tests.engine.test_jobs:sleepy")
+    monkeypatch.setitem(jobs.JOB_KINDS, "boom", "tests.engine.test_jobs:boom")
     monkeypatch.setitem(jobs.JOB_KINDS, "hold", "tests.jobfuncs:hold")  # runs until released or cancelled: no race with its end
     return LocalProcessRunner(tmp_path / "jobs", slots=1)
 
@@ -292,7 +292,7 @@ def test_training_page_shows_damaged_jobs(tmp_path, monkeypatch, tiny_registry):
 
 
 def test_job_ids_carry_128_random_bits(tmp_path, monkeypatch):
-    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.dashboard.views.test_training:fake_train")
     runner = jobs.LocalProcessRunner(tmp_path / "jobs")
     ids = [runner.submit("train", {"epochs": 1}) for _ in range(2)]
     for job_id in ids:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.conftest import make_pyramid
-from tests.test_page_slides import library, open_library_slide, page, texts, viewer_args, viewer_element, wait_for_job  # noqa: F401 - fixture
+from tests.dashboard.views.test_slides import library, open_library_slide, page, texts, viewer_args, viewer_element, wait_for_job  # noqa: F401 - fixture
 
 
 @pytest.fixture

@@ -84,9 +84,9 @@ def test_form_renders_and_a_bad_path_is_an_error_not_a_crash(runner, tmp_path):
 
 
 def test_submitting_the_form_queues_a_job_and_shows_it(runner, monkeypatch, tmp_path):
-    from tests.test_training import make_folder_dataset
+    from tests.engine.training.test_training import make_folder_dataset
 
-    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.dashboard.views.test_training:fake_train")
     data = make_folder_dataset(tmp_path / "tiles", per_class=4, patients=2)
     at = page()
     next(t for t in at.text_input if t.label.startswith("Dataset")).set_value(str(data))
@@ -103,7 +103,7 @@ def test_submitting_the_form_queues_a_job_and_shows_it(runner, monkeypatch, tmp_
 
 
 def test_finished_job_is_listed_with_metrics_and_can_be_used(runner, monkeypatch):
-    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.dashboard.views.test_training:fake_train")
     job_id = runner.submit("train", {"data": "x", "architecture": "small_cnn"})
     assert runner.wait(job_id, timeout=30).state == "succeeded"
     at = page({"job": job_id})
@@ -120,7 +120,7 @@ def test_finished_job_is_listed_with_metrics_and_can_be_used(runner, monkeypatch
 
 
 def test_a_job_that_failed_the_quality_check_is_red_without_a_success_box(runner, monkeypatch):
-    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:degenerate_train")
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.dashboard.views.test_training:degenerate_train")
     job_id = runner.submit("train", {"data": "x", "architecture": "small_cnn"})
     assert runner.wait(job_id, timeout=30).state == "succeeded"
     at = page({"job": job_id})
@@ -131,7 +131,7 @@ def test_a_job_that_failed_the_quality_check_is_red_without_a_success_box(runner
 
 
 def test_failed_and_running_jobs_reattach_from_the_query_string(runner, monkeypatch):
-    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fail_train")
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.dashboard.views.test_training:fail_train")
     failed = runner.submit("train", {"data": "x"})
     assert runner.wait(failed, timeout=30).state == "failed"
     monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.jobfuncs:hold")  # runs until cancelled: no race with its end
@@ -222,9 +222,9 @@ def test_browser_train_on_demo_data_survives_refresh_and_restart_then_predicts(t
 
 def test_a_taken_model_id_is_refused_at_submit(runner, monkeypatch, tmp_path):
     """Issue 15: a model id already registered was refused only after training."""
-    from tests.test_training import make_folder_dataset
+    from tests.engine.training.test_training import make_folder_dataset
 
-    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.dashboard.views.test_training:fake_train")
     data = make_folder_dataset(tmp_path / "tiles", per_class=4, patients=2)
     at = page()
     next(t for t in at.text_input if t.label.startswith("Dataset")).set_value(str(data))

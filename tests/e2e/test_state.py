@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_browser_suite as suite
 from tests.browser import streamlit_server
 from tests.conftest import ROOT
-from tests.test_browser_suite import (
+from tests.e2e import test_suite as suite
+from tests.e2e.test_suite import (
     T,
     gallery_scores,
     main,

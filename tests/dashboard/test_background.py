@@ -75,7 +75,7 @@ def test_predict_page_shows_progress_then_the_result_on_a_later_run(tiny_registr
     from streamlit.testing.v1 import AppTest
 
     from tests.conftest import ROOT
-    from tests.test_pages import png
+    from tests.dashboard.test_pages import png
 
     at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
     at.run()

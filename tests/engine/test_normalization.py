@@ -14,7 +14,7 @@ from engine.registry import read_card
 from engine.stain import MACENKO_REFERENCE_STAIN_MATRIX, MacenkoNormalizer
 from engine.training.config import parse_config
 from tests.conftest import write_tiny_model
-from tests.test_training import make_folder_dataset
+from tests.engine.training.test_training import make_folder_dataset
 
 
 def _card(folder, **changes):

@@ -2,7 +2,7 @@
 
 
 from tests.conftest import make_pyramid
-from tests.test_page_slides import library, open_library_slide, page, wait_for_job  # noqa: F401, F811 - fixture
+from tests.dashboard.views.test_slides import library, open_library_slide, page, wait_for_job  # noqa: F401, F811 - fixture
 
 PATIENT = "DOE_Jane_1961_S99-0001"
 

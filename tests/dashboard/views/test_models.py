@@ -12,8 +12,8 @@ from streamlit.testing.v1 import AppTest
 
 from engine.registry import Registry
 from tests.conftest import ROOT
-from tests.test_model_import import _keras_bytes
-from tests.test_pages import png, texts, upload
+from tests.dashboard.test_pages import png, texts, upload
+from tests.engine.test_model_import import _keras_bytes
 
 APP = str(ROOT / "dashboard" / "app.py")
 

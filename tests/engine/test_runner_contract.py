@@ -16,11 +16,11 @@ from engine import jobs
 from engine.errors import JobError
 from engine.jobs import JobNotFoundError, LocalProcessRunner
 from tests.conftest import ROOT
+from tests.engine.test_jobs import wait_for
 from tests.ray_cluster import session_cluster
-from tests.test_jobs import wait_for
 
 # ----------------------------------------------------------------------------- job functions (run in the workers)
-# sleepy and boom are tests/test_jobs.py's (the local runner's own suite); where() is Ray's
+# sleepy and boom are tests/engine/test_jobs.py's (the local runner's own suite); where() is Ray's
 
 
 def where(params, ctx):
@@ -45,9 +45,9 @@ def ray_cluster(request):
 
 @pytest.fixture(params=["local", "ray"])
 def runner(request, tmp_path, monkeypatch):
-    monkeypatch.setitem(jobs.JOB_KINDS, "sleep", "tests.test_jobs:sleepy")
-    monkeypatch.setitem(jobs.JOB_KINDS, "boom", "tests.test_jobs:boom")
-    monkeypatch.setitem(jobs.JOB_KINDS, "where", "tests.test_runner_contract:where")
+    monkeypatch.setitem(jobs.JOB_KINDS, "sleep", "tests.engine.test_jobs:sleepy")
+    monkeypatch.setitem(jobs.JOB_KINDS, "boom", "tests.engine.test_jobs:boom")
+    monkeypatch.setitem(jobs.JOB_KINDS, "where", "tests.engine.test_runner_contract:where")
     if request.param == "local":
         return LocalProcessRunner(tmp_path / "jobs", slots=1)
     from engine.ray_runner import RayRunner
@@ -140,7 +140,7 @@ def test_a_new_runner_on_the_same_records_sees_the_same_jobs(runner):
 def test_ray_task_pinned_by_a_custom_resource_runs_on_that_node(ray_cluster, tmp_path, monkeypatch):
     from engine.ray_runner import RayRunner
 
-    monkeypatch.setitem(jobs.JOB_KINDS, "where", "tests.test_runner_contract:where")
+    monkeypatch.setitem(jobs.JOB_KINDS, "where", "tests.engine.test_runner_contract:where")
     runner = RayRunner(ray_cluster.jobs_address, root=tmp_path / "jobs")
     ids = {name: runner.submit("where", {"resources": {name: 0.5}, "num_cpus": 0}) for name in ("node2", "head")}
     recs = {name: runner.wait(job_id, timeout=120) for name, job_id in ids.items()}
@@ -155,7 +155,7 @@ def test_an_unreachable_cluster_is_a_clear_message(tmp_path, monkeypatch):
     from engine.ray_runner import RayRunner, RayUnavailableError
     from tests.ray_cluster import free_ports
 
-    monkeypatch.setitem(jobs.JOB_KINDS, "sleep", "tests.test_jobs:sleepy")
+    monkeypatch.setitem(jobs.JOB_KINDS, "sleep", "tests.engine.test_jobs:sleepy")
     runner = RayRunner(f"http://127.0.0.1:{free_ports(1)[0]}", root=tmp_path / "jobs")
     with pytest.raises(RayUnavailableError, match="cannot be reached") as err:
         runner.submit("sleep", {})

@@ -95,7 +95,7 @@ def _public_values(slide):
 def test_label_and_macro_images_are_never_exposed(tmp_path):
     from engine.heatmap import HeatmapRun, TileGrid
     from engine.slides import open_slide
-    from tests.test_heatmap import colour_predictor
+    from tests.engine.heatmap.test_heatmap import colour_predictor
 
     path = shared_path("wsi", "CMU-1-Small-Region.svs")  # carries 'label' and 'macro' associated images
     import openslide

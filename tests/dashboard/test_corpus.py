@@ -245,7 +245,7 @@ def train_runner(tmp_path_factory, monkeypatch, tiny_registry):
     root = tmp_path_factory.getbasetemp() / "corpus-train-jobs"
     monkeypatch.setenv("HISTODASH_JOBS_DIR", str(root))
     monkeypatch.setenv("HISTODASH_DATA_ROOTS", str(tmp_path_factory.getbasetemp()))  # the page trains from here (test folders) or from uploads
-    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.dashboard.views.test_training:fake_train")
     return jobs.LocalProcessRunner(root)
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from engine.errors import StorageError, storage_errors
 from tests.conftest import make_pyramid
-from tests.test_page_slides import library  # noqa: F401 - the Slide page's fixture
+from tests.dashboard.views.test_slides import library  # noqa: F401 - the Slide page's fixture
 
 FULL = "The server's disk is full"
 
@@ -115,7 +115,7 @@ def test_a_job_whose_results_meet_a_full_disk_fails_saying_so(small_disk, monkey
     from engine import jobs
 
     disk = small_disk()
-    monkeypatch.setitem(jobs.JOB_KINDS, "fill", "tests.test_storage:fill_job")
+    monkeypatch.setitem(jobs.JOB_KINDS, "fill", "tests.engine.test_storage:fill_job")
     runner = jobs.LocalProcessRunner(disk / "jobs")
     job_id = runner.submit("fill", {})
     rec = runner.wait(job_id, timeout=120)
@@ -160,7 +160,7 @@ def test_prediction_works_uncached_when_the_cache_disk_is_full(small_disk, monke
 # ----------------------------------------------------------------------------- the pages
 
 def test_slide_page_upload_onto_a_full_disk_keeps_the_slide_shown(small_disk, monkeypatch, tmp_path, library):  # noqa: F811
-    from tests.test_page_slides import open_library_slide, page, texts
+    from tests.dashboard.views.test_slides import open_library_slide, page, texts
 
     at = open_library_slide(page(), "synthetic.tif")
     disk = small_disk()
@@ -174,7 +174,7 @@ def test_slide_page_upload_onto_a_full_disk_keeps_the_slide_shown(small_disk, mo
 
 
 def test_training_page_zip_upload_onto_a_full_disk(small_disk, monkeypatch, tmp_path, tiny_registry):
-    from tests.test_page_training import page, texts
+    from tests.dashboard.views.test_training import page, texts
 
     monkeypatch.setenv("HISTODASH_JOBS_DIR", str(tmp_path / "jobs"))
     at = page()
@@ -192,7 +192,7 @@ def test_training_page_zip_upload_onto_a_full_disk(small_disk, monkeypatch, tmp_
 def test_cohort_page_clinical_table_onto_a_full_disk(small_disk, monkeypatch, tmp_path):
     from streamlit.testing.v1 import AppTest
 
-    from tests.test_page_cohort import APP
+    from tests.dashboard.views.test_cohort import APP
 
     monkeypatch.setenv("HISTODASH_JOBS_DIR", str(tmp_path / "jobs"))
     at = AppTest.from_file(APP, default_timeout=90)

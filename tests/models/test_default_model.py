@@ -123,7 +123,7 @@ def test_predict_page_with_macenko_shows_the_card_consistent_result_or_a_warning
     """Issue 12's 'done when': Macenko on the Tile prediction page never silently collapses."""
     from streamlit.testing.v1 import AppTest
 
-    from tests.test_pages import texts, upload
+    from tests.dashboard.test_pages import texts, upload
 
     monkeypatch.setenv("HISTODASH_MODELS_DIR", str(ROOT / "models"))
     monkeypatch.setenv("HISTODASH_DEFAULT_MODEL", card.id)

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import ROOT
+
 keras = pytest.importorskip("keras")
 h5py = pytest.importorskip("h5py")
 
@@ -93,7 +95,7 @@ def _write_legacy_keras2_h5(model, path, rename=None):
 
 # -- files written by real Keras 2 (tf_keras 2.21; tests/fixtures/keras2_h5/README.md says how)
 
-KERAS2 = Path(__file__).parent / "fixtures" / "keras2_h5"
+KERAS2 = ROOT / "tests" / "fixtures" / "keras2_h5"
 
 
 def _nested_toy() -> keras.Model:

@@ -73,7 +73,7 @@ def test_train_cli(case, tmp_path, capsys, monkeypatch, tiny_registry):
     from engine import jobs
 
     monkeypatch.setenv("HISTODASH_JOBS_DIR", str(tmp_path / "jobs"))
-    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.dashboard.views.test_training:fake_train")
     path = case.make(tmp_path)
     rc, out, err = run_cli(["train", str(path), "--detach"], capsys)
     runner = jobs.LocalProcessRunner(tmp_path / "jobs")

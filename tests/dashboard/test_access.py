@@ -168,10 +168,10 @@ def test_cohort_page_opens_another_sessions_cohort_job_for_nobody_else(dirs, mon
 # ----------------------------------------------------------------------------- the Training page
 
 def test_training_page_lists_another_sessions_upload_job_for_nobody_else(dirs, monkeypatch, tiny_registry):
-    from tests.test_page_training import page, texts
+    from tests.dashboard.views.test_training import page, texts
 
     work, jobs_dir = dirs
-    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.test_page_training:fake_train")
+    monkeypatch.setitem(jobs.JOB_KINDS, "train", "tests.dashboard.views.test_training:fake_train")
     runner = jobs.LocalProcessRunner(jobs_dir)
     job_id = runner.submit("train", {"data": str(work / A / "training" / "tiles.zip"), "architecture": "small_cnn"}, owner=A)
     runner.wait(job_id, timeout=60)
@@ -195,7 +195,7 @@ def test_an_uploaded_slides_heatmap_is_its_owners_and_outlives_the_sweep(dirs, t
 
     from dashboard import tileserver, websession
     from engine.workspaces import sweep_workspaces
-    from tests.test_page_slides import texts, viewer_args, wait_for_job
+    from tests.dashboard.views.test_slides import texts, viewer_args, wait_for_job
 
     work, _ = dirs
     slide = make_pyramid(tmp_path / "Patient-1234.tif", width=2048, height=1536, levels=2)

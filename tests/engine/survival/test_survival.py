@@ -14,7 +14,6 @@ import json
 import math
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,8 +22,9 @@ import pytest
 from engine import survival as sv
 from engine.cli import main as cli_main
 from engine.errors import CorruptFileError, InvalidInputError, UnsupportedFormatError
+from tests.conftest import ROOT
 
-REF = Path(__file__).parent / "r_reference"
+REF = ROOT / "tests" / "r_reference"
 RTOL, ATOL = 1e-6, 1e-12
 MAX_REL: dict[str, float] = {}
 

@@ -306,7 +306,7 @@ def test_slide_heatmap_from_the_library(server, new_page):
     main(page).get_by_role("button", name="Compute heatmap").click()
     page.wait_for_url(re.compile(r"job=heatmap-"))
     main(page).get_by_role("heading", name="Heatmap", exact=True).wait_for(timeout=240_000)
-    viewer = page.frame_locator("iframe[title*='histodash_slide_viewer']")  # the slide viewer (tests/test_browser_viewer.py tests it in depth)
+    viewer = page.frame_locator("iframe[title*='histodash_slide_viewer']")  # the slide viewer (tests/e2e/test_viewer.py tests it in depth)
     viewer.locator("#status").get_by_text(re.compile(rf"{n_tiles:,} tiles")).wait_for()
     metric = main(page).get_by_test_id("stMetric").filter(has_text="Tissue tiles")
     assert int(metric.get_by_test_id("stMetricValue").inner_text().replace(",", "")) == n_tiles
