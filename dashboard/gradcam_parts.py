@@ -14,6 +14,7 @@ from dashboard.common import session_id, session_workspace
 from engine.errors import InvalidInputError
 from engine.imageio import read_image, to_png_bytes
 from engine.privacy import pseudonym
+from engine.uploads import save_bytes
 
 SOURCES = {"session": "This session's tiles", "upload": "Upload a tile", "predict": "Prediction results", "slide": "Slide region"}
 
@@ -21,10 +22,9 @@ SOURCES = {"session": "This session's tiles", "upload": "Upload a tile", "predic
 def tile_file(name: str, rgb: np.ndarray) -> str:
     """Keep a tile that is not already on disk (upload, slide region) in the session workspace."""
     folder = session_workspace() / "gradcam"
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha256(rgb.tobytes()).hexdigest()[:16]}.png"
     if not path.exists():
-        path.write_bytes(to_png_bytes(rgb))
+        save_bytes(to_png_bytes(rgb), folder, path.name)  # a full disk: "The server's disk is full: '….png' could not be saved."
     return str(path)
 
 
@@ -49,7 +49,8 @@ def slide_region(params) -> tuple[str, np.ndarray]:
     size = _int_param("size", params.get("size"), 16, 4096)
     path = resolve_slide_id(params.get("slide"), session=session_id())
     with open_slide(path) as slide:
-        rgb = slide.read_region((x, y), 0, (size, size))
+        rgb = slide.read_region((x, y), 0, (size, size))  # no pixel of the slide there: its own message
+        slide.check_region((x, y), (size, size))  # partly outside: a message too, never a tile padded with made-up glass
     return f"{Path(path).name} @ ({x}, {y}) {size} px", np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
 
 

@@ -50,6 +50,7 @@ from engine.config import get_settings
 from engine.errors import HistoDashError
 from engine.imageio import read_image, read_image_with_info, to_png_bytes, unique_name
 from engine.uploads import safe_filename as _safe_name
+from engine.uploads import save_bytes
 
 log = logging.getLogger("histodash.state")
 
@@ -363,7 +364,7 @@ def preview_file(path: str | Path, name: str | None = None) -> str:
     """
     out = _preview_path(path)
     if not out.exists():
-        out.write_bytes(_preview_png(read_image(path, name=name)))
+        save_bytes(_preview_png(read_image(path, name=name)), out.parent, out.name)
     return str(out)
 
 
@@ -384,16 +385,18 @@ def add_tile_bytes(name: str, raw: bytes, report: IngestReport | None = None) ->
     if shown != name and report is not None:
         report.renamed.append((name, shown))
     folder = session_workspace() / "tiles"
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{digest[:12]}_{_safe_name(name)}"
-    path.write_bytes(raw)
-    _preview_path(path).write_bytes(_preview_png(rgb))
     record = TileRecord(shown, str(path), info.format, info.width, info.height, len(raw), digest, time.time())
     meta = {**asdict(record), "file": path.name}
     meta.pop("path")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(3)}")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, path.with_name(path.name + RECORD_SUFFIX))
+    try:  # each file through a temporary one renamed into place: a full disk says so ("… could not be saved")
+        save_bytes(raw, folder, path.name)
+        save_bytes(_preview_png(rgb), folder, _preview_path(path).name)
+        save_bytes(json.dumps(meta).encode(), folder, path.name + RECORD_SUFFIX)  # last: a tile exists once its record does
+    except HistoDashError:
+        for leftover in (path, _preview_path(path)):
+            leftover.unlink(missing_ok=True)
+        raise
     _forget_tiles_cache()
     if report is not None:
         report.added.append(record)

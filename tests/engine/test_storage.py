@@ -207,3 +207,23 @@ def test_cohort_page_clinical_table_onto_a_full_disk(small_disk, monkeypatch, tm
     errors = "\n".join(e.value for e in at.error)
     assert f"{FULL}: 'clinical.csv' could not be saved." in errors and "Something went wrong" not in errors, errors
     assert not list(disk.rglob("*clinical.csv*"))  # nothing half-written
+
+
+def test_upload_page_tiles_onto_a_full_disk(small_disk, monkeypatch, tmp_path):
+    """Tiles uploaded while the workspace disk is full: each named with the disk-full message, nothing half-kept;
+    the tile already in the session stays."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.dashboard.views.test_gradcam import APP, png, upload_tiles
+
+    disk = small_disk()
+    monkeypatch.setenv("HISTODASH_WORK_DIR", str(disk))
+    at = upload_tiles(AppTest.from_file(APP, default_timeout=90), ("first.png", png(1)))
+    assert not at.error, [e.value for e in at.error]
+    fill(disk)
+    at.file_uploader[0].set_value([("first.png", png(1), "image/png"), ("big.png", png(2, size=300), "image/png")]).run()
+    assert not at.exception, at.exception
+    errors = "\n".join(e.value for e in at.error)
+    assert f"{FULL}: " in errors and "big.png" in errors and "Something went wrong" not in errors, errors
+    assert [p.name for p in disk.rglob("*big.png*")] == []  # no tile, preview or record of it
+    assert list(disk.rglob("*_first.png.json"))  # the earlier tile's record is still there

@@ -179,6 +179,7 @@ def test_slide_region_from_query_params(tmp_path):
         ({"slide": "lib:slide.png", "x": "0", "y": "0", "size": "100000"}, "outside"),
         ({"slide": "lib:slide.png", "x": "9000000", "y": "0", "size": "64"}, "is outside 'slide.png', which is"),  # issue 15: no pixel of the slide
         ({"slide": "lib:slide.png", "x": "0", "y": "5000000", "size": "4096"}, "is outside 'slide.png', which is"),
+        ({"slide": "lib:slide.png", "x": "150", "y": "0", "size": "64"}, "is not inside 'slide.png', which is 200×200 px"),  # partly outside
     ],
 )
 def test_bad_slide_links_are_messages(query, message):
