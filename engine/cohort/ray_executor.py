@@ -126,8 +126,8 @@ class RayExecutor:
             return stats
         lost = _lost_errors()
         cls = ray.remote(TileWorker)
-        weights = (ray.put(self.score.weights_bytes()),
-                   None if self.features is None or self.features.sha256 == self.score.sha256 else ray.put(self.features.weights_bytes()))
+        weights = (ray.put(self.score.files()),
+                   None if self.features is None or self.features.sha256 == self.score.sha256 else ray.put(self.features.files()))
         args = (self.score, self.features, weights[0], weights[1])
         n = min(self._n_workers(), len(jobs))
         stats["workers"] = n

@@ -51,8 +51,10 @@ class ModelSpec:
     def sha256(self) -> str:
         return str(self.card["weights_sha256"])
 
-    def weights_bytes(self) -> bytes:
-        return (Path(self.folder) / self.card["weights_file"]).read_bytes()
+    def files(self) -> dict[str, bytes]:
+        """The model folder's files, to ship to a worker: the weights and everything the card names beside them
+        (out-of-domain detector, stain reference), a few MB."""
+        return {p.name: p.read_bytes() for p in sorted(Path(self.folder).iterdir()) if p.is_file()}
 
 
 @dataclass
@@ -113,8 +115,8 @@ def _keras():
     return keras()
 
 
-def _load_card(spec: ModelSpec, weights: bytes | None):
-    """The spec's card with a folder holding its weights (a temporary one when the weights were shipped)."""
+def _load_card(spec: ModelSpec, weights: dict[str, bytes] | None):
+    """The spec's card with its folder (a temporary one holding the shipped files, :meth:`ModelSpec.files`)."""
     from engine.registry import ModelCard
 
     if weights is None and spec.folder and (Path(spec.folder) / spec.card["weights_file"]).exists():
@@ -122,7 +124,8 @@ def _load_card(spec: ModelSpec, weights: bytes | None):
     if weights is None:
         raise IncompatibleModelError(f"Model '{spec.id}' is not on this node and its weights were not shipped.")
     folder = Path(tempfile.mkdtemp(prefix=f"histodash-model-{spec.id}-"))
-    (folder / spec.card["weights_file"]).write_bytes(weights)
+    for name, data in weights.items():
+        (folder / Path(name).name).write_bytes(data)
     return ModelCard.from_dict(spec.card, folder=folder)
 
 
@@ -131,15 +134,15 @@ class TileWorker:
 
     Args:
         score: the scoring model; features: the feature model (default: ``score``).
-        score_weights, feature_weights: shipped weights files (Ray), or None to read the registry folder.
+        score_weights, feature_weights: the model folders' files shipped (Ray), or None to read the registry folder.
         batch_size: tiles per forward pass; decode_workers: threads reading and resizing tiles
             (the next batch is read while the current one is in the model).
         threads: TensorFlow's intra-op threads (a Ray actor: its CPU share, so that several actors on one node do not
             each start a thread per core); None leaves TensorFlow's default. Only before TensorFlow's first use in the process.
     """
 
-    def __init__(self, score: ModelSpec, features: ModelSpec | None = None, score_weights: bytes | None = None,
-                 feature_weights: bytes | None = None, *, batch_size: int = 32, decode_workers: int = 2, threads: int | None = None):
+    def __init__(self, score: ModelSpec, features: ModelSpec | None = None, score_weights: dict[str, bytes] | None = None,
+                 feature_weights: dict[str, bytes] | None = None, *, batch_size: int = 32, decode_workers: int = 2, threads: int | None = None):
         from engine.predict import TilePredictor
         from engine.registry import load_model_for_card
 
