@@ -48,8 +48,14 @@ def class_counts(composition: dict[str, float], n: int) -> dict[str, int]:
     return counts
 
 
+#: µm/px of an LC25000 224 px patch: the default model card's estimate (``mpp_method``: cell sizes, bench/fov.py),
+#: 1.52 µm/px at its 144 px input = 0.98 at 224 px. Mosaics written at this scale are tiled one patch per tile by
+#: a model that tiles at its card's µm/px.
+LC25000_MPP = 0.98
+
+
 def write_composition_slide(path: str | Path, patches: dict[str, list[Path]], composition: dict[str, float], *, rows: int = 5, cols: int = 5,
-                            patch_px: int = 224, seed: int = 0, levels: int = 3, mpp: float | None = 0.5) -> dict:
+                            patch_px: int = 224, seed: int = 0, levels: int = 3, mpp: float | None = LC25000_MPP) -> dict:
     """Write one mosaic slide; returns ``{"path", "classes", "labels" (rows, cols), "counts", "fractions", "patch_px"}``."""
     classes = sorted(patches)
     unknown = set(composition) - set(classes)
