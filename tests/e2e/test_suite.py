@@ -496,6 +496,9 @@ def test_login_on_and_off(server, new_page, suite_dir, models_dir):
         time.sleep(wait_s + 0.5)  # the throttle's wait after one failure
         box.fill(password)
         main(visitor).get_by_role("button", name="Sign in").click()
+        # the page asked for last before signing in (/predict) opens after it
+        main(visitor).get_by_role("heading", name="Tile prediction").wait_for()
+        nav(visitor, "Home")
         main(visitor).get_by_text("Research use only").wait_for()
         assert title(visitor).endswith("HistoDash")
         assert model_picker(visitor).get_by_role("combobox").input_value() == DEFAULT_MODEL
