@@ -107,6 +107,9 @@ def test_predict_page_waits_for_a_slot_and_reports_its_place(models, monkeypatch
         return original(on_wait=wrapped, **kw)
 
     monkeypatch.setattr(limits, "inference_slot", recording_slot)
+    import dashboard.tilework as tilework  # the page's worker takes its slot here (imported by name)
+
+    monkeypatch.setattr(tilework, "inference_slot", recording_slot)
     at = AppTest.from_file(APP, default_timeout=90)
     at.run()
     at.switch_page("views/upload.py")
