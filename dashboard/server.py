@@ -23,9 +23,11 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard/server.py` puts only d
 import streamlit as st  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
-from dashboard import tileserver  # noqa: E402
+from dashboard import streamlit_fixes, tileserver  # noqa: E402
 from dashboard.gate import SignInGateMiddleware  # noqa: E402
 from dashboard.websession import BrowserSessionMiddleware  # noqa: E402
+
+streamlit_fixes.keep_keras_state()  # shared models survive reruns; no 0.2 s clear_session per rerun
 
 ROUTES: list = []
 ROUTES += tileserver.routes()  # Deep Zoom tiles of the slide viewer (token-checked)
