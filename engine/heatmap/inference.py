@@ -37,6 +37,17 @@ CACHE_NAMESPACE = "heatmap-tile/v2"
 TILE_EXTRAS = EXTRA_FIELDS
 
 _SENTINEL = object()
+#: tiles in the first batch of a stream: the model starts once these few are read, while the first full batch is
+#: read (a full first batch kept both cores on decoding while the model waited: 2.4 % of CMU-1-Small-Region's run)
+FIRST_BATCH = 4
+
+
+def batch_plan(n: int, batch_size: int, first: int = FIRST_BATCH) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the batches a stream of ``n`` tiles is scored in: a short first batch, then full ones."""
+    first = max(1, min(int(first), int(batch_size)))
+    if n <= first:
+        return [(0, n)] if n else []
+    return [(0, first)] + [(i, min(i + batch_size, n)) for i in range(first, n, batch_size)]
 
 
 class HeatmapRun:
@@ -136,7 +147,7 @@ class HeatmapRun:
     def _stream(self, slide, grid, x, y, todo, keys, probs, extras, done, n, progress, cancelled) -> float:
         pred = self.predictor
         bs = pred.batch_size
-        batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
+        batches = [todo[a:b] for a, b in batch_plan(len(todo), bs)]
         q: queue.Queue = queue.Queue(maxsize=self.queue_batches)
         stop = threading.Event()
         next_batch = iter(range(len(batches)))
