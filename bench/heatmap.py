@@ -3,9 +3,10 @@
     .venv/bin/python bench/heatmap.py [--passes 9] [--device "A100, CUDA 12"] [--quick]
 
 (a) **Efficiency** on CMU-1-Small-Region.svs and on a generated 10,000² pyramid (real CMU tissue
-    textures in a central disc, ``--tissue-radius`` × side, default 0.42; a smaller disc leaves the
-    per-slide costs of the whole 10,000² slide — thumbnail, tissue mask, grid — over fewer tiles): the headline is fixed by ``bench/_stats.py``: ratio of medians = median(model-only
-    s) ÷ median(end-to-end s) over ``--passes`` alternating passes after one warm-up pass each.
+    textures in a central disc of ``--tissue-radius`` × side, default 0.42; a smaller disc spreads the
+    per-slide costs of the whole 10,000² slide — thumbnail, tissue mask, grid — over fewer tiles).
+    The headline is fixed by ``bench/_stats.py``: ratio of medians = median(model-only s) ÷
+    median(end-to-end s) over ``--passes`` alternating passes after one warm-up pass each.
     *End-to-end* = :func:`engine.heatmap.compute_heatmap` wall time, cold (a new empty result cache
     each pass): open, thumbnail, tissue mask, tile reading and preparation, inference, cache writes,
     with the model loaded. *Model-only* = :meth:`engine.predict.TilePredictor.predict_batch` on the

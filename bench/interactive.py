@@ -183,13 +183,17 @@ def predict_widget(page, frames) -> float:
     return frames.wait_after(page, t0) - t0
 
 
-def gradcam_one(page, frames, tile_name: str) -> float:
-    box = main_area(page).get_by_test_id("stSelectbox").filter(has_text="Tile").first
+def menu_option(page, box, name: str):
+    """Open a select box and type ``name`` (a long list is virtualised: its later options are not in the DOM); the option, shown."""
     box.click()
-    page.keyboard.type(tile_name)  # filters the list: a long one is virtualised, its later options not in the DOM
-    option = page.get_by_role("option", name=tile_name, exact=True)
+    page.keyboard.type(name)
+    option = page.get_by_role("option", name=name, exact=True)
     option.wait_for(timeout=ACTION_MS)
-    option.click()
+    return option
+
+
+def gradcam_one(page, frames, tile_name: str) -> float:
+    menu_option(page, main_area(page).get_by_test_id("stSelectbox").filter(has_text="Tile").first, tile_name).click()
     settle(page, frames)
     t0 = time.perf_counter()
     main_area(page).get_by_role("button", name="Compute", exact=True).click()
@@ -206,10 +210,7 @@ def gradcam_display(page, frames, rep: int) -> float:
         box = main_area(page).get_by_test_id("stSelectbox").filter(has_text="Colour map")
         current = box.inner_text()
         target = next(c for c in COLORMAPS[(rep // 2) % len(COLORMAPS) + 1 :] + COLORMAPS if c not in current)
-        box.click()
-        page.keyboard.type(target)
-        option = page.get_by_role("option", name=target, exact=True)
-        option.wait_for()
+        option = menu_option(page, box, target)
         t0 = time.perf_counter()
         option.click()
     else:  # opacity

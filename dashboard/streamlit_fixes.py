@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import sys
 
+#: Streamlit's own clean-up, once :func:`keep_keras_state` has replaced it (tests put it back to compare)
+streamlit_clean_up = None
+
 
 def _close_matplotlib_figures() -> None:
     if "matplotlib.pyplot" in sys.modules:
@@ -29,7 +32,8 @@ def keep_keras_state() -> bool:
         return False
     if not hasattr(script_runner, "_clean_problem_modules"):
         return False
+    global streamlit_clean_up
     if script_runner._clean_problem_modules is not _close_matplotlib_figures:
-        script_runner.streamlit_clean_problem_modules = script_runner._clean_problem_modules  # Streamlit's own, kept for tests
+        streamlit_clean_up = script_runner._clean_problem_modules
     script_runner._clean_problem_modules = _close_matplotlib_figures
     return True

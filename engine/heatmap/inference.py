@@ -46,9 +46,9 @@ FIRST_BATCH = 4
 
 def batch_plan(n: int, batch_size: int, first: int = FIRST_BATCH) -> list[tuple[int, int]]:
     """``(start, stop)`` of the batches a stream of ``n`` tiles is scored in: a short first batch, then full ones."""
-    first = max(1, min(int(first), int(batch_size)))
-    if n <= first:
-        return [(0, n)] if n else []
+    if n <= 0:
+        return []
+    first = max(1, min(int(first), int(batch_size), n))
     return [(0, first)] + [(i, min(i + batch_size, n)) for i in range(first, n, batch_size)]
 
 

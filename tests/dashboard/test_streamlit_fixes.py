@@ -22,7 +22,7 @@ def test_a_rerun_keeps_keras_state_only_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(script_runner, "_clean_problem_modules", script_runner._clean_problem_modules)  # restored afterwards
     assert streamlit_fixes.keep_keras_state()
     assert _rerun_keeps_probe(tmp_path)
-    monkeypatch.setattr(script_runner, "_clean_problem_modules", script_runner.streamlit_clean_problem_modules)
+    monkeypatch.setattr(script_runner, "_clean_problem_modules", streamlit_fixes.streamlit_clean_up)
     assert not _rerun_keeps_probe(tmp_path), "Streamlit no longer clears the Keras session after a run: the fix can go"
 
 
