@@ -13,6 +13,11 @@ then, in NumPy:
   ``uncertainty`` is the standard deviation of the (calibrated) positive score across them, as in
   Slideflow's uncertainty heatmaps. Masks are drawn once per runner, so a tile's uncertainty does
   not depend on its batch (and can be cached).
+* **Test-time augmentation** (``tta`` views, on the card): the network runs on the tile's four 90°
+  rotations (``tta=4``; ``8`` adds their mirror images) and the *features* are averaged before the
+  head, the detector and the dropout masks. The averaged features are the same for a tile and its
+  rotated copy, so the score does not depend on how the tile happens to be oriented; it costs
+  ``tta`` times the network's work.
 
 The tile predictor, the heatmap inference and Grad-CAM's prediction all call this, so they agree.
 Models without a final ``Dense`` layer (or imported ones without a detector or dropout) still give
@@ -31,6 +36,8 @@ from engine.errors import IncompatibleModelError
 
 #: default number of Monte Carlo dropout samples
 MC_SAMPLES = 30
+#: test-time augmentation: how many views a tile may be run as (1: none; 4: the 90° rotations; 8: with their mirror images)
+TTA_VIEWS = (1, 4, 8)
 #: the optional per-tile outputs (fields of :class:`ForwardOutput`) that travel as columns: prediction rows, heatmap
 #: tiles (``HeatmapResult.columns``), cohort chunks, caches and exports all take this list
 EXTRA_FIELDS = ("in_domain", "domain_score", "uncertainty")
@@ -99,6 +106,39 @@ def find_head(model):
     return head, rate
 
 
+def dihedral_views(batch: np.ndarray, views: int) -> np.ndarray:
+    """``(views * N, px, px, 3)``: the batch ``(N, px, px, 3)`` rotated by 0°, 90°, 180°, 270° (and, for 8, mirrored), view by view."""
+    if views not in TTA_VIEWS:
+        raise ValueError(f"tta views must be one of {TTA_VIEWS}, got {views!r}")
+    rotations = [np.rot90(batch, k, axes=(1, 2)) for k in range(4 if views > 1 else 1)]
+    if views == 8:
+        rotations += [r[:, :, ::-1] for r in rotations]
+    return np.concatenate(rotations) if len(rotations) > 1 else batch
+
+
+def feature_blocks(model) -> tuple[int, ...] | None:
+    """Sizes of the parts the penultimate features are concatenated from (the depths of ``lung_cnn_ms``), or None.
+
+    Follows the head's input back through a ``Dropout`` to a ``Concatenate`` layer.
+    """
+    from engine.runtime import keras
+
+    k = keras()
+    layer, _ = find_head(model)
+    for _ in range(3):
+        try:
+            parents = layer._inbound_nodes[0].parent_nodes  # noqa: SLF001 - Keras 3 functional graph
+            layer = parents[0].operation if parents else None
+        except (AttributeError, IndexError):
+            return None
+        if isinstance(layer, k.layers.Concatenate):
+            inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+            return tuple(int(t.shape[-1]) for t in inputs)
+        if not isinstance(layer, k.layers.Dropout):
+            return None
+    return None
+
+
 class ModelRunner:
     """A tile classifier with its calibration, out-of-domain detector and MC-dropout uncertainty.
 
@@ -110,9 +150,14 @@ class ModelRunner:
         detector: an :class:`engine.domain.DomainDetector` or None.
         mc_samples: Monte Carlo dropout samples (0: no uncertainty).
         seed: seed of the dropout masks.
+        tta: views per tile (:data:`TTA_VIEWS`; 1: none), features averaged over them.
     """
 
-    def __init__(self, model, *, n_classes: int, positive, temperature: float = 1.0, detector=None, mc_samples: int = MC_SAMPLES, seed: int = 0):
+    def __init__(self, model, *, n_classes: int, positive, temperature: float = 1.0, detector=None, mc_samples: int = MC_SAMPLES, seed: int = 0,
+                 tta: int = 1):
+        if int(tta) not in TTA_VIEWS:
+            raise IncompatibleModelError(f"Test-time augmentation with {tta!r} views is not supported; use one of {', '.join(map(str, TTA_VIEWS))}.")
+        self.tta = int(tta)
         self.model = model
         self.n_classes = int(n_classes)
         self.positive = list(positive)
@@ -144,7 +189,7 @@ class ModelRunner:
         detector = load_detector(card)
         samples = int((card.uncertainty or {}).get("samples", MC_SAMPLES))
         return cls(model, n_classes=len(card.classes), positive=card.positive_indices, temperature=card.temperature, detector=detector,
-                   mc_samples=samples, seed=int((card.uncertainty or {}).get("seed", 0)))
+                   mc_samples=samples, seed=int((card.uncertainty or {}).get("seed", 0)), tta=card.tta_views)
 
     @property
     def has_uncertainty(self) -> bool:
@@ -164,11 +209,18 @@ class ModelRunner:
     def forward(self, batch: np.ndarray) -> ForwardOutput:
         """Run a batch ``(N, px, px, 3)`` of float RGB 0..255 tiles."""
         x = np.asarray(batch, dtype=np.float32)
+        n = len(x)
+        if self.tta > 1:
+            x = dihedral_views(x, self.tta)
         if self._features is None:
             raw = probabilities_from_output(self.model.predict_on_batch(x), self.n_classes)
+            if self.tta > 1:
+                raw = raw.reshape(self.tta, n, -1).mean(axis=0)
             probs = apply_temperature(raw, self.temperature) if self.temperature != 1.0 else raw
             return ForwardOutput(probs, raw, probs[:, self.positive].sum(axis=1))
         f = np.asarray(self._features.predict_on_batch(x), dtype=np.float64)
+        if self.tta > 1:
+            f = f.reshape(self.tta, n, -1).mean(axis=0)
         raw = self._head_probs(f)
         probs = apply_temperature(raw, self.temperature) if self.temperature != 1.0 else raw
         score = probs[:, self.positive].sum(axis=1)

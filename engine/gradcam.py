@@ -682,6 +682,9 @@ class Explainer:
             out = self.runner.forward(x[None])
             probs = out.probabilities[0]
             extras = {k: v for k, v in out.row(0).items() if k != "probabilities"}
+            if self.runner.tta > 1:
+                note = "; ".join(filter(None, [note, f"the score averages the tile's {self.runner.tta} rotations (the card's test-time "
+                                                     "augmentation); the map explains the tile as shown"]))
         target_indices = self._target_indices(target, probs)[1]
         value = {
             **extras,
@@ -724,7 +727,7 @@ class Explainer:
         if r is None:
             return None
         return {"temperature": r.temperature, "detector": None if r.detector is None else [r.detector.threshold, r.detector.transform, r.detector.dim],
-                "mc": None if r._masks is None else list(r._masks.shape)}
+                "mc": None if r._masks is None else list(r._masks.shape), "tta": r.tta}
 
 
 def explain(image, *, model_id: str | None = None, method: str = "gradcam", layer: str | None = None, target: str | None = None, registry: Registry | None = None, cache: ResultCache | None | bool = None) -> SaliencyResult:

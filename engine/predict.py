@@ -202,6 +202,7 @@ class TilePredictor:
             "temperature": self.card.temperature,
             "domain": (self.card.domain or {}).get("sha256"),
             "uncertainty": {k: (self.card.uncertainty or {}).get(k) for k in ("samples", "seed")},
+            **({"tta": self.card.tta_views} if self.card.tta_views > 1 else {}),  # only when on: keys of cards without it stay as they were
         }
 
     def prepare(self, rgb: np.ndarray) -> Prepared:

@@ -128,7 +128,8 @@ class ModelCard:
 
     Beyond the identity and input fields: ``metrics`` (typed :class:`SplitMetrics`), ``calibration``
     (``{"method": "temperature", "temperature": T, ...}``), ``domain`` (out-of-domain detector: file,
-    sha256, threshold, ...), ``uncertainty`` (``{"method": "mc-dropout", "samples": T, "rate": r}``),
+    sha256, threshold, ...), ``uncertainty`` (``{"method": "mc-dropout", "samples": T, "rate": r}``), ``tta``
+    (``{"views": 4, ...}``: features averaged over the tile's rotations),
     ``normalization_reference`` (the bundled target of the card's stain normalisation) and ``quality``
     (``{"status": "passed" | "failed", "reasons": [...]}``).
     """
@@ -154,6 +155,7 @@ class ModelCard:
     calibration: dict = field(default_factory=dict)
     domain: dict = field(default_factory=dict)
     uncertainty: dict = field(default_factory=dict)
+    tta: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)
     training_data: str = ""
     reproduce: str = ""
@@ -177,7 +179,7 @@ class ModelCard:
         kwargs["threshold"] = float(data["threshold"])
         if data.get("mpp") is not None:
             kwargs["mpp"] = float(data["mpp"])
-        for key in ("calibration", "domain", "uncertainty", "quality"):
+        for key in ("calibration", "domain", "uncertainty", "tta", "quality"):
             kwargs[key] = dict(data.get(key) or {})
         card = cls(**kwargs, extra={k: v for k, v in data.items() if k not in known}, folder=folder)
         card.validate()
@@ -198,6 +200,8 @@ class ModelCard:
             raise IncompatibleModelError(f"Model '{self.id}' card: calibration temperature {t!r} is not a positive number.")
         if self.normalization not in ("none", "macenko", "vahadane"):
             raise IncompatibleModelError(f"Model '{self.id}' card: unknown stain normalisation '{self.normalization}'.")
+        if self.tta.get("views", 1) not in (1, 4, 8):
+            raise IncompatibleModelError(f"Model '{self.id}' card: test-time augmentation with {self.tta.get('views')!r} views; use 1, 4 or 8.")
 
     @property
     def positive_indices(self) -> tuple[int, ...]:
@@ -216,6 +220,11 @@ class ModelCard:
     def temperature(self) -> float:
         """The calibration temperature prediction applies (1.0: uncalibrated)."""
         return float(self.calibration.get("temperature", 1.0)) if self.calibration.get("method", "temperature") == "temperature" else 1.0
+
+    @property
+    def tta_views(self) -> int:
+        """Views per tile of the card's test-time augmentation (1: none; see :mod:`engine.forward`)."""
+        return int(self.tta.get("views", 1))
 
     @property
     def quality_failed(self) -> bool:

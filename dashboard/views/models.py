@@ -2,7 +2,7 @@
 
 Each card shows its quality check (a model that failed it is marked in red with the reason and is
 never selected by default), its stain normalisation, calibration (with the reliability diagram of
-its held-out tiles), out-of-domain flag, uncertainty and field of view.
+its held-out tiles), out-of-domain flag, test-time augmentation, uncertainty and field of view.
 
 Uploaded models are untrusted: the engine (``engine.registry.import_model``) inspects the archive's
 config before loading anything, refuses Lambda layers, custom or unknown objects, legacy HDF5,
@@ -42,6 +42,8 @@ def card_details(card) -> None:
         st.caption(f"Calibration: {card.calibration.get('method')} (T = {card.temperature:.3f}, fitted on {card.calibration.get('fitted_on', '?')}).")
     if card.domain:
         st.caption(f"Out-of-domain flag: {card.domain.get('method')}, threshold {card.domain.get('threshold')} — {card.domain.get('fitted_on', '')}.")
+    if card.tta_views > 1:
+        st.caption(f"Test-time augmentation: {card.tta_views} views — {card.tta.get('what', '')}.")
     if card.uncertainty:
         st.caption(f"Uncertainty: {card.uncertainty.get('method')} ({card.uncertainty.get('samples')} samples): {card.uncertainty.get('what', '')}.")
     if card.metrics:

@@ -100,6 +100,9 @@ def build_card(cfg: TrainConfig, data, *, model_id: str, params: int, positive, 
         "uncertainty": ({"method": "mc-dropout", "samples": cfg.mc_samples, "rate": dropout_rate, "seed": 0,
                          "what": "standard deviation of the calibrated positive score over Monte Carlo dropout masks on the penultimate features"}
                         if dropout_rate and cfg.mc_samples else {}),
+        "tta": ({"views": cfg.tta, "what": (f"the network runs on the tile's {cfg.tta} " + ("90° rotations" if cfg.tta == 4 else "90° rotations and their mirror images")
+                                            + " and averages its penultimate features before the head, the out-of-domain detector and the dropout masks; "
+                                            "every metric on this card was measured that way")} if cfg.tta > 1 else {}),
         "quality": quality,
         "metrics": metrics,
         **extra,
@@ -164,6 +167,9 @@ def render_readme(card: dict) -> str:
         lines += ["## Out-of-domain flag", "", f"{dom['method']} on the {dom['features']}; {dom['fitted_on']}. A tile is in domain when its score "
                   f"is at most {dom['threshold']}. Detector file `{dom['file']}` (sha256 {dom['sha256'][:16]}…). A slide whose tissue tiles are "
                   f"more than {dom.get('slide_warning_fraction', 0.5):.0%} out of domain gets a warning.", ""]
+    tta = card.get("tta") or {}
+    if tta:
+        lines += ["## Test-time augmentation", "", f"{tta['views']} views: {tta['what']}.", ""]
     unc = card.get("uncertainty") or {}
     if unc:
         lines += ["## Uncertainty", "", f"{unc['method']}: {unc['what']} ({unc['samples']} samples, rate {unc['rate']}).", ""]

@@ -50,7 +50,8 @@ SPLIT_METHODS = ("holdout", "kfold")
 MIXED_PRECISION = ("auto", "on", "off")
 LR_SCHEDULES = ("plateau", "cosine")
 CALIBRATIONS = ("temperature", "none")
-DOMAIN_METHODS = ("mahalanobis", "none")
+DOMAIN_METHODS = ("mahalanobis", "mahalanobis-blocks", "none")
+TTA_VIEWS = (1, 4, 8)  # engine.forward.TTA_VIEWS (kept here so that a configuration is checked without TensorFlow)
 #: card fields a configuration may set (``card:`` mapping); everything else on the card is measured by the pipeline
 CARD_FIELDS = ("version", "class_descriptions", "labels", "score_name", "intended_use", "limitations", "training_data_note",
                "mpp_method", "reproduce")
@@ -124,9 +125,10 @@ class TrainConfig:
     normalization: str = "none"  # none | macenko (applied before resizing, as at inference); the card binds prediction to it
     normalization_reference: str | None = None  # macenko: reference tile whose stains are the target (default: the published Macenko target); bundled with the model
     calibration: str = "temperature"  # temperature: temperature scaling fitted on validation, applied at prediction; none
-    domain: str = "mahalanobis"  # out-of-domain flag from the penultimate features (fitted on training tiles); none
+    domain: str = "mahalanobis"  # out-of-domain flag from the penultimate features (fitted on training tiles); mahalanobis-blocks: one covariance per concatenated depth, each depth weighted equally (engine.domain); none
     domain_pass_rate: float = 0.98  # share of validation tiles inside the out-of-domain threshold
     mc_samples: int = 30  # Monte Carlo dropout samples for the per-tile uncertainty (0 = off)
+    tta: int = 1  # test-time augmentation for evaluation and prediction: 1 (off), 4 (90° rotations) or 8 (and mirrored); features averaged
     stain_test: bool = False  # also score the test tiles re-stained like another lab (engine.stain_augment.restain) and with the other normalisation
     mpp: float | None = None  # microns per pixel of the training tiles as given (before resizing), if known or estimated
     card: dict = field(default_factory=dict)  # extra card fields: version, class_descriptions, labels, score_name, intended_use, limitations, training_data_note, mpp_method, reproduce
@@ -204,7 +206,7 @@ _TYPES: dict[str, type] = {
     "group_column": str, "normalization": str, "early_stopping_patience": int, "reduce_lr_patience": int, "reduce_lr_factor": float,
     "min_learning_rate": float, "mixed_precision": str, "seed": int, "max_images": int, "workers": int, "model_id": str, "name": str,
     "lr_schedule": str, "warmup_epochs": float, "label_smoothing": float, "min_epochs": int, "normalization_reference": str,
-    "calibration": str, "domain": str, "domain_pass_rate": float, "mc_samples": int, "stain_test": bool, "mpp": float,
+    "calibration": str, "domain": str, "domain_pass_rate": float, "mc_samples": int, "tta": int, "stain_test": bool, "mpp": float,
     # nested
     "flip": bool, "rotate90": bool, "rotation": float, "zoom": float, "shift": float, "color_jitter": float, "hed_sigma": float, "hed_bias": float, "hed_vector": float,
     "method": str, "val": float, "test": float, "folds": int,
@@ -333,6 +335,8 @@ def validate(cfg: TrainConfig) -> None:
         bad(f"Unknown domain method '{cfg.domain}'.", f"Choose one of: {', '.join(DOMAIN_METHODS)}.")
     if not 0.5 <= cfg.domain_pass_rate < 1:
         bad(f"domain_pass_rate must be in [0.5, 1) (got {cfg.domain_pass_rate}).")
+    if cfg.tta not in TTA_VIEWS:
+        bad(f"tta must be one of {', '.join(map(str, TTA_VIEWS))} views (got {cfg.tta}).", "1 turns test-time augmentation off.")
     if not 0 <= cfg.mc_samples <= 1000:
         bad(f"mc_samples must be between 0 and 1000 (got {cfg.mc_samples}).")
     if cfg.mpp is not None and not 0.01 <= cfg.mpp <= 100:

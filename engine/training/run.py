@@ -120,9 +120,10 @@ def train(cfg: TrainConfig, ctx: JobContext, *, out_dir: Path | str | None = Non
         out_val = ev.run(parts["val"])
         temperature = fit_temperature(out_val.raw_probabilities, y[parts["val"]]) if cfg.calibration == "temperature" else 1.0
         detector = None
-        if cfg.domain == "mahalanobis":
+        if cfg.domain != "none":
             out_train = ev.run(parts["train"])
-            detector = fit_domain(out_train.features, y[parts["train"]], out_val.features, pass_rate=cfg.domain_pass_rate)
+            detector = fit_domain(out_train.features, y[parts["train"]], out_val.features, pass_rate=cfg.domain_pass_rate,
+                                  blocks=domain_blocks(cfg, model, ctx))
         val_probs = apply_temperature(out_val.raw_probabilities, temperature)
         threshold = f1_optimal_threshold(np.isin(y[parts["val"]], positive), val_probs[:, positive].sum(1))
         ctx.log(f"calibration: temperature {temperature:.4f} (fitted on {len(parts['val'])} validation tiles); threshold {threshold:.4f}"
@@ -193,9 +194,9 @@ def train(cfg: TrainConfig, ctx: JobContext, *, out_dir: Path | str | None = Non
         fit_s = time.time() - t_start
         history += [{**row, "fold": "final"} for row in fhist]
         detector = None
-        if cfg.domain == "mahalanobis":
+        if cfg.domain != "none":
             out_all = _Evaluator(trainer, model).run(np.arange(len(y)))
-            detector = fit_domain(out_all.features, y, out_all.features, pass_rate=cfg.domain_pass_rate)
+            detector = fit_domain(out_all.features, y, out_all.features, pass_rate=cfg.domain_pass_rate, blocks=domain_blocks(cfg, model, ctx))
         cv = mean_sd(fold_rows)
         metrics = [{"split": "cv-mean", "description": f"mean over {len(folds)} stratified group folds (s.d. in cv_sd)", **{k: v["mean"] for k, v in cv.items()},
                     "n": int(len(y)), "cv_sd": {k: v["sd"] for k, v in cv.items()}, "threshold": round(threshold, 4)}, *fold_rows]
@@ -261,6 +262,19 @@ def training_normalizer(cfg: TrainConfig):
     return get_normalizer(cfg.normalization), "the published Macenko target (HERef, maxCRef)"
 
 
+def domain_blocks(cfg: TrainConfig, model, ctx: JobContext) -> tuple[int, ...] | None:
+    """The feature parts of ``mahalanobis-blocks`` (None for ``mahalanobis``, or when the features are not a concatenation)."""
+    if cfg.domain != "mahalanobis-blocks":
+        return None
+    from engine.forward import feature_blocks
+
+    blocks = feature_blocks(model)
+    if not blocks or len(blocks) < 2:
+        ctx.log(f"warning: domain: mahalanobis-blocks, but {cfg.architecture}'s features are not concatenated from parts: one covariance over all")
+        return None
+    return blocks
+
+
 def _default_macenko():
     from engine.stain import get_normalizer
 
@@ -276,7 +290,7 @@ class _Evaluator:
         from engine.forward import ModelRunner
 
         self.trainer = trainer
-        self.runner = ModelRunner(model, n_classes=len(trainer.data.classes), positive=trainer.positive, mc_samples=0)
+        self.runner = ModelRunner(model, n_classes=len(trainer.data.classes), positive=trainer.positive, mc_samples=0, tta=trainer.cfg.tta)
 
     def _forward(self, arrays: list[np.ndarray]):
         from engine.forward import concat
@@ -841,12 +855,17 @@ def _register(cfg, data: PreparedData, model, positive, threshold, metrics, spli
         _write_history(tmp / "training_log.csv", history)
         domain = None
         if detector is not None:
-            from engine.domain import FILE_NAME, METHOD
+            from engine.domain import BLOCK_METHOD, FILE_NAME
+            from engine.forward import feature_blocks
 
-            domain = {"method": METHOD, "file": FILE_NAME, "sha256": detector.save(tmp / FILE_NAME), "threshold": round(detector.threshold, 4),
-                      "pass_rate": detector.pass_rate, "transform": detector.transform,
-                      "features": f"{detector.dim}-d input of the final Dense layer" + (", square-rooted" if detector.transform == "sqrt" else ""), "fitted_on": domain_fit,
-                      "slide_warning_fraction": 0.5}
+            blocks = feature_blocks(final) if detector.method == BLOCK_METHOD else None
+            features = (f"{detector.dim}-d input of the final Dense layer" + (f" (parts {' + '.join(map(str, blocks))}, one covariance each, "
+                        "each part's squared distance divided by its size)" if blocks else "")
+                        + (", square-rooted" if detector.transform == "sqrt" else "")
+                        + (f", averaged over the tile's {cfg.tta} test-time views" if cfg.tta > 1 else ""))
+            domain = {"method": detector.method, "file": FILE_NAME, "sha256": detector.save(tmp / FILE_NAME), "threshold": round(detector.threshold, 4),
+                      "pass_rate": detector.pass_rate, "transform": detector.transform, **({"blocks": list(blocks)} if blocks else {}),
+                      "features": features, "fitted_on": domain_fit, "slide_warning_fraction": 0.5}
         reference = write_reference(tmp, normalizer, norm_source) if normalizer is not None else None
         from engine.forward import find_head
 

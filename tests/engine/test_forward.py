@@ -87,3 +87,35 @@ def test_a_single_sigmoid_unit_gives_two_class_probabilities_and_uncertainty():
     out = ModelRunner(model, n_classes=2, positive=[1], temperature=1.5, mc_samples=10).forward(x)
     p = np.asarray(model.predict(x, verbose=0), np.float64)[:, 0]
     assert np.allclose(out.raw_probabilities[:, 1], p, atol=1e-5) and out.probabilities.shape == (4, 2) and out.uncertainty.shape == (4,)
+
+
+def test_test_time_augmentation_averages_the_features_of_the_rotations(model):
+    from engine.errors import IncompatibleModelError
+
+    x = _batch(5, 4)
+    single = ModelRunner(model, n_classes=3, positive=[2], mc_samples=0)
+    rotations = [single.forward(np.ascontiguousarray(np.rot90(x, k, axes=(1, 2)))).features.astype(np.float64) for k in range(4)]
+    tta = ModelRunner(model, n_classes=3, positive=[2], mc_samples=0, tta=4)
+    out = tta.forward(x)
+    assert np.allclose(out.features, np.mean(rotations, axis=0), atol=1e-5)
+    w, b = find_head(model)[0].get_weights()
+    z = np.mean(rotations, axis=0) @ w + b
+    expected = np.exp(z - z.max(1, keepdims=True))
+    assert np.allclose(out.probabilities, expected / expected.sum(1, keepdims=True), atol=1e-5)
+    # a tile and its rotated copy get the same score; with 8 views also its mirror image
+    turned = tta.forward(np.ascontiguousarray(np.rot90(x, 1, axes=(1, 2))))
+    assert np.allclose(turned.probabilities, out.probabilities, atol=1e-5)
+    assert not np.allclose(single.forward(x[:, :, ::-1].copy()).probabilities, single.forward(x).probabilities, atol=1e-5)
+    eight = ModelRunner(model, n_classes=3, positive=[2], mc_samples=0, tta=8)
+    assert np.allclose(eight.forward(x[:, :, ::-1].copy()).probabilities, eight.forward(x).probabilities, atol=1e-5)
+    with pytest.raises(IncompatibleModelError, match="3 views"):
+        ModelRunner(model, n_classes=3, positive=[2], tta=3)
+
+
+def test_feature_blocks_are_the_pooled_depths_of_the_multiscale_model(model):
+    from engine.architectures import build_model
+    from engine.forward import feature_blocks
+
+    assert feature_blocks(build_model("lung_cnn_ms", 48, 3, width=8)) == (16, 32, 64)
+    assert feature_blocks(build_model("lung_cnn", 48, 3, width=8)) is None
+    assert feature_blocks(model) is None  # small_cnn: a Dense layer before the dropout

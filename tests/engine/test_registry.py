@@ -69,6 +69,9 @@ def test_card_validation():
         ModelCard.from_dict({**base, "positive_classes": ["c"]})
     with pytest.raises(IncompatibleModelError, match="threshold"):
         ModelCard.from_dict({**base, "threshold": 1.5})
+    assert ModelCard.from_dict(base).tta_views == 1 and ModelCard.from_dict({**base, "tta": {"views": 4}}).tta_views == 4
+    with pytest.raises(IncompatibleModelError, match="test-time augmentation with 5 views"):
+        ModelCard.from_dict({**base, "tta": {"views": 5}})
 
 
 def test_lambda_layer_model_is_refused(tmp_path):

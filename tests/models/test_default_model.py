@@ -18,10 +18,10 @@ from tests.conftest import ROOT, shared_path
 FOLDER = ROOT / "models" / "lc25000-lung-cnn"
 
 
-#: issue 12's targets the committed model (run F) misses, measured on its held-out groups: three-class accuracy
-#: 0.945 plain / 0.946 re-stained (targets 0.96 / 0.95); PCam 10 of 18 patches in domain. strict: a model that
-#: meets them turns these into failures, so the marker is removed with the retrained model.
-MISSED = pytest.mark.xfail(strict=True, reason="run F misses issue 12's accuracy / PCam targets (see the card)")
+#: issue 12's target the committed model (run G) misses, measured on its held-out groups: three-class accuracy
+#: 0.954 plain (target 0.96; re-stained 0.955 meets its 0.95). strict: a model that meets it turns this into a failure,
+#: so the marker is removed with the retrained model.
+MISSED = pytest.mark.xfail(strict=True, reason="run G misses issue 12's plain accuracy target, 0.954 < 0.96 (see the card)")
 
 @pytest.fixture(scope="module")
 def card():
@@ -109,7 +109,6 @@ def test_both_real_slides_are_mostly_out_of_domain_and_the_summary_says_so(card,
     assert "out of domain" in summary["out_of_domain_warning"]
 
 
-@MISSED
 def test_pcam_patches_are_mostly_out_of_domain(card):
     from engine.predict import TilePredictor
 

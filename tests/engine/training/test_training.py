@@ -94,6 +94,8 @@ def test_minimal_config_is_valid_and_everything_else_has_defaults(tmp_path):
         ({"data": "x", "architecture": "inceptionv3_head", "input_px": 64}, "input_px 64 is out of range"),
         ({"data": "x", "class_weights": "auto"}, "class_weights must be"),
         ({"data": "x", "mixed_precision": "yes please"}, "mixed_precision must be one of"),
+        ({"data": "x", "tta": 3}, "tta must be one of 1, 4, 8 views"),
+        ({"data": "x", "domain": "knn"}, "Unknown domain method 'knn'"),
         ({"data": "x", "model_id": "../evil"}, "not a valid model id"),
         ({"data": "x", "classes": ["a", "b"], "positive_classes": ["c"]}, "positive_classes"),
     ],
@@ -431,3 +433,26 @@ def test_training_with_weight_average_and_precise_batchnorm(folder_ds, models_di
         parse_config({"data": str(folder_ds), "ema_decay": 1.0})
     with pytest.raises(InvalidInputError, match="bn_reestimate"):
         parse_config({"data": str(folder_ds), "bn_reestimate": -1})
+
+
+def test_test_time_augmentation_and_block_detector_go_from_the_config_to_the_card(folder_ds, models_dir, tmp_path):
+    from engine import domain
+    from engine.forward import ModelRunner
+    from engine.registry import Registry
+    from engine.training.run import train
+
+    base = {"data": str(folder_ds), "input_px": 32, "epochs": 1, "batch_size": 8, "split": {"val": 0.25, "test": 0.25}}
+    train(parse_config({**base, "architecture": "lung_cnn_ms", "model_id": "tta", "tta": 4, "domain": "mahalanobis-blocks"}),
+          jobs.JobContext(tmp_path / "job-tta", {}))
+    card = Registry(models_dir).get("tta")
+    assert card.tta_views == 4 and "4 90° rotations" in card.tta["what"]
+    assert card.domain["method"] == domain.BLOCK_METHOD and card.domain["blocks"] == [64, 128, 256]
+    assert "averaged over the tile's 4 test-time views" in card.domain["features"]
+    assert ModelRunner.from_card(card).tta == 4
+    assert "## Test-time augmentation" in (models_dir / "tta" / "README.md").read_text()
+    # an architecture whose features are not concatenated falls back to one covariance, and says so
+    train(parse_config({**base, "architecture": "small_cnn", "model_id": "flat", "domain": "mahalanobis-blocks"}),
+          jobs.JobContext(tmp_path / "job-flat", {}))
+    assert "features are not concatenated from parts" in (tmp_path / "job-flat" / "log.txt").read_text()
+    flat = Registry(models_dir).get("flat")
+    assert flat.domain["method"] == domain.METHOD and "blocks" not in flat.domain and flat.tta_views == 1 and not flat.tta
