@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 from engine.cohort.worker import ChunkJob, ChunkResult, ModelSpec, TileWorker
 from engine.errors import Cancelled, HistoDashError, JobError
 
+#: after the work, how long to wait for Ray to say whether the node of a lost worker died (Ray notices a dead node in
+#: about 15 s by default; only runs that lost a worker wait, and only until every such node is known dead or this passes)
+LOST_NODE_WAIT_S = 20.0
+
 
 @dataclass
 class _Slot:
@@ -142,6 +146,11 @@ class RayExecutor:
         t_start = time.monotonic()
         last_up = time.monotonic()
 
+        def note_lost(node: str) -> None:
+            if node not in stats["lost_nodes"]:
+                stats["lost_nodes"].append(node)
+                stats["node_lost_at"] = stats["node_lost_at"] or time.time()
+
         def retire(slot: _Slot, why: str) -> None:
             """The slot's actor is gone for good: its chunks back to the queue, a new actor in its place."""
             if slot.dead:
@@ -240,11 +249,20 @@ class RayExecutor:
                     last_node_check = time.monotonic()
                     dead_nodes = {n["NodeID"] for n in ray.nodes() if not n.get("Alive")}
                     for slot in list(slots):
-                        if not slot.dead and slot.node in dead_nodes:
-                            if slot.node not in stats["lost_nodes"]:
-                                stats["lost_nodes"].append(slot.node)
-                                stats["node_lost_at"] = stats["node_lost_at"] or time.time()
+                        if slot.node in dead_nodes:  # retired slots too: their actor's death may have been seen first
+                            note_lost(slot.node)
                             retire(slot, f"node {slot.node[:8]} is dead")
+            # A worker lost to a dead node can be requeued (its call failed) before Ray declares the node dead, and the
+            # work may end first: ask Ray a little longer about the nodes of the workers that were lost.
+            suspects = {slot.node for slot in slots if slot.dead and slot.node} - set(stats["lost_nodes"])
+            until = time.monotonic() + LOST_NODE_WAIT_S
+            while suspects and time.monotonic() < until:
+                dead_nodes = {n["NodeID"] for n in ray.nodes() if not n.get("Alive")}
+                for node in suspects & dead_nodes:
+                    note_lost(node)
+                suspects -= dead_nodes
+                if suspects:
+                    time.sleep(0.5)
         finally:
             for slot in slots:
                 with contextlib.suppress(Exception):

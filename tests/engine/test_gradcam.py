@@ -228,6 +228,9 @@ def test_default_model_from_models_folder():
     result = explainer.explain(tile, target="score")
     assert result.map.shape == (224, 224) and 0.0 <= result.map.min() <= result.map.max() <= 1.0
     assert result.target_class == "score" and result.layer == explainer.default_layer().path
+    card = registry.get("lc25000-lung-cnn")
+    if card.tta_views > 1:  # the score is the card's (rotations averaged) and the page is told the map is of one view
+        assert f"averages the tile's {card.tta_views} rotations" in result.note and explainer.runner.tta == card.tta_views
 
 
 # ----------------------------------------------------------------------------- targets, cache, rendering
