@@ -27,6 +27,7 @@ from pathlib import Path
 from engine.cache import sha256_file
 from engine.config import get_settings
 from engine.errors import IncompatibleModelError, InvalidInputError, ModelNotFoundError, storage_errors
+from engine.forward import TTA_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +201,9 @@ class ModelCard:
             raise IncompatibleModelError(f"Model '{self.id}' card: calibration temperature {t!r} is not a positive number.")
         if self.normalization not in ("none", "macenko", "vahadane"):
             raise IncompatibleModelError(f"Model '{self.id}' card: unknown stain normalisation '{self.normalization}'.")
-        if self.tta.get("views", 1) not in (1, 4, 8):
-            raise IncompatibleModelError(f"Model '{self.id}' card: test-time augmentation with {self.tta.get('views')!r} views; use 1, 4 or 8.")
+        if self.tta.get("views", 1) not in TTA_VIEWS:
+            raise IncompatibleModelError(f"Model '{self.id}' card: test-time augmentation with {self.tta.get('views')!r} views; "
+                                         f"use {', '.join(map(str, TTA_VIEWS[:-1]))} or {TTA_VIEWS[-1]}.")
 
     @property
     def positive_indices(self) -> tuple[int, ...]:

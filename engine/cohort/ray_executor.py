@@ -146,6 +146,9 @@ class RayExecutor:
         t_start = time.monotonic()
         last_up = time.monotonic()
 
+        def dead_nodes() -> set[str]:
+            return {n["NodeID"] for n in ray.nodes() if not n.get("Alive")}
+
         def note_lost(node: str) -> None:
             if node not in stats["lost_nodes"]:
                 stats["lost_nodes"].append(node)
@@ -247,9 +250,9 @@ class RayExecutor:
                 # lost nodes (a dead node's calls may never return on their own)
                 if time.monotonic() - last_node_check > 1.0:
                     last_node_check = time.monotonic()
-                    dead_nodes = {n["NodeID"] for n in ray.nodes() if not n.get("Alive")}
+                    dead = dead_nodes()
                     for slot in list(slots):
-                        if slot.node in dead_nodes:  # retired slots too: their actor's death may have been seen first
+                        if slot.node in dead:  # retired slots too: their actor's death may have been seen first
                             note_lost(slot.node)
                             retire(slot, f"node {slot.node[:8]} is dead")
             # A worker lost to a dead node can be requeued (its call failed) before Ray declares the node dead, and the
@@ -257,10 +260,10 @@ class RayExecutor:
             suspects = {slot.node for slot in slots if slot.dead and slot.node} - set(stats["lost_nodes"])
             until = time.monotonic() + LOST_NODE_WAIT_S
             while suspects and time.monotonic() < until:
-                dead_nodes = {n["NodeID"] for n in ray.nodes() if not n.get("Alive")}
-                for node in suspects & dead_nodes:
+                dead = dead_nodes()
+                for node in suspects & dead:
                     note_lost(node)
-                suspects -= dead_nodes
+                suspects -= dead
                 if suspects:
                     time.sleep(0.5)
         finally:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InvalidInputError
+from engine.forward import TTA_VIEWS  # NumPy only: checking a configuration still needs no TensorFlow
 
 #: Architectures of :mod:`engine.architectures` with their natural input size (kept in sync by a test;
 #: duplicated here so that the page need not import Keras).
@@ -51,7 +52,6 @@ MIXED_PRECISION = ("auto", "on", "off")
 LR_SCHEDULES = ("plateau", "cosine")
 CALIBRATIONS = ("temperature", "none")
 DOMAIN_METHODS = ("mahalanobis", "mahalanobis-blocks", "none")
-TTA_VIEWS = (1, 4, 8)  # engine.forward.TTA_VIEWS (kept here so that a configuration is checked without TensorFlow)
 #: card fields a configuration may set (``card:`` mapping); everything else on the card is measured by the pipeline
 CARD_FIELDS = ("version", "class_descriptions", "labels", "score_name", "intended_use", "limitations", "training_data_note",
                "mpp_method", "reproduce")
