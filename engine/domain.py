@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ class DomainDetector:
     pass_rate: float
     method: str = METHOD
     transform: str = "none"
+    blocks: tuple[int, ...] | None = None  # part sizes of a block-diagonal precision (BLOCK_METHOD)
 
     @property
     def dim(self) -> int:
@@ -81,7 +82,7 @@ class DomainDetector:
         buf = io.BytesIO()
         np.savez(buf, means=self.means.astype(np.float32), precision=self.precision.astype(np.float32),
                  threshold=np.float64(self.threshold), pass_rate=np.float64(self.pass_rate), method=np.array(self.method),
-                 transform=np.array(self.transform))
+                 transform=np.array(self.transform), **({"blocks": np.asarray(self.blocks, np.int64)} if self.blocks else {}))
         return buf.getvalue()
 
     def save(self, path: Path | str) -> str:
@@ -102,7 +103,8 @@ class DomainDetector:
                                          "Restore the file or retrain the model.", path=str(path))
         with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             return cls(np.asarray(z["means"], np.float64), np.asarray(z["precision"], np.float64), float(z["threshold"]),
-                       float(z["pass_rate"]), str(z["method"]), str(z["transform"]) if "transform" in z.files else "none")
+                       float(z["pass_rate"]), str(z["method"]), str(z["transform"]) if "transform" in z.files else "none",
+                       tuple(int(b) for b in z["blocks"]) if "blocks" in z.files else None)
 
 
 def fit(features: np.ndarray, y: np.ndarray, val_features: np.ndarray, *, pass_rate: float = 0.98, transform: str = "auto",
@@ -138,10 +140,10 @@ def fit(features: np.ndarray, y: np.ndarray, val_features: np.ndarray, *, pass_r
         method = BLOCK_METHOD
     else:
         precision = np.asarray(LedoitWolf(assume_centered=True).fit(centred).precision_, dtype=np.float64)
-    det = DomainDetector(means, precision, np.inf, float(pass_rate), method, transform)
+    det = DomainDetector(means, precision, np.inf, float(pass_rate), method, transform, blocks or None)
     val_scores = det.score(val_features)
     threshold = float(np.quantile(val_scores, pass_rate, method="higher")) if len(val_scores) else float(np.max(det.score(raw)))
-    return DomainDetector(means, precision, threshold, float(pass_rate), method, transform)
+    return replace(det, threshold=threshold)
 
 
 def mostly_out(in_domain: np.ndarray, limit: float = 0.5) -> bool:

@@ -855,10 +855,9 @@ def _register(cfg, data: PreparedData, model, positive, threshold, metrics, spli
         _write_history(tmp / "training_log.csv", history)
         domain = None
         if detector is not None:
-            from engine.domain import BLOCK_METHOD, FILE_NAME
-            from engine.forward import feature_blocks
+            from engine.domain import FILE_NAME
 
-            blocks = feature_blocks(final) if detector.method == BLOCK_METHOD else None
+            blocks = detector.blocks
             features = (f"{detector.dim}-d input of the final Dense layer" + (f" (parts {' + '.join(map(str, blocks))}, one covariance each, "
                         "each part's squared distance divided by its size)" if blocks else "")
                         + (", square-rooted" if detector.transform == "sqrt" else "")

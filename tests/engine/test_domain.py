@@ -110,3 +110,4 @@ def test_block_detector_catches_a_shift_in_the_small_part_that_one_covariance_di
     parts.save(tmp_path / "d.npz")
     back = domain.DomainDetector.load(tmp_path / "d.npz")
     assert back.method == domain.BLOCK_METHOD and np.allclose(back.score(shifted), parts.score(shifted), rtol=1e-5)
+    assert parts.blocks == back.blocks == (2, 8) and full.blocks is None  # the card's `blocks` are read from the detector
