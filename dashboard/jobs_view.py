@@ -69,7 +69,7 @@ def curves(metrics: list[dict]):
     for col, name in (("loss", "loss"), ("val_loss", "validation loss"), ("val_auc", "validation AUC")):
         if col in frame and frame[col].notna().any():
             fig.add_scatter(x=frame["x"], y=frame[col], name=name, mode="lines+markers", yaxis="y2" if col == "val_auc" else "y")
-    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch" + (" (all folds)" if "fold" in frame else ""),
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch" + (" (all folds)" if "fold" in frame else "") + (" (members one after another)" if "member" in frame else ""),
                       yaxis=dict(title="loss"), yaxis2=dict(title="AUC", overlaying="y", side="right", range=[0, 1.01]), legend=dict(orientation="h"))
     return fig
 
@@ -106,7 +106,8 @@ def results(rec) -> None:
     quality = res.get("quality") or {}
     failed = quality.get("status") == "failed"
     summary = (f"**{res.get('model_id')}** · {res.get('n_tiles')} tiles ({res.get('n_skipped', 0)} unreadable skipped) · "
-               f"{res.get('epochs_run')} epoch(s), best {res.get('best_epoch')} · {format_duration(res.get('wall_s'))}")
+               f"{res.get('epochs_run')} epoch(s)" + (f" × {res['members']} ensemble members" if res.get("members") else "")
+               + f", best {res.get('best_epoch')} · {format_duration(res.get('wall_s'))}")
     if failed:  # registered, but marked: red, with the reason, never selected by default
         st.error(f"Failed quality check: {'; '.join(quality.get('reasons', []))}. The model {summary} is registered but marked as failed "
                  f"and never selected by default. {quality.get('rule', '')}", icon=":material/error:")

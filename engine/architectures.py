@@ -37,6 +37,7 @@ import numpy as np
 from keras import layers
 
 from engine.errors import IncompatibleModelError, InvalidInputError
+from engine.training.config import ENSEMBLE_ARCHITECTURES, MAX_MEMBERS
 
 # ImageNet channel means of the Caffe convention (BGR order), used by ResNet50's preprocess_input.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -135,53 +136,111 @@ def build_small_cnn(input_px: int, n_classes: int, *, dropout: float = 0.5, bina
     return keras.Model(inputs, _head(x, n_classes, binary), name="small_cnn")
 
 
-def _lung_trunk(inputs, w: int):
-    """The convolutions of the lung CNNs: strided stem, two plain and two depthwise-separable blocks; returns blocks 2, 3 and 4's outputs."""
+def _lung_trunk(inputs, w: int, prefix: str = ""):
+    """The convolutions of the lung CNNs: strided stem, two plain and two depthwise-separable blocks; returns blocks 2, 3 and 4's outputs.
+
+    ``prefix`` starts every layer name (an ensemble's members: ``m1_``, ``m2_``, …).
+    """
     bn = {"bn_momentum": 0.9}  # faster-tracking BN statistics for short CPU runs
-    x = _preprocess(inputs, "rescale")
-    x = _conv_bn(x, w, "stem", strides=2, **bn)
-    x = _conv_bn(x, w, "block1a", **bn)
-    x = layers.MaxPooling2D(2, name="block1_pool")(x)
-    x = _conv_bn(x, 2 * w, "block2a", **bn)
-    b2 = _conv_bn(x, 2 * w, "block2b", **bn)
-    x = layers.MaxPooling2D(2, name="block2_pool")(b2)
-    x = _conv_bn(x, 4 * w, "block3a", separable=True, **bn)
-    b3 = _conv_bn(x, 4 * w, "block3b", separable=True, **bn)
-    x = layers.MaxPooling2D(2, name="block3_pool")(b3)
-    x = _conv_bn(x, 8 * w, "block4a", separable=True, **bn)
-    b4 = _conv_bn(x, 8 * w, "block4b", separable=True, **bn)
+    x = _preprocess(inputs, "rescale") if not prefix else inputs
+    x = _conv_bn(x, w, f"{prefix}stem", strides=2, **bn)
+    x = _conv_bn(x, w, f"{prefix}block1a", **bn)
+    x = layers.MaxPooling2D(2, name=f"{prefix}block1_pool")(x)
+    x = _conv_bn(x, 2 * w, f"{prefix}block2a", **bn)
+    b2 = _conv_bn(x, 2 * w, f"{prefix}block2b", **bn)
+    x = layers.MaxPooling2D(2, name=f"{prefix}block2_pool")(b2)
+    x = _conv_bn(x, 4 * w, f"{prefix}block3a", separable=True, **bn)
+    b3 = _conv_bn(x, 4 * w, f"{prefix}block3b", separable=True, **bn)
+    x = layers.MaxPooling2D(2, name=f"{prefix}block3_pool")(b3)
+    x = _conv_bn(x, 8 * w, f"{prefix}block4a", separable=True, **bn)
+    b4 = _conv_bn(x, 8 * w, f"{prefix}block4b", separable=True, **bn)
     return b2, b3, b4
 
 
-def build_lung_cnn(input_px: int, n_classes: int, *, dropout: float = 0.3, binary: bool = False, width: int = 32, **_):
+def build_lung_cnn(input_px: int, n_classes: int, *, dropout: float = 0.3, binary: bool = False, width: int = 32, members: int = 1, **_):
     """The first default LC25000 model: a compact VGG-style CNN, ~0.2 M parameters at width 32.
 
     Strided 3×3 stem → two plain conv blocks → two depthwise-separable blocks (each block: two
     conv+BN+ReLU, then 2×2 max-pool except after the last) → global average pooling → dropout →
     head. BatchNorm momentum 0.9 so the inference statistics keep up during short, high-learning-rate
     runs. Cheap enough to train on two CPU cores at 128–160 px (~28 s an epoch of 3.6 k tiles at 144 px).
+    ``members > 1``: the ensemble of that many such networks (:func:`merge_members`).
     """
-    inputs = keras.Input((input_px, input_px, 3), name="image")
-    _, _, b4 = _lung_trunk(inputs, width)
-    x = layers.GlobalAveragePooling2D(name="gap")(b4)
-    x = layers.Dropout(dropout, name="dropout")(x)
-    return keras.Model(inputs, _head(x, n_classes, binary), name="lung_cnn")
+    return _lung_model(input_px, n_classes, dropout=dropout, binary=binary, width=width, members=members, depths=(4,), name="lung_cnn")
 
 
-def build_lung_cnn_ms(input_px: int, n_classes: int, *, dropout: float = 0.3, binary: bool = False, width: int = 32, **_):
+def build_lung_cnn_ms(input_px: int, n_classes: int, *, dropout: float = 0.3, binary: bool = False, width: int = 32, members: int = 1, **_):
     """:func:`build_lung_cnn` whose penultimate features pool three depths: GAP of blocks 2, 3 and 4, concatenated.
 
     Same convolutions (~0.2 M parameters); the head sees ``2w + 4w + 8w`` features (448 at width 32)
     instead of ``8w``. The mid-level averages keep texture and cell-scale statistics that the last
     block, trained only to tell three classes apart, discards — which is what lets the out-of-domain
     detector (:mod:`engine.domain`, on these features) recognise tissue unlike the training tiles.
+    ``members > 1``: the ensemble of that many such networks (:func:`merge_members`).
     """
+    return _lung_model(input_px, n_classes, dropout=dropout, binary=binary, width=width, members=members, depths=(2, 3, 4), name="lung_cnn_ms")
+
+
+def _lung_model(input_px: int, n_classes: int, *, dropout: float, binary: bool, width: int, members: int, depths: tuple[int, ...], name: str):
+    """One lung CNN, or (``members > 1``) an ensemble of them in one flat graph.
+
+    An ensemble's members are whole networks side by side (layer names ``m1_…``, ``m2_…``) on the
+    shared input; their pooled features are concatenated into one ``features`` layer, then one dropout
+    and one head. With the head :func:`merge_members` writes (the members' own heads stacked and
+    divided by ``members``), the ensemble's logits are the mean of the members' logits, and everything
+    that works on a single network's penultimate features — test-time augmentation, the
+    out-of-domain detector (one covariance per member and depth), Monte Carlo dropout — works unchanged.
+    """
+    if not 1 <= int(members) <= MAX_MEMBERS:
+        raise InvalidInputError(f"members must be between 1 and {MAX_MEMBERS}, got {members!r}.")
     inputs = keras.Input((input_px, input_px, 3), name="image")
-    blocks = _lung_trunk(inputs, width)
-    pooled = [layers.GlobalAveragePooling2D(name=f"gap{i}")(b) for i, b in zip((2, 3, 4), blocks)]
-    x = layers.Concatenate(name="features")(pooled)
+    if members == 1:
+        blocks = dict(zip((2, 3, 4), _lung_trunk(inputs, width)))
+        pooled = [layers.GlobalAveragePooling2D(name=f"gap{d}" if len(depths) > 1 else "gap")(blocks[d]) for d in depths]
+    else:
+        x = _preprocess(inputs, "rescale")
+        pooled = []
+        for k in range(1, int(members) + 1):
+            blocks = dict(zip((2, 3, 4), _lung_trunk(x, width, prefix=f"m{k}_")))
+            pooled += [layers.GlobalAveragePooling2D(name=f"m{k}_gap{d}" if len(depths) > 1 else f"m{k}_gap")(blocks[d]) for d in depths]
+    x = layers.Concatenate(name="features")(pooled) if len(pooled) > 1 else pooled[0]
     x = layers.Dropout(dropout, name="dropout")(x)
-    return keras.Model(inputs, _head(x, n_classes, binary), name="lung_cnn_ms")
+    return keras.Model(inputs, _head(x, n_classes, binary), name=name if members == 1 else f"{name}_x{members}")
+
+
+
+def member_prefix(model) -> list[str]:
+    """The layer-name prefixes of an ensemble's members (``["m1_", "m2_"]``), or ``[]`` for a single network."""
+    import re
+
+    found = sorted({m.group(1) for layer in getattr(model, "layers", []) if (m := re.match(r"^(m\d+_)", layer.name))}, key=lambda p: int(p[1:-1]))
+    return found
+
+
+def merge_members(ensemble: keras.Model, members: list[keras.Model]) -> keras.Model:
+    """Write trained single networks into an ensemble built with ``members=len(members)``; returns the ensemble.
+
+    Every layer of member ``k`` goes to the ensemble's layer ``m{k}_<name>``; the head becomes the
+    members' heads stacked, weights and bias divided by the number of members, so the ensemble's
+    logits are the mean of the members' logits (its softmax: their normalised geometric mean).
+    """
+    n = len(members)
+    head = ensemble.layers[-1]
+    if len(member_prefix(ensemble)) != n:
+        raise IncompatibleModelError(f"The {n} trained networks do not fit the ensemble '{ensemble.name}' of {len(member_prefix(ensemble))}.")
+    weights, biases = [], []
+    for k, member in enumerate(members, start=1):
+        for layer in member.layers:
+            values = layer.get_weights()
+            if layer is member.layers[-1]:
+                weights.append(values[0])
+                biases.append(values[1])
+            elif values:
+                ensemble.get_layer(f"m{k}_{layer.name}").set_weights(values)
+    if sum(w.shape[0] for w in weights) != head.get_weights()[0].shape[0]:
+        raise IncompatibleModelError(f"The {n} trained networks do not fit the ensemble '{ensemble.name}' (their feature sizes differ).")
+    head.set_weights([np.concatenate(weights, axis=0) / n, np.mean(biases, axis=0)])
+    return ensemble
 
 
 def build_resnet50_head(
@@ -284,6 +343,8 @@ def build_model(architecture: str, input_px: int | None = None, n_classes: int =
     _check_px(architecture, int(input_px))
     if dropout is not None:
         kwargs["dropout"] = dropout
+    if kwargs.get("members", 1) != 1 and architecture not in ENSEMBLE_ARCHITECTURES:
+        raise InvalidInputError(f"{architecture} cannot be built as an ensemble; these can: {', '.join(ENSEMBLE_ARCHITECTURES)}.")
     return ARCHITECTURES[architecture](int(input_px), int(n_classes), binary=binary, **kwargs)
 
 

@@ -28,6 +28,12 @@ themselves. Each is named by its path, e.g. ``resnet50/conv5_block3_out``; a uni
 too. The default is the last of them that is not a pooling layer — the last convolutional feature
 map before the classifier head.
 
+In an **ensemble** (:func:`engine.architectures.merge_members`: members ``m1_…``, ``m2_…`` side by
+side, logits averaged) a layer stands for that layer in every member: the members' feature maps at
+that depth are taken together as one map with all their channels (Grad-CAM's Σ_k w_k A_k runs over
+every member's channels, with the gradient of the ensemble's target), so the map explains the
+ensemble's decision, not one member's.
+
 Target
 ------
 ``target=None`` explains the **predicted class** (arg-max of the class probabilities, a single
@@ -290,6 +296,39 @@ def default_conv_layer(layers: Sequence[ConvLayer]) -> ConvLayer:
     return layers[-1]
 
 
+def member_layers(model, name: str) -> list[str]:
+    """``name`` and the same layer of every other ensemble member (``m2_block4b_relu`` → ``m1_…``, ``m2_…``); just ``[name]`` otherwise."""
+    from engine.architectures import member_prefix
+
+    prefixes = member_prefix(model)
+    own = next((p for p in prefixes if name.startswith(p)), None)
+    if own is None:
+        return [name]
+    rest = name[len(own):]
+    others = [p + rest for p in prefixes]
+    return others if all(_has_layer(model, n) for n in others) else [name]
+
+
+def _has_layer(model, name: str) -> bool:
+    try:
+        model.get_layer(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _weighted_map(a: np.ndarray, g: np.ndarray, plus: bool) -> np.ndarray:
+    """Σ_k w_k A_k of one feature map ``a`` (h, w, K) with the target's gradient ``g``: Grad-CAM (plain) or Grad-CAM++ weights."""
+    if plus:
+        g2, g3 = g**2, g**3
+        denom = 2.0 * g2 + a.sum(axis=(0, 1), keepdims=True) * g3
+        alpha = np.divide(g2, denom, out=np.zeros_like(g2), where=np.abs(denom) > 1e-30)
+        weights = (alpha * np.maximum(g, 0.0)).sum(axis=(0, 1))  # (K,)
+    else:
+        weights = g.mean(axis=(0, 1))  # (K,)
+    return (a * weights).sum(axis=-1)
+
+
 def _single_call_node(layer, model_name: str):
     nodes = getattr(layer, "_inbound_nodes", [])
     if len(nodes) != 1:
@@ -348,7 +387,9 @@ class _TapModel:
         self.n_tap = 1
         names = path.split("/")
         if len(names) == 1:
-            self.parts.append(("flat", k.Model(inputs, [model.get_layer(names[0]).output, *head_tensor, model.outputs[0]])))
+            taps = [model.get_layer(name).output for name in member_layers(model, names[0])]
+            self.n_tap = len(taps)
+            self.parts.append(("flat", k.Model(inputs, [*taps, *head_tensor, model.outputs[0]])))
             return
         # Split: outer model before the backbone → backbone tapped at the inner path → head after it.
         backbone = model.get_layer(names[0])
@@ -365,11 +406,11 @@ class _TapModel:
         self.parts = None
 
     def __call__(self, x):
-        """``(feature_map or None, head tensor or None, model output)``."""
+        """``(feature maps or None, head tensor or None, model output)``; the maps are a list (one per ensemble member, else one)."""
         if self.parts is not None:
             outs = self.parts[0][1](x, training=False)
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-            feat = outs.pop(0) if self.n_tap else None
+            feat = [outs.pop(0) for _ in range(self.n_tap)] if self.n_tap else None
             head = outs.pop(0) if self.logit else None
             return feat, head, outs[0]
         a = self.pre(x, training=False) if self.pre is not None else x
@@ -569,23 +610,18 @@ class Explainer:
         xt = tf.constant(x[None])
         with tf.GradientTape() as tape:
             tape.watch(xt)  # records every op downstream of the input, trainable weights or not
-            feat, head, output = tap(xt)  # feat (1, h, w, K); output (1, units)
+            feats, head, output = tap(xt)  # feats: [(1, h, w, K)] (one per ensemble member); output (1, units)
             probs = probabilities_from_output(output.numpy(), len(self.classes))[0]
             target_name, indices = self._target_indices(target, probs)
             s = self._log_odds(tap, head, output, indices)
-        grads = tape.gradient(s, feat)
-        if grads is None:
+        grads = tape.gradient(s, feats)
+        if any(g is None for g in grads):
             raise IncompatibleModelError(f"Model '{self.model_id}': the output does not depend on layer '{path}'.", "Choose another layer.")
-        a = feat.numpy()[0].astype(np.float64)  # (h, w, K)
-        g = grads.numpy()[0].astype(np.float64)  # (h, w, K)
-        if plus:
-            g2, g3 = g**2, g**3
-            denom = 2.0 * g2 + a.sum(axis=(0, 1), keepdims=True) * g3
-            alpha = np.divide(g2, denom, out=np.zeros_like(g2), where=np.abs(denom) > 1e-30)
-            weights = (alpha * np.maximum(g, 0.0)).sum(axis=(0, 1))  # (K,)
-        else:
-            weights = g.mean(axis=(0, 1))  # (K,)
-        cam = np.maximum((a * weights).sum(axis=-1), 0.0)  # (h, w)
+        # an ensemble's map: its members' weighted maps at the same depth summed before the ReLU (the ensemble's
+        # logit is the sum of theirs, each member's share of the gradient goes through its own layer)
+        cam = sum(_weighted_map(f.numpy()[0].astype(np.float64), g.numpy()[0].astype(np.float64), plus) for f, g in zip(feats, grads))
+        a = np.stack([f.numpy()[0] for f in feats])
+        cam = np.maximum(cam, 0.0)  # (h, w)
         top = float(cam.max())
         note = ""
         if not np.isfinite(top) or top <= 1e-12 * max(1.0, float(np.abs(a).max())):
@@ -672,6 +708,10 @@ class Explainer:
                 raw, probs, target_name, note = self._integrated_gradients(x, target)
             else:
                 raw, probs, target_name, note = self._gradcam(x, path, target, plus=method == "gradcam++")
+                together = member_layers(self.model, path) if "/" not in path else [path]
+                if len(together) > 1:
+                    note = "; ".join(filter(None, [note, f"the model is an ensemble of {len(together)} networks: the map takes this layer of "
+                                                         f"every member together ({', '.join(together)})"]))
         except HistoDashError:
             raise
         except (ValueError, TypeError) as exc:  # a graph Keras cannot split or differentiate

@@ -42,6 +42,9 @@ def card_details(card) -> None:
         st.caption(f"Calibration: {card.calibration.get('method')} (T = {card.temperature:.3f}, fitted on {card.calibration.get('fitted_on', '?')}).")
     if card.domain:
         st.caption(f"Out-of-domain flag: {card.domain.get('method')}, threshold {card.domain.get('threshold')} — {card.domain.get('fitted_on', '')}.")
+    ensemble = card.extra.get("ensemble") or {}
+    if ensemble.get("members"):
+        st.caption(f"Ensemble: {ensemble['members']} networks — {ensemble.get('what', '')}.")
     if card.tta_views > 1:
         st.caption(f"Test-time augmentation: {card.tta_views} views — {card.tta.get('what', '')}.")
     if card.uncertainty:

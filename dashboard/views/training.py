@@ -77,10 +77,12 @@ with st.expander("New training job", expanded=not records or not st.query_params
     lr_patience = c2.number_input("LR-on-plateau patience", 0, 100, 2)
     seed = c3.number_input("Seed", 0, 2**31 - 1, 42)
     max_images = c4.number_input("Max images (0 = all)", 0, 10**7, 1500 if demo else 0, help="A stratified random subset, for quick trials.")
-    c1, c2, c3 = st.columns([2, 2, 1])
+    c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
     model_id = c1.text_input("Model id (optional)", placeholder="automatic: <architecture>-<date>-<time>")
     name = c2.text_input("Model name (optional)")
-    freeze = c3.checkbox("Freeze backbone", False, help="ResNet50 / InceptionV3 / EfficientNetB0 heads: train only the head.")
+    members = c3.number_input("Ensemble members", 1, 8, 1, help="Lung CNNs only: this many networks, trained one after another (each for all the epochs), "
+                              "saved as one model that averages their logits. Costs that many times the training and prediction time.")
+    freeze = c4.checkbox("Freeze backbone", False, help="ResNet50 / InceptionV3 / EfficientNetB0 heads: train only the head.")
     submitted = st.form_submit_button("Start training", type="primary")
 
 if submitted:
@@ -99,6 +101,7 @@ if submitted:
             "augmentation": {"flip": flip, "rotate90": rotate90, "rotation": rotation, "zoom": zoom, "shift": shift, "color_jitter": jitter},
             "split": {"method": method, "val": val, "test": test, "folds": int(folds)},
             "early_stopping_patience": int(patience), "reduce_lr_patience": int(lr_patience), "model_id": model_id.strip() or None, "name": name.strip(), "freeze_backbone": freeze,
+            "ensemble": int(members),
         }
         # data from this session's uploads or the configured data roots only; every check before the job is queued
         cfg, found = check_submission(config, roots=[session_workspace(), *get_settings().data_roots], runner=runner)

@@ -100,6 +100,9 @@ def build_card(cfg: TrainConfig, data, *, model_id: str, params: int, positive, 
         "uncertainty": ({"method": "mc-dropout", "samples": cfg.mc_samples, "rate": dropout_rate, "seed": 0,
                          "what": "standard deviation of the calibrated positive score over Monte Carlo dropout masks on the penultimate features"}
                         if dropout_rate and cfg.mc_samples else {}),
+        "ensemble": ({"members": cfg.ensemble, "what": (f"{cfg.ensemble} networks of this architecture, trained one after another with their own random "
+                                                         "initialisation and data order, in one model: their penultimate features side by side, the head "
+                                                         "averages their logits")} if cfg.ensemble > 1 else {}),
         "tta": ({"views": cfg.tta, "what": (f"the network runs on the tile's {cfg.tta} " + ("90° rotations" if cfg.tta == 4 else "90° rotations and their mirror images")
                                             + " and averages its penultimate features before the head, the out-of-domain detector and the dropout masks; "
                                             "every metric on this card was measured that way")} if cfg.tta > 1 else {}),
@@ -167,6 +170,9 @@ def render_readme(card: dict) -> str:
         lines += ["## Out-of-domain flag", "", f"{dom['method']} on the {dom['features']}; {dom['fitted_on']}. A tile is in domain when its score "
                   f"is at most {dom['threshold']}. Detector file `{dom['file']}` (sha256 {dom['sha256'][:16]}…). A slide whose tissue tiles are "
                   f"more than {dom.get('slide_warning_fraction', 0.5):.0%} out of domain gets a warning.", ""]
+    ensemble = card.get("ensemble") or {}
+    if ensemble:
+        lines += ["## Ensemble", "", f"{ensemble['members']} members: {ensemble['what']}.", ""]
     tta = card.get("tta") or {}
     if tta:
         lines += ["## Test-time augmentation", "", f"{tta['views']} views: {tta['what']}.", ""]

@@ -44,6 +44,9 @@ ARCHITECTURE_LABELS = {
     "inceptionv3_head": "InceptionV3 with a classification head",
     "efficientnetb0_head": "EfficientNetB0 with a classification head",
 }
+#: architectures that can be trained as an ensemble (``ensemble:``), and the most members one may have
+ENSEMBLE_ARCHITECTURES = ("lung_cnn", "lung_cnn_ms")
+MAX_MEMBERS = 8
 MIN_INPUT_PX = {"inceptionv3_head": 75, "resnet50_head": 32, "efficientnetb0_head": 32}
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 NORMALIZATIONS = ("none", "macenko")
@@ -128,6 +131,7 @@ class TrainConfig:
     domain: str = "mahalanobis"  # out-of-domain flag from the penultimate features (fitted on training tiles); mahalanobis-blocks: one covariance per concatenated depth, each depth weighted equally (engine.domain); none
     domain_pass_rate: float = 0.98  # share of validation tiles inside the out-of-domain threshold
     mc_samples: int = 30  # Monte Carlo dropout samples for the per-tile uncertainty (0 = off)
+    ensemble: int = 1  # members (lung_cnn, lung_cnn_ms): networks trained one after another, each with its own initialisation and data order, merged into one model whose logits are the mean of theirs
     tta: int = 1  # test-time augmentation for evaluation and prediction: 1 (off), 4 (90° rotations) or 8 (and mirrored); features averaged
     stain_test: bool = False  # also score the test tiles re-stained like another lab (engine.stain_augment.restain) and with the other normalisation
     mpp: float | None = None  # microns per pixel of the training tiles as given (before resizing), if known or estimated
@@ -206,7 +210,7 @@ _TYPES: dict[str, type] = {
     "group_column": str, "normalization": str, "early_stopping_patience": int, "reduce_lr_patience": int, "reduce_lr_factor": float,
     "min_learning_rate": float, "mixed_precision": str, "seed": int, "max_images": int, "workers": int, "model_id": str, "name": str,
     "lr_schedule": str, "warmup_epochs": float, "label_smoothing": float, "min_epochs": int, "normalization_reference": str,
-    "calibration": str, "domain": str, "domain_pass_rate": float, "mc_samples": int, "tta": int, "stain_test": bool, "mpp": float,
+    "calibration": str, "domain": str, "domain_pass_rate": float, "mc_samples": int, "ensemble": int, "tta": int, "stain_test": bool, "mpp": float,
     # nested
     "flip": bool, "rotate90": bool, "rotation": float, "zoom": float, "shift": float, "color_jitter": float, "hed_sigma": float, "hed_bias": float, "hed_vector": float,
     "method": str, "val": float, "test": float, "folds": int,
@@ -335,6 +339,12 @@ def validate(cfg: TrainConfig) -> None:
         bad(f"Unknown domain method '{cfg.domain}'.", f"Choose one of: {', '.join(DOMAIN_METHODS)}.")
     if not 0.5 <= cfg.domain_pass_rate < 1:
         bad(f"domain_pass_rate must be in [0.5, 1) (got {cfg.domain_pass_rate}).")
+    if not 1 <= cfg.ensemble <= MAX_MEMBERS:
+        bad(f"ensemble must be a number of members between 1 and {MAX_MEMBERS} (got {cfg.ensemble}).", "1 trains a single network.")
+    if cfg.ensemble > 1 and cfg.architecture not in ENSEMBLE_ARCHITECTURES:
+        bad(f"ensemble: {cfg.ensemble} needs one of the architectures {', '.join(ENSEMBLE_ARCHITECTURES)} (got {cfg.architecture}).")
+    if cfg.ensemble > 1 and cfg.init_from:
+        bad("ensemble and init_from cannot be combined (which member would the registered weights go to?).")
     if cfg.tta not in TTA_VIEWS:
         bad(f"tta must be one of {', '.join(map(str, TTA_VIEWS))} views (got {cfg.tta}).", "1 turns test-time augmentation off.")
     if not 0 <= cfg.mc_samples <= 1000:

@@ -112,7 +112,7 @@ def train(cfg: TrainConfig, ctx: JobContext, *, out_dir: Path | str | None = Non
     if cfg.split.method == "holdout":
         parts = split_holdout(y, data.groups, val=cfg.split.val, test=cfg.split.test, seed=cfg.seed, classes=data.classes)
         _log_split(ctx, data, parts)
-        trainer.total_steps = cfg.epochs * trainer.steps(len(parts["train"]))
+        trainer.total_steps = cfg.epochs * cfg.ensemble * trainer.steps(len(parts["train"]))
         model, history, best_epoch = trainer.fit(parts["train"], parts["val"], epochs=cfg.epochs, label="")
         fit_s = time.time() - t_start
         ctx.progress(trainer.total_steps, trainer.total_steps, "calibrating and scoring")
@@ -158,14 +158,15 @@ def train(cfg: TrainConfig, ctx: JobContext, *, out_dir: Path | str | None = Non
         cv = None
         split_info = {"method": "holdout", **{f"n_{k}": int(len(v)) for k, v in parts.items()},
                       **{f"groups_{k}": int(len(set(data.groups[v].tolist()))) for k, v in parts.items()}}
-        epochs_info = {"epochs_run": len(history), "best_epoch": best_epoch}
+        epochs_info = {"epochs_run": len(history) // cfg.ensemble, "best_epoch": best_epoch,  # an ensemble: per member (best: their median)
+                       **({"members": cfg.ensemble} if cfg.ensemble > 1 else {})}
         calibration_fit = f"validation ({len(parts['val'])} tiles)"
         domain_fit = (f"class means and shared covariance of the {len(parts['train'])} training tiles (not augmented); threshold: the "
                       f"{cfg.domain_pass_rate:.0%} quantile of the {len(parts['val'])} validation tiles' scores")
     else:
         folds = split_kfold(y, data.groups, folds=cfg.split.folds, seed=cfg.seed, classes=data.classes)
         steps_fold = sum(trainer.steps(len(tr)) for tr, _ in folds)
-        trainer.total_steps = cfg.epochs * (steps_fold + trainer.steps(len(y)))
+        trainer.total_steps = cfg.epochs * cfg.ensemble * (steps_fold + trainer.steps(len(y)))
         fold_rows, thresholds, temperatures, best_epochs, history = [], [], [], [], []
         rocs, reliability = {}, {}
         for k, (tr, va) in enumerate(folds, start=1):
@@ -189,7 +190,7 @@ def train(cfg: TrainConfig, ctx: JobContext, *, out_dir: Path | str | None = Non
         temperature = float(np.median(temperatures))
         ctx.log(f"final model on all {len(y)} tiles for {final_epochs} epoch(s) (median best epoch); threshold {threshold:.4f}, "
                 f"temperature {temperature:.4f} (medians of the folds)")
-        trainer.total_steps = trainer.done_steps + final_epochs * trainer.steps(len(y))
+        trainer.total_steps = trainer.done_steps + final_epochs * cfg.ensemble * trainer.steps(len(y))
         model, fhist, _ = trainer.fit(np.arange(len(y)), None, epochs=final_epochs, label="final · ", fold=0)
         fit_s = time.time() - t_start
         history += [{**row, "fold": "final"} for row in fhist]
@@ -388,9 +389,9 @@ class _Trainer:
         return max(1, math.ceil(n / self.cfg.batch_size))
 
     # -- data
-    def dataset(self, idx: np.ndarray, *, training: bool):
+    def dataset(self, idx: np.ndarray, *, training: bool, member: int = 1):
         return make_dataset(self.files[idx], self.data.y[idx], px=self.cfg.px, batch_size=self.cfg.batch_size if training else EVAL_BATCH,
-                            training=training, augmentation=self.cfg.augmentation if training else None, seed=self.cfg.seed,
+                            training=training, augmentation=self.cfg.augmentation if training else None, seed=self.cfg.seed + 1000 * (member - 1),
                             workers=self.cfg.workers, one_hot=len(self.data.classes) if training and self.cfg.label_smoothing else None)
 
     # -- model
@@ -454,7 +455,32 @@ class _Trainer:
         return probabilities_from_output(probs, len(self.data.classes))
 
     def fit(self, train_idx: np.ndarray, val_idx: np.ndarray | None, *, epochs: int, label: str, fold: int | None = None):
-        """Fit one model; returns ``(model with the best weights, per-epoch rows, best epoch)``."""
+        """Fit one model; returns ``(model with the best weights, per-epoch rows, best epoch)``.
+
+        With ``cfg.ensemble`` members, each is fitted in turn (its own initialisation and data order;
+        rows carry ``member``) and :func:`engine.architectures.merge_members` joins them; the best
+        epoch is the median of theirs.
+        """
+        n = self.cfg.ensemble
+        if n == 1:
+            return self._fit_one(train_idx, val_idx, epochs=epochs, label=label, fold=fold)
+        from engine.architectures import build_model, merge_members
+
+        members, rows, best = [], [], []
+        for k in range(1, n + 1):
+            model, member_rows, member_best = self._fit_one(train_idx, val_idx, epochs=epochs, label=f"{label}member {k}/{n} · ", fold=fold, member=k)
+            members.append(model)
+            rows += member_rows
+            best.append(member_best)
+        ensemble = build_model(self.cfg.architecture, self.cfg.px, len(self.data.classes), dropout=self.cfg.dropout, members=n)
+        merge_members(ensemble, members)
+        if val_idx is not None:
+            acc = float((self.predict(ensemble, val_idx).argmax(1) == self.data.y[val_idx]).mean())
+            own = [next((r.get("val_accuracy") for r in rows if r.get("member") == k and r["epoch"] == b), None) for k, b in enumerate(best, start=1)]
+            self.ctx.log(f"{label}ensemble of {n}: validation accuracy {acc:.4f} (members at their best epochs: {', '.join(map(str, own))})")
+        return ensemble, rows, int(np.median(best))
+
+    def _fit_one(self, train_idx: np.ndarray, val_idx: np.ndarray | None, *, epochs: int, label: str, fold: int | None = None, member: int | None = None):
         cfg, keras, ctx = self.cfg, self.keras, self.ctx
         model = self.build()
         steps = self.steps(len(train_idx))
@@ -463,14 +489,14 @@ class _Trainer:
         else:
             loss, acc = keras.losses.SparseCategoricalCrossentropy(), "accuracy"
         model.compile(optimizer=self.optimizer(steps, epochs), loss=loss, metrics=[acc])
-        train_ds = self.dataset(train_idx, training=True)
+        train_ds = self.dataset(train_idx, training=True, member=member or 1)
         ctx.log(f"{label}model {cfg.architecture} at {cfg.px} px: {model.count_params():,} parameters; {steps} batches of {cfg.batch_size} per epoch, up to {epochs} epochs")
         bn_images = self.bn_images(train_idx)
         if bn_images is not None or cfg.ema_decay:
             ctx.log(f"{label}evaluated weights: " + ", ".join(
                 ([f"moving average of the weights (decay {cfg.ema_decay})"] if cfg.ema_decay else [])
                 + ([f"BatchNorm statistics re-estimated on {len(bn_images)} un-augmented training tiles before each validation"] if bn_images is not None else [])))
-        monitor = _EpochMonitor(self, model, val_idx, epochs=epochs, steps=steps, label=label, fold=fold, bn_images=bn_images)
+        monitor = _EpochMonitor(self, model, val_idx, epochs=epochs, steps=steps, label=label, fold=fold, member=member, bn_images=bn_images)
         callbacks = [monitor]
         if val_idx is not None and cfg.reduce_lr_patience and cfg.lr_schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience,
@@ -709,7 +735,7 @@ class _CancelCheck:
 
 
 def _EpochMonitor(trainer: _Trainer, model, val_idx, *, epochs: int, steps: int, label: str, fold: int | None,  # noqa: N802 - a class factory
-                  bn_images: np.ndarray | None = None):
+                  member: int | None = None, bn_images: np.ndarray | None = None):
     """Per-batch progress, cancellation and weight average; per-epoch validation metrics, early stopping, best weights.
 
     The weights that are validated, kept as best and returned are the evaluated ones: the moving
@@ -743,7 +769,7 @@ def _EpochMonitor(trainer: _Trainer, model, val_idx, *, epochs: int, steps: int,
             done = self.step_base + self.epoch * steps + batch + 1
             loss = (logs or {}).get("loss")
             ctx.progress(done, trainer.total_steps, f"{label}epoch {self.epoch + 1}/{epochs} · batch {batch + 1}/{steps}",
-                         epoch=self.epoch + 1, epochs=epochs, batch=batch + 1, batches=steps, fold=fold,
+                         epoch=self.epoch + 1, epochs=epochs, batch=batch + 1, batches=steps, fold=fold, member=member,
                          loss=None if loss is None else round(float(loss), 5))
 
         def on_epoch_end(self, epoch, logs=None):
@@ -759,6 +785,8 @@ def _EpochMonitor(trainer: _Trainer, model, val_idx, *, epochs: int, steps: int,
             row = {"epoch": epoch + 1, "loss": _r(logs.get("loss")), "accuracy": _r(logs.get("accuracy"))}
             if fold is not None:
                 row["fold"] = fold
+            if member is not None:
+                row["member"] = member
             if val_idx is not None:
                 probs = trainer.predict(self.model, val_idx)
                 y = trainer.data.y[val_idx]
@@ -781,7 +809,7 @@ def _EpochMonitor(trainer: _Trainer, model, val_idx, *, epochs: int, steps: int,
                 self.best_weights = self.model.get_weights()
             self.rows.append(row)
             ctx.metric(**row)
-            text = "  ".join(f"{k} {v}" for k, v in row.items() if k not in ("epoch", "fold") and v is not None)
+            text = "  ".join(f"{k} {v}" for k, v in row.items() if k not in ("epoch", "fold", "member") and v is not None)
             ctx.log(f"{label}epoch {epoch + 1}/{epochs}  {text}{' *' if improved else ''}")
             patience = cfg.early_stopping_patience
             if val_idx is not None and patience and epoch + 1 >= cfg.min_epochs and epoch + 1 - self.best_epoch >= patience:
@@ -845,7 +873,7 @@ def _register(cfg, data: PreparedData, model, positive, threshold, metrics, spli
     try:
         # a clean float32 copy: no optimizer state, no mixed-precision policy, no augmentation
         keras.mixed_precision.set_global_policy("float32")
-        final = build_model(cfg.architecture, cfg.px, len(data.classes), dropout=cfg.dropout, freeze_backbone=cfg.freeze_backbone)
+        final = build_model(cfg.architecture, cfg.px, len(data.classes), dropout=cfg.dropout, freeze_backbone=cfg.freeze_backbone, members=cfg.ensemble)
         final.set_weights(model.get_weights())
         final.save(tmp / "model.keras")
         load_keras_file(tmp / "model.keras")  # must load in safe mode

@@ -235,3 +235,58 @@ def test_legacy_h5_errors(tmp_path):
         load_legacy_h5_by_name(target, plain)
     with pytest.raises(IncompatibleModelError, match="does not exist"):
         load_legacy_h5_by_name(target, tmp_path / "missing.h5")
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+
+def _randomised(model, seed: int):
+    """``model`` with every weight drawn at random (BN variances positive), so members differ clearly."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for w, v in zip(model.weights, model.get_weights()):
+        name = w.path if hasattr(w, "path") else w.name
+        values.append(rng.uniform(0.5, 1.5, v.shape).astype(v.dtype) if "variance" in name or "gamma" in name
+                      else rng.normal(0, 0.3, v.shape).astype(v.dtype))
+    model.set_weights(values)
+    return model
+
+
+def _logits(model, x):
+    head = model.layers[-1]
+    features = keras.Model(model.inputs[0], head.input).predict(x, verbose=0)
+    w, b = head.get_weights()
+    return features.astype(np.float64) @ w + b
+
+
+@pytest.mark.parametrize("arch", ["lung_cnn", "lung_cnn_ms"])
+def test_ensemble_logits_are_the_mean_of_its_members(arch, tmp_path):
+    from engine.architectures import member_prefix, merge_members
+    from engine.forward import feature_blocks
+
+    members = [_randomised(build_model(arch, 48, 3, width=8), seed) for seed in (1, 2)]
+    ensemble = merge_members(build_model(arch, 48, 3, width=8, members=2), members)
+    assert member_prefix(ensemble) == ["m1_", "m2_"] and member_prefix(members[0]) == []
+    assert ensemble.count_params() == sum(m.count_params() for m in members) - 3  # every weight of both, one head bias for the two
+    x = _images(3, 48, seed=5)
+    za, zb = (_logits(m, x) for m in members)
+    assert np.abs(za - zb).max() > 0.1  # the members disagree, so the check below means something
+    z = _logits(ensemble, x)
+    np.testing.assert_allclose(z, (za + zb) / 2, rtol=1e-4, atol=1e-4)
+    p = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(ensemble.predict(x, verbose=0), p / p.sum(1, keepdims=True), atol=1e-5)
+    assert feature_blocks(ensemble) == ((16, 32, 64, 16, 32, 64) if arch == "lung_cnn_ms" else (64, 64))
+    ensemble.save(tmp_path / "e.keras")  # one ordinary functional model: loads in safe mode like any other
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "e.keras", safe_mode=True).predict(x, verbose=0), ensemble.predict(x, verbose=0), atol=1e-6)
+
+
+def test_ensemble_errors():
+    from engine.architectures import merge_members
+
+    three = [build_model("lung_cnn_ms", 48, 3, width=8) for _ in range(3)]
+    with pytest.raises(IncompatibleModelError, match="do not fit the ensemble"):
+        merge_members(build_model("lung_cnn_ms", 48, 3, width=8, members=2), three)
+    with pytest.raises(InvalidInputError, match="cannot be built as an ensemble"):
+        build_model("small_cnn", 48, 3, members=2)
+    with pytest.raises(InvalidInputError, match="members must be between 1 and 8"):
+        build_model("lung_cnn_ms", 48, 3, members=9)

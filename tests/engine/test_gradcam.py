@@ -399,3 +399,45 @@ def test_cli_errors_are_one_line(tiny_registry, tmp_path, capsys):
     assert main([*base, str(good), "--layer", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no convolutional layer named 'nope'" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+
+def _noisy(net, seed: int):
+    rng = np.random.default_rng(seed)
+    net.set_weights([v + rng.normal(0, 0.05, v.shape).astype(v.dtype) if v.ndim > 1 else v for v in net.get_weights()])
+    return net
+
+
+def test_ensemble_map_stacks_its_members_maps():
+    """An ensemble's Grad-CAM at a depth is the map of its members' feature maps at that depth taken together.
+
+    Checked against the single network's own map: an ensemble of two copies of one network gives
+    exactly that network's map (each copy gets half the gradient); a two-class ensemble whose second
+    member has a zero head gives the first member's map (its log-odds are half the member's).
+    """
+    from engine.architectures import build_model, merge_members
+    from engine.gradcam import Explainer
+
+    def ensemble(a, b):
+        return merge_members(build_model("lung_cnn_ms", 48, a.output_shape[-1], width=8, members=2), [a, b])
+
+    tile = rgb_tile(5, size=48)
+    net = _noisy(build_model("lung_cnn_ms", 48, 3, width=8), 3)
+    twin = build_model("lung_cnn_ms", 48, 3, width=8)
+    twin.set_weights(net.get_weights())
+    own = Explainer(net, classes=["a", "b", "c"]).explain(tile, layer="block3b_relu", target="b")
+    both = Explainer(ensemble(net, twin), classes=["a", "b", "c"]).explain(tile, layer="m2_block3b_relu", target="b")
+    assert own.map.max() > 0 and both.layer == "m2_block3b_relu" and "ensemble of 2 networks" in both.note and "m1_block3b_relu" in both.note
+    np.testing.assert_allclose(both.map, own.map, atol=2e-4)
+    pair = _noisy(build_model("lung_cnn_ms", 48, 2, width=8), 4)
+    silent = build_model("lung_cnn_ms", 48, 2, width=8)
+    silent.set_weights([np.zeros_like(v) if i >= len(silent.weights) - 2 else v for i, v in enumerate(silent.get_weights())])
+    alone = Explainer(pair, classes=["a", "b"]).explain(tile, layer="block4b_relu", target="b")
+    lone = Explainer(ensemble(pair, silent), classes=["a", "b"]).explain(tile, layer="m1_block4b_relu", target="b")
+    assert alone.map.max() > 0
+    np.testing.assert_allclose(lone.map, alone.map, atol=2e-4)
+    # Grad-CAM++ on an ensemble: a valid map of the same shape
+    plus = Explainer(ensemble(net, twin), classes=["a", "b", "c"]).explain(tile, method="gradcam++", target="b")
+    assert plus.map.shape == (48, 48) and 0.0 <= plus.map.min() <= plus.map.max() <= 1.0 and plus.layer == "m2_block4b_relu"

@@ -95,6 +95,9 @@ def test_minimal_config_is_valid_and_everything_else_has_defaults(tmp_path):
         ({"data": "x", "class_weights": "auto"}, "class_weights must be"),
         ({"data": "x", "mixed_precision": "yes please"}, "mixed_precision must be one of"),
         ({"data": "x", "tta": 3}, "tta must be one of 1, 4, 8 views"),
+        ({"data": "x", "ensemble": 0}, "ensemble must be a number of members between 1 and 8"),
+        ({"data": "x", "ensemble": 2}, "ensemble: 2 needs one of the architectures lung_cnn, lung_cnn_ms"),
+        ({"data": "x", "architecture": "lung_cnn", "ensemble": 2, "init_from": "m"}, "ensemble and init_from cannot be combined"),
         ({"data": "x", "domain": "knn"}, "Unknown domain method 'knn'"),
         ({"data": "x", "model_id": "../evil"}, "not a valid model id"),
         ({"data": "x", "classes": ["a", "b"], "positive_classes": ["c"]}, "positive_classes"),
@@ -456,3 +459,29 @@ def test_test_time_augmentation_and_block_detector_go_from_the_config_to_the_car
     assert "features are not concatenated from parts" in (tmp_path / "job-flat" / "log.txt").read_text()
     flat = Registry(models_dir).get("flat")
     assert flat.domain["method"] == domain.METHOD and "blocks" not in flat.domain and flat.tta_views == 1 and not flat.tta
+
+
+def test_an_ensemble_trains_its_members_in_turn_and_registers_one_model(folder_ds, models_dir, tmp_path):
+    import csv
+
+    from engine.forward import ModelRunner
+    from engine.gradcam import Explainer
+    from engine.registry import Registry
+    from engine.training.run import train
+
+    cfg = parse_config({"data": str(folder_ds), "architecture": "lung_cnn_ms", "input_px": 32, "epochs": 2, "batch_size": 8, "ensemble": 2,
+                        "domain": "mahalanobis-blocks", "tta": 4, "split": {"val": 0.25, "test": 0.25}, "model_id": "pair"})
+    result = train(cfg, jobs.JobContext(tmp_path / "job-pair", {}))
+    log = (tmp_path / "job-pair" / "log.txt").read_text()
+    assert "member 1/2 · epoch 2/2" in log and "member 2/2 · epoch 2/2" in log and "ensemble of 2: validation accuracy" in log
+    assert [(r["member"], r["epoch"]) for r in result["history"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    with open(models_dir / "pair" / "training_log.csv") as fh:
+        assert [row["member"] for row in csv.DictReader(fh)] == ["1", "1", "2", "2"]
+    card = Registry(models_dir).get("pair")
+    raw = json.loads((models_dir / "pair" / "card.json").read_text())
+    assert raw["ensemble"]["members"] == 2 and card.domain["blocks"] == [64, 128, 256, 64, 128, 256]
+    assert raw["training"]["members"] == 2 and raw["training"]["epochs_run"] == 2 and "## Ensemble" in (models_dir / "pair" / "README.md").read_text()
+    runner = ModelRunner.from_card(card)
+    out = runner.forward(np.stack([np.asarray(tile(c, 1, 32), np.float32) for c in COLOURS.values()]))
+    assert out.in_domain is not None and out.uncertainty is not None and out.features.shape == (2, 896)
+    assert Explainer.from_card(card, cache=False).default_layer().path == "m2_block4b_relu"
