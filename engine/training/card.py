@@ -51,6 +51,9 @@ def _augmentation_text(cfg: TrainConfig) -> str:
     if a.color_jitter:
         j = a.color_jitter
         parts.append(f"brightness ±{j:g}, contrast ×1±{2 * j:g}, saturation ×1±{3 * j:g}, hue ±{j / 2:g}")
+    if a.cutmix:
+        parts.append(f"CutMix (Yun et al. 2019) in {a.cutmix:.0%} of the batches: a box of area U(0, 1) of each tile pasted from another tile of "
+                     "the batch, labels mixed by area")
     return ", ".join(parts) or "none"
 
 

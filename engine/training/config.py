@@ -73,10 +73,12 @@ class Augmentation:
     hed_sigma: float = 0.0  # stain-space jitter (Tellez 2019): each H, E, DAB density scaled by U(1 - s, 1 + s) (0 = off; 0.05 "HED-light")
     hed_bias: float = 0.0  # stain-space jitter: each H, E, DAB density shifted by U(-b, b) (natural-log optical density)
     hed_vector: float = 0.0  # stain-space jitter: s.d. of noise on the stain vectors the densities are recombined with (stain hues vary)
+    cutmix: float = 0.0  # CutMix (Yun et al. 2019): share of batches in which a random box of every tile is pasted from another tile of the batch, labels mixed by area (0 = off)
 
     @property
     def any(self) -> bool:
-        return bool(self.flip or self.rotate90 or self.rotation or self.zoom or self.shift or self.color_jitter or self.hed_sigma or self.hed_bias or self.hed_vector)
+        return bool(self.flip or self.rotate90 or self.rotation or self.zoom or self.shift or self.color_jitter or self.hed_sigma or self.hed_bias or self.hed_vector
+                    or self.cutmix)
 
     @property
     def colour(self) -> bool:
@@ -212,7 +214,7 @@ _TYPES: dict[str, type] = {
     "lr_schedule": str, "warmup_epochs": float, "label_smoothing": float, "min_epochs": int, "normalization_reference": str,
     "calibration": str, "domain": str, "domain_pass_rate": float, "mc_samples": int, "ensemble": int, "tta": int, "stain_test": bool, "mpp": float,
     # nested
-    "flip": bool, "rotate90": bool, "rotation": float, "zoom": float, "shift": float, "color_jitter": float, "hed_sigma": float, "hed_bias": float, "hed_vector": float,
+    "flip": bool, "rotate90": bool, "rotation": float, "zoom": float, "shift": float, "color_jitter": float, "hed_sigma": float, "hed_bias": float, "hed_vector": float, "cutmix": float,
     "method": str, "val": float, "test": float, "folds": int,
 }
 
@@ -233,7 +235,7 @@ def _nested(name: str, value: Any, cls: type) -> Any:
     if isinstance(value, cls):
         return value
     if value is False and cls is Augmentation:
-        return Augmentation(flip=False, rotate90=False, rotation=0.0, zoom=0.0, shift=0.0, color_jitter=0.0, hed_sigma=0.0, hed_bias=0.0, hed_vector=0.0)
+        return Augmentation(flip=False, rotate90=False, rotation=0.0, zoom=0.0, shift=0.0, color_jitter=0.0, hed_sigma=0.0, hed_bias=0.0, hed_vector=0.0, cutmix=0.0)
     if not isinstance(value, dict):
         raise InvalidInputError(f"{name}: expected a mapping of settings, got {value!r}.")
     known = {f.name for f in fields(cls)}
@@ -365,7 +367,7 @@ def validate(cfg: TrainConfig) -> None:
         if not cfg.model_id or not all(c.isalnum() or c in "-_." for c in cfg.model_id) or cfg.model_id.startswith("."):
             bad(f"'{cfg.model_id}' is not a valid model id.", "Use letters, digits, '-', '_' and '.'.")
     a = cfg.augmentation
-    for key in ("rotation", "zoom", "shift", "color_jitter", "hed_sigma", "hed_bias", "hed_vector"):
+    for key in ("rotation", "zoom", "shift", "color_jitter", "hed_sigma", "hed_bias", "hed_vector", "cutmix"):
         v = getattr(a, key)
         if not 0 <= v <= 1:
             bad(f"augmentation.{key} must be between 0 and 1 (got {v}).")

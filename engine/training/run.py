@@ -392,7 +392,12 @@ class _Trainer:
     def dataset(self, idx: np.ndarray, *, training: bool, member: int = 1):
         return make_dataset(self.files[idx], self.data.y[idx], px=self.cfg.px, batch_size=self.cfg.batch_size if training else EVAL_BATCH,
                             training=training, augmentation=self.cfg.augmentation if training else None, seed=self.cfg.seed + 1000 * (member - 1),
-                            workers=self.cfg.workers, one_hot=len(self.data.classes) if training and self.cfg.label_smoothing else None)
+                            workers=self.cfg.workers, one_hot=len(self.data.classes) if training and self._soft_labels else None)
+
+    @property
+    def _soft_labels(self) -> bool:
+        """One-hot float labels and categorical cross-entropy: label smoothing or CutMix's mixed labels need them."""
+        return bool(self.cfg.label_smoothing or self.cfg.augmentation.cutmix)
 
     # -- model
     def build(self):
@@ -484,7 +489,7 @@ class _Trainer:
         cfg, keras, ctx = self.cfg, self.keras, self.ctx
         model = self.build()
         steps = self.steps(len(train_idx))
-        if cfg.label_smoothing:
+        if self._soft_labels:
             loss, acc = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing), keras.metrics.CategoricalAccuracy(name="accuracy")
         else:
             loss, acc = keras.losses.SparseCategoricalCrossentropy(), "accuracy"
@@ -615,8 +620,11 @@ def make_dataset(files, y, *, px: int, batch_size: int, training: bool, augmenta
 
 
 def make_array_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, training: bool, augmentation=None, seed: int = 0, workers: int = 2):
-    """The same pipeline from in-memory uint8 arrays (for the benchmark and small data)."""
+    """The same pipeline from in-memory uint8 arrays (for the benchmark and small data); integer labels, so no CutMix."""
     from engine.runtime import tensorflow
+
+    if augmentation is not None and augmentation.cutmix:
+        raise ValueError("make_array_dataset gives integer labels; CutMix needs one-hot labels (make_dataset with one_hot)")
 
     tf = tensorflow()
     ds = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, dtype=np.int32)))
@@ -638,7 +646,35 @@ def _batch_and_augment(ds, *, batch_size: int, augmentation, seed: int, workers:
         ds = ds.map(lambda x, y: (_random_affine(tf, tf.cast(x, tf.float32), a.rotation, a.zoom, a.shift), y), num_parallel_calls=parallel, deterministic=False)
     else:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=parallel)
+    if a is not None and a.cutmix:
+        ds = ds.map(lambda x, y: cutmix(tf, x, y, a.cutmix), num_parallel_calls=parallel, deterministic=False)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def cutmix(tf, x, y, rate: float):
+    """CutMix (Yun et al. 2019) of one batch, with probability ``rate``: ``(images, one-hot labels)`` → mixed ones.
+
+    One box for the batch, area ``1 − λ`` of the tile with λ ~ U(0, 1), its centre uniform and the box
+    clipped to the tile; inside it, tile ``i`` shows tile ``perm[i]`` of the same batch (a random
+    permutation). Each label becomes ``λ' · y_i + (1 − λ') · y_perm[i]`` with λ' the share of tile ``i``
+    left after clipping, so labels match pixel areas exactly. Labels must be one-hot floats.
+    """
+    n, h, w = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+    cut = tf.sqrt(1.0 - tf.random.uniform([]))
+    ch, cw = tf.cast(hf * cut, tf.int32), tf.cast(wf * cut, tf.int32)
+    cy, cx = tf.random.uniform([], 0, h, dtype=tf.int32), tf.random.uniform([], 0, w, dtype=tf.int32)
+    y0, y1 = tf.clip_by_value(cy - ch // 2, 0, h), tf.clip_by_value(cy + (ch - ch // 2), 0, h)
+    x0, x1 = tf.clip_by_value(cx - cw // 2, 0, w), tf.clip_by_value(cx + (cw - cw // 2), 0, w)
+    rows, cols = tf.range(h), tf.range(w)
+    inside = tf.logical_and(rows[:, None] >= y0, rows[:, None] < y1) & tf.logical_and(cols[None, :] >= x0, cols[None, :] < x1)
+    apply = tf.random.uniform([]) < rate
+    mask = tf.cast(inside, x.dtype)[None, :, :, None] * tf.cast(apply, x.dtype)
+    perm = tf.random.shuffle(tf.range(n))
+    mixed = x * (1.0 - mask) + tf.gather(x, perm) * mask
+    kept = 1.0 - tf.reduce_sum(mask) / (hf * wf)
+    labels = tf.cast(y, tf.float32)
+    return mixed, kept * labels + (1.0 - kept) * tf.gather(labels, perm)
 
 
 def _augment_tile(tf, img, a):

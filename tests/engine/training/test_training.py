@@ -485,3 +485,36 @@ def test_an_ensemble_trains_its_members_in_turn_and_registers_one_model(folder_d
     out = runner.forward(np.stack([np.asarray(tile(c, 1, 32), np.float32) for c in COLOURS.values()]))
     assert out.in_domain is not None and out.uncertainty is not None and out.features.shape == (2, 896)
     assert Explainer.from_card(card, cache=False).default_layer().path == "m2_block4b_relu"
+
+
+def test_cutmix_pastes_one_box_per_batch_and_mixes_the_labels_by_area():
+    from engine.runtime import tensorflow
+    from engine.training.run import cutmix
+
+    tf = tensorflow()
+    tf.random.set_seed(4)
+    n, px = 6, 20
+    x = np.repeat(np.arange(n, dtype=np.float32)[:, None, None, None] * 10.0, px * px * 3).reshape(n, px, px, 3)  # tile i is all 10·i
+    y = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
+    mixed_any = False
+    for _ in range(20):
+        mx, my = (t.numpy() for t in cutmix(tf, tf.constant(x), tf.constant(y), 1.0))
+        np.testing.assert_allclose(my.sum(1), 1.0, atol=1e-6)
+        boxes = []
+        for i in range(n):
+            values = np.unique(mx[i, :, :, 0])
+            others = values[values != 10.0 * i]
+            assert len(others) <= 1  # the tile itself and at most one other tile of the batch
+            own = float((mx[i, :, :, 0] == 10.0 * i).mean())
+            expected = y[i] if not len(others) else own * y[i] + (1 - own) * y[int(others[0] / 10)]
+            np.testing.assert_allclose(my[i], expected, atol=1e-5)  # the label is the two tiles' labels weighted by pixel area
+            if len(others):
+                boxes.append(mx[i, :, :, 0] != 10.0 * i)
+                mixed_any |= own < 1
+        assert all((b == boxes[0]).all() for b in boxes)  # one box for the whole batch
+    assert mixed_any
+    unchanged = cutmix(tf, tf.constant(x), tf.constant(y), 0.0)
+    np.testing.assert_array_equal(unchanged[0].numpy(), x)
+    np.testing.assert_array_equal(unchanged[1].numpy(), y)
+    with pytest.raises(InvalidInputError, match="cutmix must be between 0 and 1"):
+        parse_config({"data": "x", "augmentation": {"cutmix": 2}})
