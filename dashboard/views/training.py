@@ -77,7 +77,7 @@ with st.expander("New training job", expanded=not records or not st.query_params
     lr_patience = c2.number_input("LR-on-plateau patience", 0, 100, 2)
     seed = c3.number_input("Seed", 0, 2**31 - 1, 42)
     max_images = c4.number_input("Max images (0 = all)", 0, 10**7, 1500 if demo else 0, help="A stratified random subset, for quick trials.")
-    c1, c2, c3, c4 = st.columns([2, 2, 1, 1.3])
+    c1, c2, c3, c4 = st.columns([1.8, 1.8, 1.3, 1.3])
     model_id = c1.text_input("Model id (optional)", placeholder="automatic: <architecture>-<date>-<time>")
     name = c2.text_input("Model name (optional)")
     members = c3.number_input("Ensemble members", 1, 8, 1, help="Lung CNNs only: this many networks, trained one after another (each for all the epochs), "
