@@ -136,13 +136,12 @@ def build_small_cnn(input_px: int, n_classes: int, *, dropout: float = 0.5, bina
     return keras.Model(inputs, _head(x, n_classes, binary), name="small_cnn")
 
 
-def _lung_trunk(inputs, w: int, prefix: str = ""):
-    """The convolutions of the lung CNNs: strided stem, two plain and two depthwise-separable blocks; returns blocks 2, 3 and 4's outputs.
+def _lung_trunk(x, w: int, prefix: str = ""):
+    """The convolutions of the lung CNNs on rescaled input: strided stem, two plain and two depthwise-separable blocks; returns blocks 2, 3 and 4's outputs.
 
     ``prefix`` starts every layer name (an ensemble's members: ``m1_``, ``m2_``, …).
     """
     bn = {"bn_momentum": 0.9}  # faster-tracking BN statistics for short CPU runs
-    x = _preprocess(inputs, "rescale") if not prefix else inputs
     x = _conv_bn(x, w, f"{prefix}stem", strides=2, **bn)
     x = _conv_bn(x, w, f"{prefix}block1a", **bn)
     x = layers.MaxPooling2D(2, name=f"{prefix}block1_pool")(x)
@@ -194,27 +193,21 @@ def _lung_model(input_px: int, n_classes: int, *, dropout: float, binary: bool, 
     if not 1 <= int(members) <= MAX_MEMBERS:
         raise InvalidInputError(f"members must be between 1 and {MAX_MEMBERS}, got {members!r}.")
     inputs = keras.Input((input_px, input_px, 3), name="image")
-    if members == 1:
-        blocks = dict(zip((2, 3, 4), _lung_trunk(inputs, width)))
-        pooled = [layers.GlobalAveragePooling2D(name=f"gap{d}" if len(depths) > 1 else "gap")(blocks[d]) for d in depths]
-    else:
-        x = _preprocess(inputs, "rescale")
-        pooled = []
-        for k in range(1, int(members) + 1):
-            blocks = dict(zip((2, 3, 4), _lung_trunk(x, width, prefix=f"m{k}_")))
-            pooled += [layers.GlobalAveragePooling2D(name=f"m{k}_gap{d}" if len(depths) > 1 else f"m{k}_gap")(blocks[d]) for d in depths]
+    x = _preprocess(inputs, "rescale")
+    pooled = []
+    for prefix in [""] if members == 1 else [f"m{k}_" for k in range(1, int(members) + 1)]:
+        blocks = dict(zip((2, 3, 4), _lung_trunk(x, width, prefix)))
+        pooled += [layers.GlobalAveragePooling2D(name=f"{prefix}gap{d}" if len(depths) > 1 else f"{prefix}gap")(blocks[d]) for d in depths]
     x = layers.Concatenate(name="features")(pooled) if len(pooled) > 1 else pooled[0]
     x = layers.Dropout(dropout, name="dropout")(x)
     return keras.Model(inputs, _head(x, n_classes, binary), name=name if members == 1 else f"{name}_x{members}")
-
 
 
 def member_prefix(model) -> list[str]:
     """The layer-name prefixes of an ensemble's members (``["m1_", "m2_"]``), or ``[]`` for a single network."""
     import re
 
-    found = sorted({m.group(1) for layer in getattr(model, "layers", []) if (m := re.match(r"^(m\d+_)", layer.name))}, key=lambda p: int(p[1:-1]))
-    return found
+    return sorted({m.group(1) for layer in getattr(model, "layers", []) if (m := re.match(r"^(m\d+_)", layer.name))}, key=lambda p: int(p[1:-1]))
 
 
 def merge_members(ensemble: keras.Model, members: list[keras.Model]) -> keras.Model:
@@ -226,8 +219,9 @@ def merge_members(ensemble: keras.Model, members: list[keras.Model]) -> keras.Mo
     """
     n = len(members)
     head = ensemble.layers[-1]
-    if len(member_prefix(ensemble)) != n:
-        raise IncompatibleModelError(f"The {n} trained networks do not fit the ensemble '{ensemble.name}' of {len(member_prefix(ensemble))}.")
+    slots = len(member_prefix(ensemble))
+    if slots != n:
+        raise IncompatibleModelError(f"The {n} trained networks do not fit the ensemble '{ensemble.name}' of {slots}.")
     weights, biases = [], []
     for k, member in enumerate(members, start=1):
         for layer in member.layers:

@@ -380,16 +380,14 @@ class _TapModel:
         head_tensor = [self.logit[0]] if self.logit else []
         inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # a single tensor: no structure warning
         self.parts = []
+        self.tapped = [path] if path else []  # the feature maps returned (full paths)
         if path is None:
             self.parts.append(("flat", k.Model(inputs, [*head_tensor, model.outputs[0]])))
-            self.n_tap = 0
             return
-        self.n_tap = 1
         names = path.split("/")
         if len(names) == 1:
-            taps = [model.get_layer(name).output for name in member_layers(model, names[0])]
-            self.n_tap = len(taps)
-            self.parts.append(("flat", k.Model(inputs, [*taps, *head_tensor, model.outputs[0]])))
+            self.tapped = member_layers(model, names[0])  # an ensemble: this layer of every member
+            self.parts.append(("flat", k.Model(inputs, [*(model.get_layer(name).output for name in self.tapped), *head_tensor, model.outputs[0]])))
             return
         # Split: outer model before the backbone → backbone tapped at the inner path → head after it.
         backbone = model.get_layer(names[0])
@@ -410,7 +408,7 @@ class _TapModel:
         if self.parts is not None:
             outs = self.parts[0][1](x, training=False)
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-            feat = [outs.pop(0) for _ in range(self.n_tap)] if self.n_tap else None
+            feat = [outs.pop(0) for _ in self.tapped] if self.tapped else None
             head = outs.pop(0) if self.logit else None
             return feat, head, outs[0]
         a = self.pre(x, training=False) if self.pre is not None else x
@@ -619,15 +617,17 @@ class Explainer:
             raise IncompatibleModelError(f"Model '{self.model_id}': the output does not depend on layer '{path}'.", "Choose another layer.")
         # an ensemble's map: its members' weighted maps at the same depth summed before the ReLU (the ensemble's
         # logit is the sum of theirs, each member's share of the gradient goes through its own layer)
-        cam = sum(_weighted_map(f.numpy()[0].astype(np.float64), g.numpy()[0].astype(np.float64), plus) for f, g in zip(feats, grads))
-        a = np.stack([f.numpy()[0] for f in feats])
-        cam = np.maximum(cam, 0.0)  # (h, w)
+        maps = [f.numpy()[0].astype(np.float64) for f in feats]  # (h, w, K) each
+        cam = np.maximum(sum(_weighted_map(a, g.numpy()[0].astype(np.float64), plus) for a, g in zip(maps, grads)), 0.0)  # (h, w)
         top = float(cam.max())
         note = ""
-        if not np.isfinite(top) or top <= 1e-12 * max(1.0, float(np.abs(a).max())):
+        if not np.isfinite(top) or top <= 1e-12 * max(1.0, max(float(np.abs(a).max()) for a in maps)):
             cam, note = np.zeros_like(cam), "No positive evidence for this class at this layer: the map is empty."
         else:
             cam = cam / top
+        if len(tap.tapped) > 1:
+            note = "; ".join(filter(None, [note, f"the model is an ensemble of {len(tap.tapped)} networks: the map takes this layer of "
+                                                 f"every member together ({', '.join(tap.tapped)})"]))
         return cam.astype(np.float32), probs, target_name, note
 
     def integrated_gradients(self, image, *, target: str | None = None, name: str = "tile") -> Attribution:
@@ -708,10 +708,6 @@ class Explainer:
                 raw, probs, target_name, note = self._integrated_gradients(x, target)
             else:
                 raw, probs, target_name, note = self._gradcam(x, path, target, plus=method == "gradcam++")
-                together = member_layers(self.model, path) if "/" not in path else [path]
-                if len(together) > 1:
-                    note = "; ".join(filter(None, [note, f"the model is an ensemble of {len(together)} networks: the map takes this layer of "
-                                                         f"every member together ({', '.join(together)})"]))
         except HistoDashError:
             raise
         except (ValueError, TypeError) as exc:  # a graph Keras cannot split or differentiate
